@@ -1,0 +1,300 @@
+//! The single owner of the appliance's state: applies configs as transactions.
+//!
+//! Apply = name NICs → check the config's interfaces exist → forwarding sysctls → read the
+//! kernel → plan and write links/addresses → plan and write routes → persist. If any kernel
+//! write or the persist fails, the links and routes the apply touched are put back as they
+//! were read before it began, and the previous config stays current.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use akanda_model::{Document, Problem, RouterConfig};
+use serde::Serialize;
+
+use crate::desired::{desired_state, DesiredState};
+use crate::netlink::{format_mac, Netlink, NetlinkError};
+use crate::nics::{self, Nic};
+use crate::reconcile::{execute, plan_links, plan_routes, KernelState};
+use crate::store::StateDir;
+use crate::sysctl;
+
+/// Why an apply failed. Every variant leaves the previous config in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config names NICs this appliance does not have.
+    #[error("the config does not fit this appliance")]
+    DoesNotFit(Vec<Problem>),
+    /// The kernel refused a change; `rollback` says whether the previous state was restored.
+    #[error("{failed}")]
+    Kernel {
+        failed: String,
+        rollback: Result<(), String>,
+    },
+    /// The appliance could not do its part (netlink socket, state directory, sysctls).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What `/v1/status` shows of the last apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyRecord {
+    pub time: String,
+    pub duration_ms: f64,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub config_hash: String,
+    /// Netlink write requests this apply sent (0 for an identical config).
+    pub netlink_writes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub applies_ok: u64,
+    pub applies_failed: u64,
+}
+
+/// State readable without waiting for an apply in progress (liveness and status stay fast).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub last_apply: Option<ApplyRecord>,
+    pub counters: Counters,
+    pub current: Option<Document>,
+    pub current_hash: Option<String>,
+    pub netlink_writes_total: u64,
+}
+
+pub struct Appliance {
+    nl: Netlink,
+    state: StateDir,
+    current: Option<RouterConfig>,
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+/// One NIC as `GET /v1/system/interfaces` shows it (Astara's Interface shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceView {
+    pub ifname: String,
+    pub lladdr: String,
+    pub addresses: Vec<String>,
+    pub mtu: u32,
+    pub state: &'static str,
+    pub description: String,
+    pub groups: Vec<String>,
+    pub media: Option<String>,
+}
+
+impl Appliance {
+    /// Connects to the kernel and names the NICs.
+    pub async fn open(state: StateDir) -> Result<Appliance, ApplyError> {
+        let nl = Netlink::connect().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        let appliance = Appliance {
+            nl,
+            state,
+            current: None,
+            shared: Arc::new(Mutex::new(Shared::default())),
+        };
+        sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        appliance.nics().await?;
+        Ok(appliance)
+    }
+
+    pub fn current(&self) -> Option<&RouterConfig> {
+        self.current.as_ref()
+    }
+
+    /// Re-applies the last good config from the state directory (at start, before serving).
+    pub async fn restore(&mut self) -> Result<bool, String> {
+        let bytes = match self.state.load_config() {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                return Err(format!(
+                    "reading {}: {e}",
+                    self.state.config_path().display()
+                ))
+            }
+        };
+        let config = akanda_model::parse(&bytes).map_err(|e| format!("saved config: {e}"))?;
+        self.apply(config).await.map_err(|e| match e {
+            ApplyError::DoesNotFit(problems) => problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        })?;
+        Ok(true)
+    }
+
+    async fn nics(&self) -> Result<Vec<Nic>, ApplyError> {
+        nics::name_nics(&self.nl, &self.state.nics_path())
+            .await
+            .map_err(|e| ApplyError::Unavailable(format!("naming NICs: {e}")))
+    }
+
+    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
+        let nics = self.nics().await?;
+        let kernel = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        Ok(nics
+            .iter()
+            .filter_map(|nic| {
+                let link = kernel.links.iter().find(|l| l.index == nic.index)?;
+                let addresses = kernel
+                    .addresses
+                    .iter()
+                    .filter(|a| a.index == nic.index)
+                    .map(|a| a.net.to_string())
+                    .collect();
+                Some(InterfaceView {
+                    ifname: nic.ifname.clone(),
+                    lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
+                    addresses,
+                    mtu: link.mtu,
+                    state: if link.up { "up" } else { "down" },
+                    description: String::new(),
+                    groups: Vec::new(),
+                    media: None,
+                })
+            })
+            .collect())
+    }
+
+    /// Applies a config completely or not at all.
+    pub async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
+        let started = Instant::now();
+        let writes_before = self.nl.writes();
+        let hash = config.document.hash();
+        let result = self.transaction(&config).await;
+        let writes = self.nl.writes() - writes_before;
+        let record = ApplyRecord {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            result: if result.is_ok() { "ok" } else { "error" },
+            error: result.as_ref().err().map(describe_error),
+            config_hash: hash.clone(),
+            netlink_writes: writes,
+        };
+        match &result {
+            Ok(()) => tracing::info!(
+                hash = %hash,
+                duration_ms = record.duration_ms,
+                netlink_writes = writes,
+                "config applied"
+            ),
+            Err(e) => tracing::warn!(hash = %hash, error = %describe_error(e), "config rejected"),
+        }
+        let mut shared = self.shared.lock().expect("status lock");
+        shared.netlink_writes_total = self.nl.writes();
+        shared.last_apply = Some(record);
+        if result.is_ok() {
+            shared.counters.applies_ok += 1;
+            shared.current_hash = Some(hash);
+            shared.current = Some(config.document.clone());
+            self.current = Some(config);
+        } else {
+            shared.counters.applies_failed += 1;
+        }
+        result
+    }
+
+    async fn transaction(&mut self, config: &RouterConfig) -> Result<(), ApplyError> {
+        let nics = self.nics().await?;
+        let missing: Vec<Problem> = config
+            .networks
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !nics.iter().any(|nic| nic.ifname == n.ifname))
+            .map(|(i, n)| {
+                let present: Vec<&str> = nics.iter().map(|n| n.ifname.as_str()).collect();
+                Problem::new(
+                    format!("networks[{i}].interface.ifname"),
+                    format!(
+                        "{} is not a NIC of this appliance (it has: {})",
+                        n.ifname,
+                        present.join(", ")
+                    ),
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApplyError::DoesNotFit(missing));
+        }
+        if config.document.vpn.is_some() {
+            tracing::warn!("the config has a VPN section: VPN is not applied by this agent yet");
+        }
+        sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+
+        let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
+        let before = KernelState::read(&self.nl).await.map_err(unavailable)?;
+        let desired = desired_state(config);
+        if let Err(failed) = self.write_state(&desired, &before).await {
+            return Err(self.roll_back(&desired, &before, failed).await);
+        }
+        if let Err(e) = self.state.save_config(&config.document.to_canonical_json()) {
+            let failed = format!("saving the config to {}: {e}", self.state.path().display());
+            return Err(self.roll_back(&desired, &before, failed).await);
+        }
+        Ok(())
+    }
+
+    /// Brings the kernel to `desired`, starting from `actual`. Returns what failed.
+    async fn write_state(
+        &self,
+        desired: &DesiredState,
+        actual: &KernelState,
+    ) -> Result<(), String> {
+        let link_ops = plan_links(desired, actual).map_err(|e| e.to_string())?;
+        execute(&self.nl, &link_ops)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Address changes add and remove kernel routes: plan routes against what is there now.
+        let after_links;
+        let actual = if link_ops.is_empty() {
+            actual
+        } else {
+            after_links = KernelState::read(&self.nl)
+                .await
+                .map_err(|e| e.to_string())?;
+            &after_links
+        };
+        let route_ops = plan_routes(desired, actual).map_err(|e| e.to_string())?;
+        execute(&self.nl, &route_ops)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn roll_back(
+        &self,
+        attempted: &DesiredState,
+        before: &KernelState,
+        failed: String,
+    ) -> ApplyError {
+        tracing::warn!(%failed, "apply failed; restoring the previous state");
+        let previous = before.as_desired(attempted.links.keys().map(String::as_str));
+        let rollback = async {
+            let now = KernelState::read(&self.nl)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.write_state(&previous, &now).await
+        }
+        .await;
+        if let Err(e) = &rollback {
+            tracing::error!(error = %e, "rollback failed: the kernel may be half-configured");
+        }
+        ApplyError::Kernel { failed, rollback }
+    }
+}
+
+fn describe_error(e: &ApplyError) -> String {
+    match e {
+        ApplyError::DoesNotFit(problems) => problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,17 @@
+//! akanda-agent: runs inside the Service Instance, speaks Astara's v1 appliance API and
+//! programs the kernel directly.
+//!
+//! Layout: `desired` (pure: config → wanted kernel state) and `reconcile` (diff + apply) are
+//! the core; `netlink` is the only module that talks rtnetlink; `nics` names NICs `geN`;
+//! `appliance` owns the state and runs each apply as a transaction; `api` and `server` are
+//! the HTTP edge; `store` and `sysctl` are the file-system edges.
+
+pub mod api;
+pub mod appliance;
+pub mod desired;
+pub mod netlink;
+pub mod nics;
+pub mod reconcile;
+pub mod server;
+pub mod store;
+pub mod sysctl;

@@ -1,0 +1,71 @@
+//! Kernel settings a router needs, written through `/proc/sys` (no `sysctl` subprocess).
+//! `/proc/sys/net` belongs to the network namespace of the process, so this works unchanged
+//! under `ip netns exec`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// (key under /proc/sys, value) that every router needs.
+pub const ROUTER_SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/ip_forward", "1"),
+    ("net/ipv6/conf/all/forwarding", "1"),
+    // Deleting a primary IPv4 address must not take the secondaries (other addresses of the
+    // same subnet, floating IPs) with it.
+    ("net/ipv4/conf/all/promote_secondaries", "1"),
+    ("net/ipv4/conf/default/promote_secondaries", "1"),
+    // Renaming a NIC needs it down on older kernels; keep its IPv6 addresses meanwhile.
+    ("net/ipv6/conf/all/keep_addr_on_down", "1"),
+    ("net/ipv6/conf/default/keep_addr_on_down", "1"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("sysctl {key}: {source}")]
+pub struct SysctlError {
+    pub key: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Sets `key` to `value` unless it already has it. Returns whether it wrote.
+pub fn ensure(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> {
+    let path = root.join(key);
+    let err = |source| SysctlError {
+        key: key.replace('/', "."),
+        source,
+    };
+    let current = fs::read_to_string(&path).map_err(err)?;
+    if current.trim() == value {
+        return Ok(false);
+    }
+    fs::write(&path, value).map_err(err)?;
+    Ok(true)
+}
+
+pub fn ensure_router_sysctls() -> Result<usize, SysctlError> {
+    let root = Path::new("/proc/sys");
+    let mut written = 0;
+    for (key, value) in ROUTER_SYSCTLS {
+        if ensure(root, key, value)? {
+            tracing::info!(key, value, "sysctl set");
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_only_when_different() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("net/ipv4")).unwrap();
+        fs::write(dir.path().join("net/ipv4/ip_forward"), "0\n").unwrap();
+        assert!(ensure(dir.path(), "net/ipv4/ip_forward", "1").unwrap());
+        assert!(!ensure(dir.path(), "net/ipv4/ip_forward", "1").unwrap());
+        let err = ensure(dir.path(), "net/nope", "1").unwrap_err();
+        assert_eq!(err.key, "net.nope");
+    }
+}

@@ -1,0 +1,1029 @@
+//! Turns a wire [`Document`] into a [`RouterConfig`], collecting every problem with its JSON path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::config::*;
+use crate::document::*;
+use crate::problem::Problem;
+
+/// Advanced services this appliance accepts in `services` (Astara's `ENABLED_SERVICES`).
+const ENABLED_SERVICES: &[&str] = &["router"];
+
+/// Keys a filter rule may have (Astara's `FilterRule` arguments).
+const FILTER_RULE_KEYS: &[&str] = &[
+    "action",
+    "direction",
+    "interface",
+    "destination_interface",
+    "family",
+    "protocol",
+    "source",
+    "destination",
+    "source_port",
+    "destination_port",
+    "redirect",
+    "redirect_port",
+];
+
+/// Validates a document. On success the config is complete and consistent; otherwise every
+/// problem found is returned, in document order.
+pub fn validate(doc: &Document) -> Result<RouterConfig, Vec<Problem>> {
+    let mut v = Validator::default();
+    let config = v.config(doc);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.problems)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+fn field(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_string()
+    } else {
+        format!("{base}.{name}")
+    }
+}
+
+fn index(base: &str, i: usize) -> String {
+    format!("{base}[{i}]")
+}
+
+fn key(base: &str, k: &str) -> String {
+    format!("{base}[{}]", Value::String(k.to_string()))
+}
+
+fn quoted(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem::new(path, reason));
+    }
+
+    /// A required, non-empty string.
+    fn required(&mut self, value: &Option<String>, path: &str) -> String {
+        match value {
+            Some(s) if !s.trim().is_empty() => s.clone(),
+            Some(_) => {
+                self.problem(path, "must not be empty");
+                String::new()
+            }
+            None => {
+                self.problem(path, "is required");
+                String::new()
+            }
+        }
+    }
+
+    fn ip(&mut self, s: &str, path: &str) -> Option<IpAddr> {
+        match IpAddr::from_str(s) {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.problem(path, format!("{} is not a valid IP address", quoted(s)));
+                None
+            }
+        }
+    }
+
+    /// A network prefix such as `192.168.0.0/24`: host bits must be zero.
+    fn cidr(&mut self, s: &str, path: &str) -> Option<IpNet> {
+        let Ok(net) = IpNet::from_str(s) else {
+            self.problem(path, format!("{} is not a valid CIDR", quoted(s)));
+            return None;
+        };
+        if net.trunc() != net {
+            self.problem(
+                path,
+                format!(
+                    "{} has host bits set (the network is {})",
+                    quoted(s),
+                    net.trunc()
+                ),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
+    /// An interface address with its prefix length, such as `192.168.0.1/24`.
+    fn interface_address(&mut self, s: &str, path: &str) -> Option<IpNet> {
+        let Ok(net) = IpNet::from_str(s) else {
+            let reason = if IpAddr::from_str(s).is_ok() {
+                format!(
+                    "{} has no prefix length (write it as address/prefix)",
+                    quoted(s)
+                )
+            } else {
+                format!("{} is not a valid address/prefix", quoted(s))
+            };
+            self.problem(path, reason);
+            return None;
+        };
+        let ip = net.addr();
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+            self.problem(
+                path,
+                format!("{} cannot be an interface address", quoted(s)),
+            );
+            return None;
+        }
+        if let IpNet::V4(v4) = net {
+            if v4.prefix_len() < 31 && (v4.addr() == v4.network() || v4.addr() == v4.broadcast()) {
+                self.problem(
+                    path,
+                    format!(
+                        "{} is the network or broadcast address of its prefix",
+                        quoted(s)
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(net)
+    }
+
+    fn enum_value<T: Copy>(
+        &mut self,
+        value: Option<&str>,
+        path: &str,
+        allowed: &[(&str, T)],
+        default: Option<T>,
+    ) -> Option<T> {
+        let Some(s) = value else {
+            if default.is_none() {
+                self.problem(path, "is required");
+            }
+            return default;
+        };
+        if let Some((_, t)) = allowed.iter().find(|(name, _)| *name == s) {
+            return Some(*t);
+        }
+        let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+        self.problem(
+            path,
+            format!("{} is not one of: {}", quoted(s), names.join(", ")),
+        );
+        default
+    }
+
+    fn config(&mut self, doc: &Document) -> RouterConfig {
+        let tenant_id = self.required(&doc.tenant_id, "tenant_id");
+        if !tenant_id.is_empty() && !is_header_safe(&tenant_id) {
+            self.problem(
+                "tenant_id",
+                "must be printable ASCII without spaces (it is sent in HTTP headers)",
+            );
+        }
+        let hostname = self.required(&doc.hostname, "hostname");
+        if !hostname.is_empty() && !is_hostname(&hostname, 64) {
+            self.problem(
+                "hostname",
+                format!(
+                    "{} is not a valid host name (letters, digits and '-' in dot-separated labels, at most 64 characters)",
+                    quoted(&hostname)
+                ),
+            );
+        }
+        let asn = self.asn(doc.asn, "asn").unwrap_or(DEFAULT_ASN);
+        let neighbor_asn = self.asn(doc.neighbor_asn, "neighbor_asn").unwrap_or(asn);
+        if doc.ha_resource {
+            self.problem(
+                "ha_resource",
+                "high availability is not supported by this agent",
+            );
+        }
+        for name in doc.services.keys() {
+            if !ENABLED_SERVICES.contains(&name.as_str()) {
+                self.problem(
+                    key("services", name),
+                    format!(
+                        "this appliance cannot provide the advanced service {}",
+                        quoted(name)
+                    ),
+                );
+            }
+        }
+        if let Some(vpn) = &doc.vpn {
+            if !vpn.is_object() && !vpn.is_null() {
+                self.problem("vpn", "must be an object");
+            }
+        }
+        let orchestrator = self.orchestrator(doc.orchestrator.as_ref());
+
+        let networks: Vec<Network> = doc
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.network(n, &index("networks", i)))
+            .collect();
+        self.check_networks_together(&networks);
+
+        let default_v4_gateway = self.default_v4_gateway(doc, &networks);
+        let floating_ips = self.floating_ips(&doc.floating_ips, &networks);
+        let static_routes = doc
+            .static_routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.static_route(r, &index("static_routes", i)))
+            .collect();
+        let address_book = self.cidr_lists(&doc.address_book, "address_book");
+        let labels = self.cidr_lists(&doc.labels, "labels");
+        let ifnames: Vec<&str> = networks.iter().map(|n| n.ifname.as_str()).collect();
+        let anchors = doc
+            .anchors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.anchor(a, &index("anchors", i), &ifnames, &address_book))
+            .collect();
+
+        RouterConfig {
+            tenant_id,
+            hostname,
+            asn,
+            neighbor_asn,
+            default_v4_gateway,
+            orchestrator,
+            networks,
+            floating_ips,
+            static_routes,
+            address_book,
+            labels,
+            anchors,
+            document: doc.clone(),
+        }
+    }
+
+    fn asn(&mut self, value: Option<u64>, path: &str) -> Option<u32> {
+        let v = value?;
+        match u32::try_from(v) {
+            Ok(asn) if asn != 0 => Some(asn),
+            _ => {
+                self.problem(path, format!("{v} is not an AS number (1 to 4294967295)"));
+                None
+            }
+        }
+    }
+
+    fn orchestrator(&mut self, doc: Option<&OrchestratorDoc>) -> Orchestrator {
+        let default_address = IpAddr::from_str(DEFAULT_ORCHESTRATOR_ADDRESS).expect("constant");
+        let Some(doc) = doc else {
+            return Orchestrator {
+                address: default_address,
+                metadata_port: DEFAULT_METADATA_PORT,
+            };
+        };
+        let address = match &doc.address {
+            Some(a) => self
+                .ip(a, "orchestrator.address")
+                .unwrap_or(default_address),
+            None => default_address,
+        };
+        let metadata_port = match doc.metadata_port {
+            None => DEFAULT_METADATA_PORT,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    self.problem(
+                        "orchestrator.metadata_port",
+                        format!("{p} is not a TCP port (1 to 65535)"),
+                    );
+                    DEFAULT_METADATA_PORT
+                }
+            },
+        };
+        Orchestrator {
+            address,
+            metadata_port,
+        }
+    }
+
+    fn network(&mut self, doc: &NetworkDoc, path: &str) -> Network {
+        let id = self.required(&doc.network_id, &field(path, "network_id"));
+        let network_type = self
+            .enum_value(
+                doc.network_type.as_deref(),
+                &field(path, "network_type"),
+                &NetworkType::ALL,
+                Some(NetworkType::Isolated),
+            )
+            .unwrap_or(NetworkType::Isolated);
+        let v4_conf_service = self
+            .enum_value(
+                doc.v4_conf_service.as_deref(),
+                &field(path, "v4_conf_service"),
+                &[
+                    ("dhcp", V4ConfService::Dhcp),
+                    ("static", V4ConfService::Static),
+                ],
+                Some(V4ConfService::Static),
+            )
+            .unwrap_or(V4ConfService::Static);
+        let v6_conf_service = self
+            .enum_value(
+                doc.v6_conf_service.as_deref(),
+                &field(path, "v6_conf_service"),
+                &[
+                    ("dhcp", V6ConfService::Dhcp),
+                    ("ra", V6ConfService::Ra),
+                    ("static", V6ConfService::Static),
+                ],
+                Some(V6ConfService::Static),
+            )
+            .unwrap_or(V6ConfService::Static);
+
+        let iface_path = field(path, "interface");
+        let (ifname, addresses, iface_mtu) = match &doc.interface {
+            None => {
+                self.problem(&iface_path, "is required");
+                (String::new(), Vec::new(), None)
+            }
+            Some(iface) => {
+                let ifname_path = field(&iface_path, "ifname");
+                let ifname = self.required(&iface.ifname, &ifname_path);
+                if !ifname.is_empty() && !is_ge_name(&ifname) {
+                    self.problem(
+                        &ifname_path,
+                        format!(
+                            "{} is not an interface name of the form geN",
+                            quoted(&ifname)
+                        ),
+                    );
+                }
+                let addrs_path = field(&iface_path, "addresses");
+                let addresses: Vec<IpNet> = iface
+                    .addresses
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| self.interface_address(a, &index(&addrs_path, i)))
+                    .collect();
+                (
+                    ifname,
+                    addresses,
+                    iface.mtu.map(|m| (m, field(&iface_path, "mtu"))),
+                )
+            }
+        };
+        let mtu = match iface_mtu.or_else(|| doc.mtu.map(|m| (m, field(path, "mtu")))) {
+            None => None,
+            Some((m, mtu_path)) => self.mtu(m, &mtu_path, &addresses),
+        };
+
+        let subnets: Vec<Subnet> = doc
+            .subnets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.subnet(s, &index(&field(path, "subnets"), i)))
+            .collect();
+        let allocations = doc
+            .allocations
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.allocation(a, &index(&field(path, "allocations"), i), &subnets))
+            .collect();
+        Network {
+            id,
+            name: doc.name.clone().unwrap_or_default(),
+            network_type,
+            ifname,
+            mtu,
+            addresses,
+            v4_conf_service,
+            v6_conf_service,
+            subnets,
+            allocations,
+        }
+    }
+
+    fn mtu(&mut self, mtu: u64, path: &str, addresses: &[IpNet]) -> Option<u32> {
+        let has_v6 = addresses.iter().any(|a| matches!(a, IpNet::V6(_)));
+        let min = if has_v6 { 1280 } else { 68 };
+        if !(min..=65535).contains(&mtu) {
+            let why = if has_v6 && mtu >= 68 {
+                " (IPv6 needs at least 1280)"
+            } else {
+                ""
+            };
+            self.problem(
+                path,
+                format!("{mtu} is not a valid MTU ({min} to 65535){why}"),
+            );
+            return None;
+        }
+        Some(mtu as u32)
+    }
+
+    fn subnet(&mut self, doc: &SubnetDoc, path: &str) -> Subnet {
+        let id = self.required(&doc.id, &field(path, "id"));
+        let cidr_path = field(path, "cidr");
+        let cidr = match &doc.cidr {
+            None => {
+                self.problem(&cidr_path, "is required");
+                None
+            }
+            Some(c) => self.cidr(c, &cidr_path),
+        };
+        let gw_path = field(path, "gateway_ip");
+        let gateway_ip = match doc.gateway_ip.as_deref() {
+            None | Some("") => None,
+            Some(g) => self.ip(g, &gw_path),
+        };
+        if let (Some(gw), Some(net)) = (gateway_ip, cidr) {
+            if !net.contains(&gw) {
+                self.problem(&gw_path, format!("{gw} is not inside the subnet {net}"));
+            }
+        }
+        if doc.dhcp_enabled.is_none() {
+            self.problem(field(path, "dhcp_enabled"), "is required");
+        }
+        let dns_path = field(path, "dns_nameservers");
+        let dns_nameservers = doc
+            .dns_nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| self.ip(d, &index(&dns_path, i)))
+            .collect();
+        let routes_path = field(path, "host_routes");
+        let host_routes = doc
+            .host_routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route_object(r, &index(&routes_path, i)))
+            .collect();
+        Subnet {
+            id,
+            // A placeholder only when a problem was recorded: the config is then discarded.
+            cidr: cidr.unwrap_or(IpNet::V4(Default::default())),
+            gateway_ip,
+            dhcp_enabled: doc.dhcp_enabled.unwrap_or(false),
+            dns_nameservers,
+            host_routes,
+        }
+    }
+
+    fn route(
+        &mut self,
+        dest: Option<&str>,
+        nh: Option<&str>,
+        path: &str,
+        nh_name: &str,
+    ) -> Option<Route> {
+        let dest_path = field(path, "destination");
+        let nh_path = field(path, nh_name);
+        let destination = match dest {
+            None => {
+                self.problem(&dest_path, "is required");
+                None
+            }
+            Some(d) => self.cidr(d, &dest_path),
+        };
+        let next_hop = match nh {
+            None => {
+                self.problem(&nh_path, "is required");
+                None
+            }
+            Some(n) => self.ip(n, &nh_path),
+        };
+        let (destination, next_hop) = (destination?, next_hop?);
+        if destination.addr().is_ipv4() != next_hop.is_ipv4() {
+            self.problem(
+                &nh_path,
+                format!("{next_hop} is not of the same IP family as {destination}"),
+            );
+            return None;
+        }
+        Some(Route {
+            destination,
+            next_hop,
+        })
+    }
+
+    fn route_object(&mut self, doc: &HostRouteDoc, path: &str) -> Option<Route> {
+        self.route(
+            doc.destination.as_deref(),
+            doc.nexthop.as_deref(),
+            path,
+            "nexthop",
+        )
+    }
+
+    fn static_route(&mut self, doc: &StaticRouteDoc, path: &str) -> Option<Route> {
+        match doc {
+            StaticRouteDoc::Object(o) => self.route_object(o, path),
+            StaticRouteDoc::Pair(pair) if pair.len() == 2 => {
+                let dest = self.cidr(&pair[0], &index(path, 0));
+                let nh = self.ip(&pair[1], &index(path, 1));
+                let (destination, next_hop) = (dest?, nh?);
+                if destination.addr().is_ipv4() != next_hop.is_ipv4() {
+                    self.problem(
+                        index(path, 1),
+                        format!("{next_hop} is not of the same IP family as {destination}"),
+                    );
+                    return None;
+                }
+                Some(Route {
+                    destination,
+                    next_hop,
+                })
+            }
+            StaticRouteDoc::Pair(pair) => {
+                self.problem(
+                    path,
+                    format!(
+                        "must be a [destination, next_hop] pair, not {} items",
+                        pair.len()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn allocation(&mut self, doc: &AllocationDoc, path: &str, subnets: &[Subnet]) -> Allocation {
+        let mac_path = field(path, "mac_address");
+        let mac_address = self.required(&doc.mac_address, &mac_path);
+        let mac_address = match normalise_mac(&mac_address) {
+            Some(m) => m,
+            None => {
+                if !mac_address.is_empty() {
+                    self.problem(
+                        &mac_path,
+                        format!("{} is not a MAC address", quoted(&mac_address)),
+                    );
+                }
+                mac_address
+            }
+        };
+        let ips_path = field(path, "ip_addresses");
+        let mut ip_addresses = Vec::new();
+        for (ip, dhcp) in &doc.ip_addresses {
+            let ip_path = key(&ips_path, ip);
+            if let Some(addr) = self.ip(ip, &ip_path) {
+                if !subnets.is_empty() && !subnets.iter().any(|s| s.cidr.contains(&addr)) {
+                    self.problem(
+                        &ip_path,
+                        format!("{addr} is not inside any subnet of this network"),
+                    );
+                }
+                ip_addresses.push((addr, *dhcp));
+            }
+        }
+        let host_path = field(path, "hostname");
+        let hostname = self.required(&doc.hostname, &host_path);
+        if !hostname.is_empty() && !is_hostname(&hostname, 253) {
+            self.problem(
+                &host_path,
+                format!("{} is not a valid host name", quoted(&hostname)),
+            );
+        }
+        let device_path = field(path, "device_id");
+        let device_id = match &doc.device_id {
+            None => {
+                self.problem(&device_path, "is required");
+                String::new()
+            }
+            Some(d) => {
+                if !d.is_empty() && !is_header_safe(d) {
+                    self.problem(
+                        &device_path,
+                        "must be printable ASCII without spaces (it is sent in HTTP headers)",
+                    );
+                }
+                d.clone()
+            }
+        };
+        Allocation {
+            mac_address,
+            ip_addresses,
+            hostname,
+            device_id,
+        }
+    }
+
+    /// Checks that involve several networks at once.
+    fn check_networks_together(&mut self, networks: &[Network]) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut ifnames: HashMap<&str, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, String> = HashMap::new();
+        let mut prefixes: Vec<(IpNet, String)> = Vec::new();
+        let mut singletons: HashMap<NetworkType, usize> = HashMap::new();
+        for (i, n) in networks.iter().enumerate() {
+            let path = index("networks", i);
+            if !n.id.is_empty() {
+                if let Some(first) = ids.insert(&n.id, i) {
+                    self.problem(
+                        field(&path, "network_id"),
+                        format!("{} is also the id of networks[{first}]", quoted(&n.id)),
+                    );
+                }
+            }
+            if !n.ifname.is_empty() {
+                if let Some(first) = ifnames.insert(&n.ifname, i) {
+                    self.problem(
+                        field(&path, "interface.ifname"),
+                        format!(
+                            "{} is also the interface of networks[{first}]",
+                            quoted(&n.ifname)
+                        ),
+                    );
+                }
+            }
+            if matches!(
+                n.network_type,
+                NetworkType::Management | NetworkType::External
+            ) {
+                if let Some(first) = singletons.insert(n.network_type, i) {
+                    self.problem(
+                        field(&path, "network_type"),
+                        format!(
+                            "only one {} network is allowed (networks[{first}] is one already)",
+                            n.network_type.as_str()
+                        ),
+                    );
+                }
+            }
+            for (j, a) in n.addresses.iter().enumerate() {
+                let a_path = index(&field(&path, "interface.addresses"), j);
+                if a.addr().is_ipv6() && is_link_local(a.addr()) {
+                    continue;
+                }
+                if let Some(first) = addresses.insert(a.addr(), a_path.clone()) {
+                    self.problem(&a_path, format!("{} is also at {first}", a.addr()));
+                }
+            }
+            for (j, s) in n.subnets.iter().enumerate() {
+                let s_path = field(&index(&field(&path, "subnets"), j), "cidr");
+                if s.cidr.prefix_len() == 0 {
+                    continue; // placeholder of a subnet whose cidr was already reported
+                }
+                if let Some((other, other_path)) = prefixes
+                    .iter()
+                    .find(|(p, _)| p.contains(&s.cidr) || s.cidr.contains(p))
+                {
+                    self.problem(
+                        &s_path,
+                        format!("{} overlaps {other} at {other_path}", s.cidr),
+                    );
+                }
+                prefixes.push((s.cidr, s_path));
+            }
+        }
+    }
+
+    fn default_v4_gateway(&mut self, doc: &Document, networks: &[Network]) -> Option<Ipv4Addr> {
+        let gw = match doc.default_v4_gateway.as_deref() {
+            None | Some("") => return None,
+            Some(g) => g,
+        };
+        let path = "default_v4_gateway";
+        let ip = self.ip(gw, path)?;
+        let IpAddr::V4(v4) = ip else {
+            self.problem(path, format!("{ip} is not an IPv4 address"));
+            return None;
+        };
+        match networks
+            .iter()
+            .find(|n| n.network_type == NetworkType::External)
+        {
+            None => self.problem(path, "is set but there is no external network"),
+            Some(ext) => {
+                if !ext.subnets.iter().any(|s| s.cidr.contains(&ip))
+                    && !ext.addresses.iter().any(|a| a.contains(&ip))
+                {
+                    self.problem(
+                        path,
+                        format!("{ip} is not inside any subnet of the external network"),
+                    );
+                }
+            }
+        }
+        Some(v4)
+    }
+
+    fn floating_ips(&mut self, docs: &[FloatingIpDoc], networks: &[Network]) -> Vec<FloatingIp> {
+        let subnets_of = |t: NetworkType| -> Vec<IpNet> {
+            networks
+                .iter()
+                .filter(|n| n.network_type == t)
+                .flat_map(|n| n.subnets.iter().map(|s| s.cidr))
+                .collect()
+        };
+        let external = subnets_of(NetworkType::External);
+        let internal = subnets_of(NetworkType::Internal);
+        let interface_addresses: Vec<IpAddr> = networks
+            .iter()
+            .flat_map(|n| n.addresses.iter().map(|a| a.addr()))
+            .collect();
+        let mut seen_floating: HashMap<IpAddr, usize> = HashMap::new();
+        let mut seen_fixed: HashMap<IpAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, doc) in docs.iter().enumerate() {
+            let path = index("floating_ips", i);
+            let f_path = field(&path, "floating_ip");
+            let x_path = field(&path, "fixed_ip");
+            let floating = match &doc.floating_ip {
+                None => {
+                    self.problem(&f_path, "is required");
+                    None
+                }
+                Some(s) => self.ip(s, &f_path),
+            };
+            let fixed = match &doc.fixed_ip {
+                None => {
+                    self.problem(&x_path, "is required");
+                    None
+                }
+                Some(s) => self.ip(s, &x_path),
+            };
+            if let Some(f) = floating {
+                if external.is_empty() {
+                    self.problem(&f_path, "floating IPs need an external network");
+                } else if !external.iter().any(|s| s.contains(&f)) {
+                    self.problem(&f_path, format!("{f} is not inside any external subnet"));
+                } else if interface_addresses.contains(&f) {
+                    self.problem(&f_path, format!("{f} is also an interface address"));
+                }
+                if let Some(first) = seen_floating.insert(f, i) {
+                    self.problem(&f_path, format!("{f} is also floating_ips[{first}]"));
+                }
+            }
+            if let Some(x) = fixed {
+                if !internal.iter().any(|s| s.contains(&x)) {
+                    self.problem(&x_path, format!("{x} is not inside any internal subnet"));
+                }
+                if let Some(first) = seen_fixed.insert(x, i) {
+                    self.problem(
+                        &x_path,
+                        format!("{x} already has a floating IP (floating_ips[{first}])"),
+                    );
+                }
+            }
+            if let (Some(f), Some(x)) = (floating, fixed) {
+                if f.is_ipv4() != x.is_ipv4() {
+                    self.problem(
+                        &x_path,
+                        format!("{x} is not of the same IP family as the floating IP {f}"),
+                    );
+                    continue;
+                }
+                out.push(FloatingIp {
+                    floating_ip: f,
+                    fixed_ip: x,
+                });
+            }
+        }
+        out
+    }
+
+    fn cidr_lists(
+        &mut self,
+        lists: &BTreeMap<String, Vec<String>>,
+        path: &str,
+    ) -> BTreeMap<String, Vec<IpNet>> {
+        let mut out = BTreeMap::new();
+        for (name, cidrs) in lists {
+            let list_path = key(path, name);
+            if name.trim().is_empty() {
+                self.problem(&list_path, "names must not be empty");
+            }
+            let nets = cidrs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| self.cidr(c, &index(&list_path, i)))
+                .collect();
+            out.insert(name.clone(), nets);
+        }
+        out
+    }
+
+    fn anchor(
+        &mut self,
+        doc: &AnchorDoc,
+        path: &str,
+        ifnames: &[&str],
+        address_book: &BTreeMap<String, Vec<IpNet>>,
+    ) -> Anchor {
+        let name = self.required(&doc.name, &field(path, "name"));
+        let rules = doc
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                self.filter_rule(r, &index(&field(path, "rules"), i), ifnames, address_book)
+            })
+            .collect();
+        Anchor { name, rules }
+    }
+
+    fn filter_rule(
+        &mut self,
+        rule: &serde_json::Map<String, Value>,
+        path: &str,
+        ifnames: &[&str],
+        address_book: &BTreeMap<String, Vec<IpNet>>,
+    ) -> Option<FilterRule> {
+        let before = self.problems.len();
+        for k in rule.keys() {
+            if !FILTER_RULE_KEYS.contains(&k.as_str()) {
+                self.problem(field(path, k), "is not a filter rule field");
+            }
+        }
+        let text = |v: &mut Validator, k: &str| -> Option<String> {
+            match rule.get(k) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    v.problem(field(path, k), format!("{other} is not a string"));
+                    None
+                }
+            }
+        };
+        let port = |v: &mut Validator, k: &str| -> Option<u16> {
+            match rule.get(k) {
+                None | Some(Value::Null) => None,
+                Some(n) => match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                    Some(p) if p != 0 => Some(p),
+                    _ => {
+                        v.problem(field(path, k), format!("{n} is not a port (1 to 65535)"));
+                        None
+                    }
+                },
+            }
+        };
+
+        let action = text(self, "action");
+        let action = self.enum_value(
+            action.as_deref(),
+            &field(path, "action"),
+            &[("pass", Action::Pass), ("block", Action::Block)],
+            None,
+        );
+        let direction = text(self, "direction");
+        let direction = direction.and_then(|d| {
+            self.enum_value(
+                Some(&d),
+                &field(path, "direction"),
+                &[("in", Direction::In), ("out", Direction::Out)],
+                None,
+            )
+        });
+        let family = text(self, "family");
+        let family = family.and_then(|f| {
+            self.enum_value(
+                Some(&f),
+                &field(path, "family"),
+                &[("inet", Family::Inet), ("inet6", Family::Inet6)],
+                None,
+            )
+        });
+        let protocol = text(self, "protocol");
+        // "imcp" is Astara's typo, accepted so that an Astara orchestrator keeps working.
+        let protocol = protocol.and_then(|p| {
+            self.enum_value(
+                Some(&p),
+                &field(path, "protocol"),
+                &[
+                    ("tcp", Protocol::Tcp),
+                    ("udp", Protocol::Udp),
+                    ("icmp", Protocol::Icmp),
+                    ("imcp", Protocol::Icmp),
+                ],
+                None,
+            )
+        });
+        let interface_of = |v: &mut Validator, k: &str| -> Option<String> {
+            let name = text(v, k)?;
+            if !ifnames.contains(&name.as_str()) {
+                v.problem(
+                    field(path, k),
+                    format!("{} is not the interface of any network", quoted(&name)),
+                );
+            }
+            Some(name)
+        };
+        let interface = interface_of(self, "interface");
+        let destination_interface = interface_of(self, "destination_interface");
+        let endpoint = |v: &mut Validator, k: &str| -> Option<Endpoint> {
+            let s = text(v, k)?;
+            if s == "any" {
+                None
+            } else if s.contains('/') {
+                v.cidr(&s, &field(path, k)).map(Endpoint::Cidr)
+            } else if address_book.contains_key(&s) {
+                Some(Endpoint::AddressBook(s))
+            } else {
+                v.problem(
+                    field(path, k),
+                    format!(
+                        "{} is neither a CIDR nor a name in address_book",
+                        quoted(&s)
+                    ),
+                );
+                None
+            }
+        };
+        let source = endpoint(self, "source");
+        let destination = endpoint(self, "destination");
+        let source_port = port(self, "source_port");
+        let destination_port = port(self, "destination_port");
+        let redirect_port = port(self, "redirect_port");
+        let redirect = text(self, "redirect").and_then(|r| self.ip(&r, &field(path, "redirect")));
+
+        if (source_port.is_some() || destination_port.is_some())
+            && !matches!(protocol, Some(Protocol::Tcp | Protocol::Udp))
+        {
+            self.problem(
+                field(path, "protocol"),
+                "ports need protocol \"tcp\" or \"udp\"",
+            );
+        }
+        if let Some(fam) = family {
+            for (k, ep) in [("source", &source), ("destination", &destination)] {
+                if let Some(Endpoint::Cidr(net)) = ep {
+                    if net.addr().is_ipv4() != (fam == Family::Inet) {
+                        self.problem(
+                            field(path, k),
+                            format!("{net} does not match the rule's family"),
+                        );
+                    }
+                }
+            }
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(FilterRule {
+            action: action?,
+            direction,
+            interface,
+            destination_interface,
+            family,
+            protocol,
+            source,
+            destination,
+            source_port,
+            destination_port,
+            redirect,
+            redirect_port,
+        })
+    }
+}
+
+fn is_ge_name(s: &str) -> bool {
+    let Some(n) = s.strip_prefix("ge") else {
+        return false;
+    };
+    !n.is_empty()
+        && n.len() <= 4
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (n == "0" || !n.starts_with('0'))
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+fn is_hostname(s: &str, max: usize) -> bool {
+    s.len() <= max
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn is_header_safe(s: &str) -> bool {
+    s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+    }
+}
+
+/// `FA-16-3E-00-00-01` or `fa:16:3e:00:00:01` → `fa:16:3e:00:00:01`.
+pub fn normalise_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}

@@ -1,0 +1,1246 @@
+//! End-to-end test harness for Akanda.
+//!
+//! Tests build small networks out of Linux network namespaces and veth
+//! pairs, start the real `akanda-agent` binary inside a "router" namespace
+//! and talk to it with `curl` from a "mgmt" namespace, exactly as the
+//! orchestrator would over the management network.
+//!
+//! Design rules, so that tests can run in parallel and be re-run after a
+//! crash:
+//!
+//! * Every namespace is named `akt-<tag>-<pid>-<counter>`: unique within the
+//!   process (atomic counter) and across concurrent processes (pid). Interface
+//!   names live inside namespaces, so they never collide and stay short.
+//! * Every resource (namespace, process, temp dir) is released on `Drop`,
+//!   which also runs while a failing test unwinds.
+//! * Leftovers of a crashed (SIGKILLed) run are removed by [`cleanup_stale`],
+//!   which runs once per process before the first namespace is created: it
+//!   only touches namespaces whose owner pid is dead.
+//! * Waits are bounded polls, never fixed sleeps.
+//!
+//! Root-only tests start with `if !require_root() { return; }`.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Once};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Prefix of every namespace this harness creates; [`cleanup_stale`] uses it.
+pub const NS_PREFIX: &str = "akt-";
+
+/// Per-process counter that makes namespace names and ports unique.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Returns true when the test may run. Root-only tests call
+/// `if !require_root() { return; }`.
+///
+/// Without root this panics (a silently skipped suite looks green), unless
+/// `AKANDA_SKIP_ROOT_TESTS=1` is set: then it prints "skipped: needs root"
+/// and returns false.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("AKANDA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    panic!(
+        "this test needs root (it creates network namespaces); \
+         run it as root, or set AKANDA_SKIP_ROOT_TESTS=1 to skip root tests"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+/// Runs a command to completion, panicking only if it cannot be started.
+fn output_of(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Stdout of a finished command; panics with everything it printed on failure.
+#[track_caller]
+fn expect_success(what: &str, out: Output) -> String {
+    if !out.status.success() {
+        panic!(
+            "`{what}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip ARGS` in the root namespace (used for `ip netns` and veth creation).
+fn ip_root(args: &[&str]) -> Output {
+    output_of(Command::new("ip").args(args))
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces
+
+/// Serialises `ip netns add`: the first one in a process may create the
+/// shared `/run/netns` mount, and two racing creations can stack mounts and
+/// hide each other's namespace files.
+static NETNS_ADD: Mutex<()> = Mutex::new(());
+static STALE_CLEANUP: Once = Once::new();
+
+/// A named network namespace, deleted (with every process in it) on Drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `akt-<tag>-<pid>-<n>` and brings its `lo` up. `tag` is reduced
+    /// to `[A-Za-z0-9_-]` and 32 characters; use it to tell tests apart in
+    /// `ip netns list`.
+    pub fn new(tag: &str) -> Netns {
+        STALE_CLEANUP.call_once(|| {
+            cleanup_stale(NS_PREFIX);
+        });
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(32)
+            .collect();
+        let name = format!("{NS_PREFIX}{tag}-{}-{}", std::process::id(), next_id());
+        {
+            let _guard = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = ip_root(&["netns", "add", &name]);
+            if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists") {
+                // Our pid and a counter value we never used: the only owner
+                // can be a crashed earlier process that had the same pid.
+                if let Err(e) = remove_netns(&name) {
+                    eprintln!("warning: {e}");
+                }
+                out = ip_root(&["netns", "add", &name]);
+            }
+            expect_success(&format!("ip netns add {name}"), out);
+        }
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// The namespace name, as used by `ip netns exec NAME` / `ip -n NAME`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A `Command` for `ip netns exec NAME args...`, for callers that need
+    /// their own stdio or environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        assert!(!args.is_empty(), "empty command");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// Runs a command inside the namespace; returns its output, success or not.
+    pub fn run(&self, args: &[&str]) -> Output {
+        output_of(&mut self.command(args))
+    }
+
+    /// Runs a command inside the namespace and returns stdout; panics with
+    /// stdout and stderr if it fails.
+    #[track_caller]
+    pub fn exec(&self, args: &[&str]) -> String {
+        expect_success(
+            &format!("[{}] {}", self.name, args.join(" ")),
+            self.run(args),
+        )
+    }
+
+    /// Runs `sh -c SCRIPT` inside the namespace and returns stdout; panics
+    /// with stdout and stderr if it fails.
+    #[track_caller]
+    pub fn sh(&self, script: &str) -> String {
+        expect_success(
+            &format!("[{}] sh -c {script:?}", self.name),
+            self.run(&["sh", "-c", script]),
+        )
+    }
+
+    /// `ip -n NAME ARGS` (ARGS split on whitespace), e.g.
+    /// `ns.ip("addr add 10.0.0.1/24 dev eth0")`. Returns stdout, panics on
+    /// failure. Faster than `exec(["ip", ...])`: no mount namespace is made.
+    #[track_caller]
+    pub fn ip(&self, args: &str) -> String {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &self.name]).args(args.split_whitespace());
+        expect_success(&format!("ip -n {} {args}", self.name), output_of(&mut cmd))
+    }
+
+    /// `ip -n NAME -j ARGS` parsed as JSON.
+    #[track_caller]
+    pub fn ip_json(&self, args: &str) -> Value {
+        let out = self.ip(&format!("-j {args}"));
+        match serde_json::from_str(&out) {
+            Ok(v) => v,
+            Err(e) => panic!("ip -j {args}: bad JSON ({e}): {out}"),
+        }
+    }
+
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    #[track_caller]
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Starts a command inside the namespace: stdin is null, stdout and
+    /// stderr are piped (collect them with `wait_with_output`). It is killed
+    /// when the namespace is dropped at the latest.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {args:?} in {}: {e}", self.name));
+        self.wait_entered(&mut child);
+        child
+    }
+
+    /// Waits (bounded) until a child started with [`Netns::command`] has
+    /// switched into this namespace, or has exited. Until then it is
+    /// invisible to [`Netns::pids`], so Drop could miss it.
+    pub fn wait_entered(&self, child: &mut Child) {
+        let Ok(target) = std::fs::metadata(format!("/run/netns/{}", self.name)) else {
+            return;
+        };
+        let proc_ns = format!("/proc/{}/ns/net", child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(m) = std::fs::metadata(&proc_ns) {
+                if (m.dev(), m.ino()) == (target.dev(), target.ino()) {
+                    return;
+                }
+            }
+            if !matches!(child.try_wait(), Ok(None)) {
+                return; // exited (e.g. command not found): nothing to track
+            }
+            sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Pids of all processes currently in the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        netns_pids(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = remove_netns(&self.name) {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+fn netns_pids(name: &str) -> Vec<i32> {
+    let out = ip_root(&["netns", "pids", name]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Kills every process in the namespace, waits (bounded) for them to be
+/// gone, then deletes it. Deleting the last reference also destroys its
+/// interfaces, and with them the veth peers in other namespaces.
+fn remove_netns(name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = netns_pids(name);
+        if pids.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("warning: processes {pids:?} survive SIGKILL in netns {name}");
+            break;
+        }
+        for pid in pids {
+            // SAFETY: plain syscall; a stale pid only yields ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let out = ip_root(&["netns", "del", name]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip netns del {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Names of all named namespaces (`ip netns list`).
+pub fn list_netns() -> Vec<String> {
+    let out = ip_root(&["netns", "list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The pid encoded in a harness namespace name (`...-<pid>-<counter>`).
+fn owner_pid(name: &str) -> Option<i32> {
+    let mut fields = name.rsplit('-');
+    fields.next()?.parse::<u32>().ok()?;
+    fields.next()?.parse().ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the pid exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Deletes namespaces named `PREFIX...-<pid>-<n>` whose pid is not alive
+/// (leftovers of a run that was killed before its Drops ran), killing any
+/// process still inside. Returns how many were deleted. Namespaces of live
+/// processes, and names not in the harness format, are left alone.
+pub fn cleanup_stale(prefix: &str) -> usize {
+    let mut removed = 0;
+    for name in list_netns() {
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        match owner_pid(&name) {
+            Some(pid) if !pid_alive(pid) => match remove_netns(&name) {
+                Ok(()) => removed += 1,
+                Err(e) => eprintln!("warning: stale namespace: {e}"),
+            },
+            _ => {}
+        }
+    }
+    removed
+}
+
+/// Creates a veth pair with one end directly in each namespace (so the
+/// names never exist in the root namespace and cannot collide there), with
+/// the given MAC addresses, and brings both ends up.
+#[track_caller]
+pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) {
+    let args = [
+        "link", "add", a_if, "netns", &a.name, "address", a_mac, "type", "veth", "peer", "name",
+        b_if, "netns", &b.name, "address", b_mac,
+    ];
+    expect_success(&format!("ip {}", args.join(" ")), ip_root(&args));
+    a.ip(&format!("link set {a_if} up"));
+    b.ip(&format!("link set {b_if} up"));
+}
+
+// ---------------------------------------------------------------------------
+// Ping
+
+/// One `ping -c 1 -W 1` from `from` to `target` (IPv4 or IPv6 literal).
+/// Ok(()) on a reply, Err(ping's output) otherwise.
+pub fn ping_once(from: &Netns, target: &str) -> Result<(), String> {
+    let family = if target.contains(':') { "-6" } else { "-4" };
+    let out = from.run(&["ping", family, "-n", "-c", "1", "-W", "1", target]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Pings until a reply arrives or about 5 s have passed (neighbour
+/// discovery and freshly configured routes may need a moment).
+/// Err carries the last attempt's output.
+pub fn ping_ok(from: &Netns, target: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = match ping_once(from, target) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(err);
+        }
+        // Errors like "Network is unreachable" return at once: don't spin.
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// [`ping_ok`] as a bool.
+pub fn ping(from: &Netns, target: &str) -> bool {
+    ping_ok(from, target).is_ok()
+}
+
+/// Panics unless `from` can ping `target`, showing ping's output and the
+/// source namespace's addresses and routes.
+#[track_caller]
+pub fn assert_pings(from: &Netns, target: &str) {
+    if let Err(out) = ping_ok(from, target) {
+        panic!(
+            "{} cannot ping {target}:\n{out}\n--- addresses and routes in {0} ---\n{}",
+            from.name,
+            net_summary(from)
+        );
+    }
+}
+
+/// Panics if `from` gets a reply from `target` (one attempt, 1 s).
+#[track_caller]
+pub fn assert_no_ping(from: &Netns, target: &str) {
+    if ping_once(from, target).is_ok() {
+        panic!("{} unexpectedly pings {target}", from.name);
+    }
+}
+
+/// Brief addresses and routes of a namespace, for failure messages.
+pub fn net_summary(ns: &Netns) -> String {
+    let out = ns.run(&[
+        "sh",
+        "-c",
+        "ip -br link; ip -br addr; ip route; ip -6 route",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// State dump
+
+/// `valid_life_time`/`preferred_life_time` of a permanent address.
+const LIFETIME_FOREVER: u64 = u32::MAX as u64;
+
+/// Links, addresses and routes (all tables, v4 then v6) of a namespace as
+/// pretty JSON, with volatile fields removed so that two dumps of an
+/// unchanged namespace are byte-identical and can be compared with
+/// `assert_eq!` (e.g. to prove that re-applying a config changes nothing).
+///
+/// Removed: `stats`/`stats64` counters, remaining lifetimes of non-permanent
+/// addresses, route `expires`. Before dumping it waits (at most 5 s) for
+/// IPv6 duplicate address detection to finish: a link-local address stays
+/// `tentative`, without its local route, for a second or two after link-up,
+/// and that would differ between dumps. Everything else, operstate
+/// included, is kept: it does not change in an unchanged namespace.
+pub fn dump_state(ns: &Netns) -> String {
+    wait_dad_settled(ns, Duration::from_secs(5));
+    let mut out = String::new();
+    for args in [
+        "-d link show",
+        "addr show",
+        "-4 route show table all",
+        "-6 route show table all",
+    ] {
+        let mut v = ns.ip_json(args);
+        strip_volatile(&mut v);
+        let pretty = serde_json::to_string_pretty(&v).expect("JSON value serialises");
+        let _ = writeln!(out, "## ip -j {args}\n{pretty}");
+    }
+    out
+}
+
+fn strip_volatile(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for key in ["stats", "stats64", "expires"] {
+                m.remove(key);
+            }
+            for key in ["valid_life_time", "preferred_life_time"] {
+                if m.get(key)
+                    .is_some_and(|t| t.as_u64() != Some(LIFETIME_FOREVER))
+                {
+                    m.remove(key);
+                }
+            }
+            m.values_mut().for_each(strip_volatile);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_volatile),
+        _ => {}
+    }
+}
+
+/// Polls until no address is `tentative` (ignoring `dadfailed` ones, which
+/// stay so), or until `timeout`.
+fn wait_dad_settled(ns: &Netns, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let addrs = ns.ip_json("addr show");
+        let tentative = addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|link| link["addr_info"].as_array())
+            .flatten()
+            .any(|a| a["tentative"] == true && a["dadfailed"] != true);
+        if !tentative || Instant::now() >= deadline {
+            return;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+/// Path of a file in the shared conformance directory,
+/// `<repo>/../shared/conformance/NAME`. Panics if it does not exist.
+pub fn conformance_path(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance")
+        .join(name);
+    path.canonicalize().unwrap_or_else(|e| {
+        panic!(
+            "conformance file {} not found ({e}); the shared/ directory must sit beside the repo",
+            path.display()
+        )
+    })
+}
+
+/// A conformance file parsed as JSON.
+pub fn conformance_json(name: &str) -> Value {
+    let path = conformance_path(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// The `akanda-agent` binary: `$AKANDA_AGENT_BIN` if set, else
+/// `target/<profile>/akanda-agent` beside the running test executable
+/// (`target/<profile>/deps/<test>-<hash>`). Cargo does not build another
+/// package's binaries for this crate's tests, hence the panic message.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AKANDA_AGENT_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "AKANDA_AGENT_BIN={} is not a file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    let bin = dir.join("akanda-agent");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (or set AKANDA_AGENT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port in 20000..40000 that differs between processes (pid) and between
+/// calls in one process (counter). Namespaces isolate ports anyway; this
+/// only keeps logs and `ss` output unambiguous across parallel tests.
+pub fn unique_port() -> u16 {
+    let mix = u64::from(std::process::id()) * 7 + u64::from(next_id());
+    20000 + (mix % 20000) as u16
+}
+
+// ---------------------------------------------------------------------------
+// Agent
+
+/// A running `akanda-agent serve` inside a namespace. Its stdout and stderr
+/// go to a log file, printed to stderr if the test panics. Drop kills it.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    exited: Option<ExitStatus>,
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    log_path: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Agent {
+    /// Starts `akanda-agent serve --listen LISTEN --state-dir DIR
+    /// --insecure-http` in `ns`. With `state_dir: None` a fresh one is made
+    /// in the agent's temp dir; pass one to restart on existing state.
+    pub fn spawn(ns: &Netns, listen: SocketAddr, state_dir: Option<&Path>) -> Agent {
+        Agent::spawn_with_args(ns, listen, state_dir, &[])
+    }
+
+    /// Like [`Agent::spawn`], with extra arguments appended to `serve`.
+    pub fn spawn_with_args(
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Agent {
+        Agent::spawn_program(&agent_bin(), ns, listen, state_dir, extra_args)
+    }
+
+    /// Like [`Agent::spawn_with_args`] with another executable standing in
+    /// for `akanda-agent` (the harness self-tests use a shell script).
+    pub fn spawn_program(
+        bin: &Path,
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Agent {
+        let tmp = tempfile::Builder::new()
+            .prefix("akanda-agent-")
+            .tempdir()
+            .expect("temp dir");
+        let state_dir = match state_dir {
+            Some(d) => d.to_path_buf(),
+            None => {
+                let d = tmp.path().join("state");
+                std::fs::create_dir(&d).expect("create state dir");
+                d
+            }
+        };
+        let log_path = tmp.path().join("agent.log");
+        let log = File::create(&log_path).expect("create agent log");
+        let log2 = log.try_clone().expect("clone log fd");
+        let bin_s = bin.to_string_lossy();
+        let listen_s = listen.to_string();
+        let state_s = state_dir.to_string_lossy();
+        let mut args = vec![
+            &*bin_s,
+            "serve",
+            "--listen",
+            &listen_s,
+            "--state-dir",
+            &state_s,
+            "--insecure-http",
+        ];
+        args.extend_from_slice(extra_args);
+        let mut child = ns
+            .command(&args)
+            // Plain text in the log file, not terminal colours.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        ns.wait_entered(&mut child);
+        Agent {
+            child,
+            exited: None,
+            listen,
+            state_dir,
+            log_path,
+            _tmp: tmp,
+        }
+    }
+
+    /// The address the agent listens on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// `http://ADDR:PORT` (IPv6 in brackets).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// An HTTP client that sends its requests from `client`.
+    pub fn http(&self, client: &Netns) -> Http {
+        Http::new(client, self.base_url())
+    }
+
+    /// The state directory the agent was started with.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Path of the agent's combined stdout/stderr log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Process id (that of the agent itself: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the agent has exited, without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            // An error here (never expected) must not panic inside Drop.
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// Polls `GET /v1/base/` from `client` until it answers 200. Panics
+    /// with the agent's log if the agent exits or `timeout` passes.
+    #[track_caller]
+    pub fn wait_ready(&mut self, client: &Netns, timeout: Duration) {
+        let http = self.http(client).with_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "akanda-agent exited ({status}) before it was ready\n--- agent log ---\n{}",
+                    self.log()
+                );
+            }
+            let last = match http.request("GET", "/v1/base/", None) {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => format!("HTTP {}: {}", r.status, r.body),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "akanda-agent not ready at {} after {timeout:?}: {last}\n--- agent log ---\n{}",
+                    self.base_url(),
+                    self.log()
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL (a crash, no cleanup by the agent), then reap it.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(s) = self.try_wait() {
+            return s;
+        }
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("wait for agent: {e}"));
+        self.exited = Some(status);
+        status
+    }
+
+    /// SIGTERM (graceful shutdown) and wait up to 10 s for the exit; panics,
+    /// after a SIGKILL, if the agent ignores it.
+    #[track_caller]
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(s) = self.try_wait() {
+            return s;
+        }
+        // SAFETY: plain syscall on our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        panic!(
+            "akanda-agent did not exit within 10 s of SIGTERM\n--- agent log ---\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- akanda-agent log ({}) ----\n{}---- end of agent log ----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+/// An HTTP response as seen by curl.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lower-cased, in order (of the final response).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// The body parsed as JSON; panics with the body if it is not JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        match serde_json::from_str(&self.body) {
+            Ok(v) => v,
+            Err(e) => panic!(
+                "HTTP {} body is not JSON ({e}):\n{}",
+                self.status, self.body
+            ),
+        }
+    }
+
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// HTTP client whose requests originate inside a namespace: runs `curl` via
+/// `ip netns exec`, since the agent is only reachable on the management
+/// network. Proxies from the environment are ignored.
+#[derive(Debug, Clone)]
+pub struct Http {
+    ns: String,
+    base: String,
+    timeout: Duration,
+}
+
+impl Http {
+    /// A client in `ns` for `base_url` (e.g. `http://[fdca::1]:20000`).
+    pub fn new(ns: &Netns, base_url: impl Into<String>) -> Http {
+        Http {
+            ns: ns.name.clone(),
+            base: base_url.into().trim_end_matches('/').to_owned(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Same client with another per-request time limit (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Http {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Base URL + `path` (a full `http://` URL is used as is).
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    /// Sends one request; `body` is `(content_type, bytes)`. Err only when
+    /// no HTTP response was received (connection refused, timeout...).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> anyhow::Result<Response> {
+        let url = self.url(path);
+        let tmp = tempfile::tempdir().context("temp dir")?;
+        let body_file = tmp.path().join("body");
+        let head_file = tmp.path().join("head");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "-sS",
+            "-g",
+            "--noproxy",
+            "*",
+        ])
+        .arg("--max-time")
+        .arg(format!("{:.3}", self.timeout.as_secs_f64()))
+        .args(["-X", method, "-w", "%{http_code}", "-o"])
+        .arg(&body_file)
+        .arg("-D")
+        .arg(&head_file);
+        if let Some((content_type, _)) = body {
+            cmd.args(["-H", &format!("Content-Type: {content_type}")])
+                // No "Expect: 100-continue" round trip for large bodies.
+                .args(["-H", "Expect:", "--data-binary", "@-"]);
+        }
+        cmd.arg(&url)
+            .stdin(if body.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawn curl")?;
+        if let Some((_, bytes)) = body {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin
+                .write_all(bytes)
+                .context("write request body to curl")?;
+        }
+        let out = child.wait_with_output().context("wait for curl")?;
+        if !out.status.success() {
+            bail!(
+                "{method} {url} from {}: curl {}: {}",
+                self.ns,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let code = String::from_utf8_lossy(&out.stdout);
+        let status: u16 = code
+            .trim()
+            .parse()
+            .with_context(|| format!("curl printed {code:?} as status"))?;
+        let body = std::fs::read(&body_file).unwrap_or_default();
+        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+        Ok(Response {
+            status,
+            headers: parse_headers(&head),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    #[track_caller]
+    fn must(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Response {
+        match self.request(method, path, body) {
+            Ok(r) => r,
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    /// GET; panics if no response.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> Response {
+        self.must("GET", path, None)
+    }
+
+    /// DELETE; panics if no response.
+    #[track_caller]
+    pub fn delete(&self, path: &str) -> Response {
+        self.must("DELETE", path, None)
+    }
+
+    /// PUT a JSON document; panics if no response.
+    #[track_caller]
+    pub fn put_json(&self, path: &str, json: &Value) -> Response {
+        self.put_raw(path, "application/json", json.to_string().as_bytes())
+    }
+
+    /// POST a JSON document; panics if no response.
+    #[track_caller]
+    pub fn post_json(&self, path: &str, json: &Value) -> Response {
+        self.must(
+            "POST",
+            path,
+            Some(("application/json", json.to_string().as_bytes())),
+        )
+    }
+
+    /// PUT arbitrary bytes with any content type (for malformed-input
+    /// tests); panics if no response.
+    #[track_caller]
+    pub fn put_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        self.must("PUT", path, Some((content_type, body)))
+    }
+}
+
+/// Headers of the last response block in a `curl -D` dump (earlier blocks
+/// are interim responses such as `100 Continue`).
+fn parse_headers(dump: &str) -> Vec<(String, String)> {
+    let last = dump
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    last.lines()
+        .skip(1) // status line
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The standard router topology
+
+/// The standard agent topology, matching `astara-router-basic.json`:
+///
+/// ```text
+///   mgmt ──eth0┐                ┌eth2── t1  192.168.0.2, 2001:db8:100::2
+///              router (agent)
+///   ext  ──eth1┘                └eth3── t2  192.168.1.2
+/// ```
+///
+/// The router side is named `eth0..eth3` with MACs `fa:16:3e:00:00:01..04`
+/// (the agent renames them `geN`); every peer side is named `eth0`
+/// ([`RouterLab::HOST_IF`]). Only the management address is configured on
+/// the router (as the VM's boot config would); the rest is the agent's job.
+/// The ext host routes 192.168.0.0/16 and 2001:db8:100::/48 via the router,
+/// so internal hosts are reachable from outside without NAT.
+#[derive(Debug)]
+pub struct RouterLab {
+    router: Netns,
+    mgmt: Netns,
+    ext: Netns,
+    t1: Netns,
+    t2: Netns,
+    port: u16,
+    // Last: removed after the namespaces (and the agent in them) are gone.
+    state: TempDir,
+}
+
+impl RouterLab {
+    /// Conformance config this topology is built from.
+    pub const CONFORMANCE: &'static str = "astara-router-basic.json";
+    /// Router-side MACs of eth0 (mgmt), eth1 (ext), eth2 (t1), eth3 (t2).
+    pub const ROUTER_MACS: [&'static str; 4] = [
+        "fa:16:3e:00:00:01",
+        "fa:16:3e:00:00:02",
+        "fa:16:3e:00:00:03",
+        "fa:16:3e:00:00:04",
+    ];
+    /// Interface name on the host side of every link.
+    pub const HOST_IF: &'static str = "eth0";
+    /// The router's management address (the agent listens here).
+    pub const MGMT_ADDR: &'static str = "fdca:3ba5:a17a:acda:f816:3eff:fee0:e1b0";
+    /// The orchestrator's address in the mgmt namespace.
+    pub const MGMT_PEER_ADDR: &'static str = "fdca:3ba5:a17a:acda::1";
+    /// External gateway (ext host).
+    pub const EXT_GW_V4: &'static str = "172.16.77.1";
+    pub const EXT_GW_V6: &'static str = "2001:db8:77::1";
+    /// The router's external addresses in the conformance config.
+    pub const EXT_ROUTER_V4: &'static str = "172.16.77.2";
+    pub const EXT_ROUTER_V6: &'static str = "2001:db8:77::2";
+    /// Internal host t1 (its MAC is the conformance allocation's).
+    pub const T1_V4: &'static str = "192.168.0.2";
+    pub const T1_V6: &'static str = "2001:db8:100::2";
+    pub const T1_MAC: &'static str = "fa:16:3e:aa:bb:01";
+    /// Internal host t2 (second internal network, not in the conformance file).
+    pub const T2_V4: &'static str = "192.168.1.2";
+
+    /// Builds the topology. Namespaces are `akt-<tag>-<role>-<pid>-<n>`.
+    pub fn new(tag: &str) -> RouterLab {
+        let ns = |role: &str| Netns::new(&format!("{tag}-{role}"));
+        let (router, mgmt, ext, t1, t2) = (ns("rt"), ns("mgmt"), ns("ext"), ns("t1"), ns("t2"));
+        let [mac0, mac1, mac2, mac3] = Self::ROUTER_MACS;
+        let h = Self::HOST_IF;
+        veth(&router, "eth0", mac0, &mgmt, h, "fa:16:3e:00:10:00");
+        veth(&router, "eth1", mac1, &ext, h, "fa:16:3e:00:10:01");
+        veth(&router, "eth2", mac2, &t1, h, Self::T1_MAC);
+        veth(&router, "eth3", mac3, &t2, h, "fa:16:3e:00:10:03");
+
+        router.ip(&format!("addr add {}/64 dev eth0 nodad", Self::MGMT_ADDR));
+        mgmt.ip(&format!(
+            "addr add {}/64 dev {h} nodad",
+            Self::MGMT_PEER_ADDR
+        ));
+
+        ext.ip(&format!("addr add {}/24 dev {h}", Self::EXT_GW_V4));
+        ext.ip(&format!("addr add {}/64 dev {h} nodad", Self::EXT_GW_V6));
+        ext.ip(&format!(
+            "route add 192.168.0.0/16 via {}",
+            Self::EXT_ROUTER_V4
+        ));
+        ext.ip(&format!(
+            "route add 2001:db8:100::/48 via {}",
+            Self::EXT_ROUTER_V6
+        ));
+
+        t1.ip(&format!("addr add {}/24 dev {h}", Self::T1_V4));
+        t1.ip("route add default via 192.168.0.1");
+        t1.ip(&format!("addr add {}/64 dev {h} nodad", Self::T1_V6));
+        t1.ip("-6 route add default via 2001:db8:100::1");
+
+        t2.ip(&format!("addr add {}/24 dev {h}", Self::T2_V4));
+        t2.ip("route add default via 192.168.1.1");
+
+        let state = tempfile::Builder::new()
+            .prefix("akanda-lab-state-")
+            .tempdir()
+            .expect("temp dir");
+        RouterLab {
+            router,
+            mgmt,
+            ext,
+            t1,
+            t2,
+            port: unique_port(),
+            state,
+        }
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+    pub fn mgmt(&self) -> &Netns {
+        &self.mgmt
+    }
+    pub fn ext(&self) -> &Netns {
+        &self.ext
+    }
+    pub fn t1(&self) -> &Netns {
+        &self.t1
+    }
+    pub fn t2(&self) -> &Netns {
+        &self.t2
+    }
+
+    /// Router-side MACs, indexed by creation order (eth0..eth3).
+    pub fn router_macs(&self) -> [&'static str; 4] {
+        Self::ROUTER_MACS
+    }
+
+    /// The agent's port: fixed for the lab, so a restarted agent is found
+    /// at the same URL.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `[MGMT_ADDR]:port`.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let ip: Ipv6Addr = Self::MGMT_ADDR.parse().expect("valid constant");
+        SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, 0))
+    }
+
+    /// `http://[MGMT_ADDR]:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen_addr())
+    }
+
+    /// HTTP client in the mgmt namespace for the agent's URL.
+    pub fn http(&self) -> Http {
+        Http::new(&self.mgmt, self.base_url())
+    }
+
+    /// The lab's agent state dir. It outlives agents, so an agent started
+    /// again after `kill()`/`stop()` sees its predecessor's state.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Starts the agent in the router namespace on the lab's address, port
+    /// and state dir, without waiting for it.
+    pub fn spawn_agent(&self) -> Agent {
+        Agent::spawn(&self.router, self.listen_addr(), Some(self.state_dir()))
+    }
+
+    /// [`RouterLab::spawn_agent`], then waits (up to 15 s) until it answers
+    /// from the mgmt namespace.
+    #[track_caller]
+    pub fn start_agent(&self) -> Agent {
+        let mut agent = self.spawn_agent();
+        agent.wait_ready(&self.mgmt, Duration::from_secs(15));
+        agent
+    }
+
+    /// The conformance config (ifnames `geN` as in the file).
+    pub fn config(&self) -> Value {
+        conformance_json(Self::CONFORMANCE)
+    }
+
+    /// [`dump_state`] of the router namespace.
+    pub fn dump_router_state(&self) -> String {
+        dump_state(&self.router)
+    }
+
+    /// Names of the lab's namespaces (router, mgmt, ext, t1, t2).
+    pub fn namespace_names(&self) -> [&str; 5] {
+        [
+            self.router.name(),
+            self.mgmt.name(),
+            self.ext.name(),
+            self.t1.name(),
+            self.t2.name(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crashed earlier process with our pid left the very name we are
+    /// about to use: it is replaced, not an error.
+    #[test]
+    fn leftover_with_our_pid_is_replaced() {
+        if !require_root() {
+            return;
+        }
+        let next = COUNTER.load(Ordering::Relaxed);
+        let name = format!("{NS_PREFIX}reuse-{}-{next}", std::process::id());
+        expect_success("add", ip_root(&["netns", "add", &name]));
+        let ns = Netns::new("reuse");
+        assert_eq!(ns.name(), name);
+        drop(ns);
+        assert!(!list_netns().contains(&name));
+    }
+
+    #[test]
+    fn owner_pid_parses_from_the_right() {
+        assert_eq!(owner_pid("akt-a-b-rt-1234-7"), Some(1234));
+        assert_eq!(owner_pid("akt-1234"), None);
+        assert_eq!(owner_pid("akt-x-abc-7"), None);
+    }
+
+    #[test]
+    fn strip_volatile_keeps_permanent_lifetimes() {
+        let mut v = serde_json::json!([{"stats64": {}, "addr_info": [
+            {"local": "a", "valid_life_time": 4294967295u64, "preferred_life_time": 4294967295u64},
+            {"local": "b", "valid_life_time": 300, "preferred_life_time": 100}
+        ]}]);
+        strip_volatile(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!([{"addr_info": [
+                {"local": "a", "valid_life_time": 4294967295u64, "preferred_life_time": 4294967295u64},
+                {"local": "b"}
+            ]}])
+        );
+    }
+
+    #[test]
+    fn parse_headers_takes_last_block() {
+        let h = parse_headers(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n",
+        );
+        assert_eq!(h, vec![("content-type".into(), "application/json".into())]);
+    }
+
+    #[test]
+    fn http_url_joins_paths() {
+        let h = Http {
+            ns: "x".into(),
+            base: "http://[fdca::1]:20000".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(h.url("/v1/status"), "http://[fdca::1]:20000/v1/status");
+        assert_eq!(h.url("v1/status"), "http://[fdca::1]:20000/v1/status");
+    }
+}
