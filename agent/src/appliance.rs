@@ -229,9 +229,16 @@ impl Appliance {
 
         let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
         let before = KernelState::read(&self.nl).await.map_err(unavailable)?;
-        let desired = desired_state(config);
+        let desired = desired_state(config, self.current.as_ref());
         if let Err(failed) = self.write_state(&desired, &before).await {
             return Err(self.roll_back(&desired, &before, failed).await);
+        }
+        let unchanged = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.document == config.document);
+        if unchanged {
+            return Ok(());
         }
         if let Err(e) = self.state.save_config(&config.document.to_canonical_json()) {
             let failed = format!("saving the config to {}: {e}", self.state.path().display());

@@ -42,11 +42,30 @@ pub fn is_ipv6_link_local(net: &IpNet) -> bool {
 
 /// Computes the desired kernel state of a config.
 ///
+/// `previous` is the config in force before this one. A NIC it configured that this config no
+/// longer names (a router interface removed in Neutron) is cleared: its addresses removed and
+/// the link set down, so the router stops routing that subnet. The previous management NIC is
+/// the exception: clearing it would cut the orchestrator off. NICs the agent never configured
+/// are never touched.
+///
 /// Routes, in precedence order when two name the same destination (the kernel keeps one route
 /// per destination in the main table): default routes, then top-level `static_routes`, then
 /// subnet `host_routes` in document order.
-pub fn desired_state(config: &RouterConfig) -> DesiredState {
+pub fn desired_state(config: &RouterConfig, previous: Option<&RouterConfig>) -> DesiredState {
     let mut state = DesiredState::default();
+    for old in previous.map(|p| p.networks.as_slice()).unwrap_or_default() {
+        if old.network_type != NetworkType::Management {
+            state.links.insert(
+                old.ifname.clone(),
+                DesiredLink {
+                    mtu: None,
+                    up: false,
+                    addresses: BTreeSet::new(),
+                    nodad: true,
+                },
+            );
+        }
+    }
     for net in &config.networks {
         let addresses = net
             .addresses
@@ -146,7 +165,7 @@ mod tests {
 
     #[test]
     fn basic_config_links() {
-        let state = desired_state(&basic());
+        let state = desired_state(&basic(), None);
         assert_eq!(
             state.links.keys().collect::<Vec<_>>(),
             vec!["ge0", "ge1", "ge2"]
@@ -161,7 +180,7 @@ mod tests {
 
     #[test]
     fn basic_config_routes() {
-        let state = desired_state(&basic());
+        let state = desired_state(&basic(), None);
         let want: BTreeSet<DesiredRoute> = [
             route("0.0.0.0/0", "172.16.77.1", Some("ge1")),
             route("::/0", "2001:db8:77::1", Some("ge1")),
@@ -178,7 +197,7 @@ mod tests {
         config.networks[2]
             .addresses
             .push("fe80::1/64".parse().unwrap());
-        let state = desired_state(&config);
+        let state = desired_state(&config, None);
         assert!(!state.links["ge2"].addresses.iter().any(is_ipv6_link_local));
     }
 
@@ -187,7 +206,7 @@ mod tests {
         let mut config = basic();
         config.default_v4_gateway = None;
         config.networks[1].subnets[0].gateway_ip = Some("172.16.77.254".parse().unwrap());
-        let state = desired_state(&config);
+        let state = desired_state(&config, None);
         assert!(state
             .routes
             .contains(&route("0.0.0.0/0", "172.16.77.254", Some("ge1"))));
@@ -200,7 +219,7 @@ mod tests {
             destination: "10.50.0.0/16".parse().unwrap(),
             next_hop: "172.16.77.9".parse().unwrap(),
         });
-        let state = desired_state(&config);
+        let state = desired_state(&config, None);
         assert!(state
             .routes
             .contains(&route("10.50.0.0/16", "172.16.77.9", None)));
@@ -210,13 +229,34 @@ mod tests {
     }
 
     #[test]
+    fn dropped_networks_are_cleared_but_not_management() {
+        let previous = basic();
+        let mut config = basic();
+        config
+            .networks
+            .retain(|n| n.network_type == NetworkType::External);
+        config.networks[0].ifname = "ge1".into();
+        let state = desired_state(&config, Some(&previous));
+        assert_eq!(
+            state.links.keys().collect::<Vec<_>>(),
+            vec!["ge1", "ge2"],
+            "ge0 (management) must not be touched"
+        );
+        let ge2 = &state.links["ge2"];
+        assert!(!ge2.up);
+        assert!(ge2.addresses.is_empty());
+        assert_eq!(ge2.mtu, None);
+        assert!(state.links["ge1"].up);
+    }
+
+    #[test]
     fn no_external_network_no_default_routes() {
         let mut config = basic();
         config
             .networks
             .retain(|n| n.network_type != NetworkType::External);
         config.default_v4_gateway = None;
-        let state = desired_state(&config);
+        let state = desired_state(&config, None);
         assert!(state.routes.iter().all(|r| r.destination.prefix_len() > 0));
     }
 }

@@ -587,3 +587,30 @@ fn concurrent_puts_are_serialised() {
     );
     assert_eq!(status(&lab)["applies"]["ok"], 6);
 }
+
+#[test]
+fn a_removed_network_stops_routing_and_management_stays() {
+    let Some((lab, _agent)) = started("remove") else {
+        return;
+    };
+    let config = lab_config(&lab);
+    put_ok(&lab, &config);
+    assert_pings(lab.t1(), RouterLab::T2_V4);
+    let ge3 = ifname_for(&lab, INT2_MAC);
+
+    // Neutron removed the second router interface: the config no longer names network 3.
+    let mut removed = config.clone();
+    removed["networks"].as_array_mut().unwrap().truncate(3);
+    put_ok(&lab, &removed);
+    assert!(addresses(&lab, &ge3).is_empty());
+    assert_no_ping(lab.t1(), RouterLab::T2_V4);
+    assert_pings(lab.t1(), "192.168.0.1");
+
+    // Even a config without the management network keeps the management address: the
+    // orchestrator must never be locked out by a push.
+    let mut no_mgmt = removed.clone();
+    no_mgmt["networks"].as_array_mut().unwrap().remove(0);
+    put_ok(&lab, &no_mgmt);
+    assert!(addresses(&lab, "ge0").contains(&format!("{}/64", RouterLab::MGMT_ADDR)));
+    assert_eq!(lab.http().get("/v1/status").status, 200);
+}

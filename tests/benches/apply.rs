@@ -1,0 +1,316 @@
+//! Benchmark: `PUT /v1/system/config` → 200 latency, measured from the orchestrator's side.
+//!
+//! Needs root (network namespaces) and a release build of the agent:
+//!     cargo build --release -p akanda-agent && cargo bench -p akanda-tests --bench apply
+//!
+//! Two routers: the conformance config (management, external, one internal network) and a
+//! router with 20 internal networks (22 NICs). For each, three figures:
+//! - first apply: the full config onto a bare router (only its management address), repeated
+//!   by switching back to a bare config in between;
+//! - changed apply: one network renumbered and one route moved;
+//! - no-op re-apply: the same config again (0 netlink writes).
+//!
+//! The HTTP client runs in-process on a thread that has entered the management namespace,
+//! with one keep-alive connection, so the figures are the agent's, not curl's start-up.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use akanda_tests::{conformance_json, veth, Agent, Netns, RouterLab};
+use serde_json::{json, Value};
+
+const ROUNDS: usize = 30;
+
+/// A minimal HTTP/1.1 keep-alive client: enough for JSON requests to the agent.
+struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+
+    fn put(&mut self, config: &Value) -> Duration {
+        let body = serde_json::to_vec(config).unwrap();
+        let t = Instant::now();
+        let (status, resp) = self.request("PUT", "/v1/system/config", &body);
+        let elapsed = t.elapsed();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+        elapsed
+    }
+
+    fn last_writes(&mut self) -> u64 {
+        let (_, body) = self.request("GET", "/v1/status", b"");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["last_apply"]["netlink_writes"].as_u64().unwrap()
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+struct Figures {
+    name: String,
+    first: Vec<Duration>,
+    changed: Vec<Duration>,
+    noop: Vec<Duration>,
+    first_writes: u64,
+    noop_writes: u64,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> f64 {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ms[((ms.len() - 1) as f64 * p).round() as usize]
+}
+
+fn measure(
+    name: &str,
+    addr: SocketAddr,
+    mgmt: &Netns,
+    bare: &Value,
+    full: &Value,
+    changed: &Value,
+) -> Figures {
+    in_netns(mgmt, || {
+        let mut c = Client::connect(addr);
+        let mut f = Figures {
+            name: name.into(),
+            first: vec![],
+            changed: vec![],
+            noop: vec![],
+            first_writes: 0,
+            noop_writes: 0,
+        };
+        c.put(full); // warm-up
+        for _ in 0..ROUNDS {
+            c.put(bare);
+            f.first.push(c.put(full));
+            f.first_writes = c.last_writes();
+            f.noop.push(c.put(full));
+            f.noop_writes = f.noop_writes.max(c.last_writes());
+            f.changed.push(c.put(changed));
+            c.put(full);
+        }
+        f
+    })
+}
+
+/// The management network alone: what a freshly booted router has.
+fn bare_of(config: &Value) -> Value {
+    let mut bare = config.clone();
+    let mgmt: Vec<Value> = config["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["network_type"] == "management")
+        .cloned()
+        .collect();
+    bare["networks"] = json!(mgmt);
+    bare["floating_ips"] = json!([]);
+    bare["static_routes"] = json!([]);
+    bare.as_object_mut().unwrap().remove("default_v4_gateway");
+    bare
+}
+
+fn conformance_router() -> Figures {
+    let lab = RouterLab::new("bench");
+    let _agent = lab.start_agent();
+    let mut full = lab.config();
+    for (i, n) in ["ge0", "ge1", "ge2"].iter().enumerate() {
+        full["networks"][i]["interface"]["ifname"] = json!(n);
+    }
+    let mut changed = full.clone();
+    changed["networks"][2]["interface"]["addresses"] =
+        json!(["192.168.0.1/25", "2001:db8:100::1/64"]);
+    changed["networks"][2]["subnets"][0]["cidr"] = json!("192.168.0.0/25");
+    changed["networks"][2]["subnets"][0]["host_routes"][0]["nexthop"] = json!("192.168.0.126");
+    measure(
+        "conformance (3 NICs)",
+        lab.listen_addr(),
+        lab.mgmt(),
+        &bare_of(&full),
+        &full,
+        &changed,
+    )
+}
+
+fn twenty_networks() -> Figures {
+    let router = Netns::new("b20rt");
+    let mgmt = Netns::new("b20mg");
+    let sink = Netns::new("b20sk");
+    veth(
+        &router,
+        "eth0",
+        "fa:16:3e:10:00:00",
+        &mgmt,
+        "eth0",
+        "fa:16:3e:20:00:00",
+    );
+    veth(
+        &router,
+        "eth1",
+        "fa:16:3e:10:00:01",
+        &sink,
+        "ext",
+        "fa:16:3e:20:00:01",
+    );
+    for i in 0..20 {
+        veth(
+            &router,
+            &format!("eth{}", i + 2),
+            &format!("fa:16:3e:10:00:{:02x}", i + 2),
+            &sink,
+            &format!("t{i}"),
+            &format!("fa:16:3e:20:00:{:02x}", i + 2),
+        );
+    }
+    router.ip(&format!(
+        "addr add {}/64 dev eth0 nodad",
+        RouterLab::MGMT_ADDR
+    ));
+    mgmt.ip(&format!(
+        "addr add {}/64 dev eth0 nodad",
+        RouterLab::MGMT_PEER_ADDR
+    ));
+    let listen: SocketAddr = format!("[{}]:{}", RouterLab::MGMT_ADDR, akanda_tests::unique_port())
+        .parse()
+        .unwrap();
+    let mut agent = Agent::spawn(&router, listen, None);
+    agent.wait_ready(&mgmt, Duration::from_secs(15));
+
+    let base = conformance_json("astara-router-basic.json");
+    let mut networks = vec![base["networks"][0].clone(), base["networks"][1].clone()];
+    networks[0]["interface"]["ifname"] = json!("ge0");
+    networks[1]["interface"]["ifname"] = json!("ge1");
+    for i in 0..20u32 {
+        let allocations: Vec<Value> = (0..10)
+            .map(|h| {
+                json!({"mac_address": format!("fa:16:3e:30:{i:02x}:{h:02x}"),
+                       "ip_addresses": {format!("10.{i}.0.{}", h + 10): true},
+                       "hostname": format!("host-{i}-{h}"), "device_id": format!("dev-{i}-{h}")})
+            })
+            .collect();
+        networks.push(json!({
+            "network_id": format!("net-{i}"), "network_type": "internal", "mtu": 1450,
+            "interface": {"ifname": format!("ge{}", i + 2),
+                          "addresses": [format!("10.{i}.0.1/24"), format!("2001:db8:{i:x}::1/64")]},
+            "subnets": [
+                {"id": format!("v4-{i}"), "cidr": format!("10.{i}.0.0/24"), "gateway_ip": format!("10.{i}.0.1"),
+                 "dhcp_enabled": true, "dns_nameservers": ["8.8.8.8"],
+                 "host_routes": [{"destination": format!("172.20.{i}.0/24"), "nexthop": format!("10.{i}.0.254")},
+                                 {"destination": format!("172.21.{i}.0/24"), "nexthop": format!("10.{i}.0.253")}]},
+                {"id": format!("v6-{i}"), "cidr": format!("2001:db8:{i:x}::/64"), "gateway_ip": format!("2001:db8:{i:x}::1"),
+                 "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
+            "allocations": allocations
+        }));
+    }
+    let mut full = base.clone();
+    full["networks"] = json!(networks);
+    full["floating_ips"] = json!([{"floating_ip": "172.16.77.50", "fixed_ip": "10.0.0.10"}]);
+    let mut changed = full.clone();
+    changed["networks"][7]["interface"]["addresses"] = json!(["10.5.0.1/25", "2001:db8:5::1/64"]);
+    changed["networks"][7]["subnets"][0]["cidr"] = json!("10.5.0.0/25");
+    changed["networks"][7]["subnets"][0]["host_routes"][0]["nexthop"] = json!("10.5.0.126");
+    changed["networks"][7]["subnets"][0]["host_routes"][1]["nexthop"] = json!("10.5.0.125");
+    changed["networks"][7]["allocations"] = json!([]);
+    let figures = measure(
+        "20 internal networks (22 NICs)",
+        listen,
+        &mgmt,
+        &bare_of(&full),
+        &full,
+        &changed,
+    );
+    drop(agent);
+    figures
+}
+
+fn main() {
+    if !akanda_tests::require_root() {
+        return;
+    }
+    // `cargo bench` passes --bench; nothing else is read.
+    let results = [conformance_router(), twenty_networks()];
+    println!();
+    println!("PUT /v1/system/config → 200, milliseconds ({ROUNDS} rounds each; p50 / p90 / max)");
+    println!(
+        "{:<32} {:>24} {:>24} {:>24}",
+        "router", "first apply", "changed apply", "no-op re-apply"
+    );
+    for f in &results {
+        let fmt = |s: &[Duration]| {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                percentile(s, 0.5),
+                percentile(s, 0.9),
+                percentile(s, 1.0)
+            )
+        };
+        println!(
+            "{:<32} {:>24} {:>24} {:>24}",
+            f.name,
+            fmt(&f.first),
+            fmt(&f.changed),
+            fmt(&f.noop)
+        );
+    }
+    println!();
+    for f in &results {
+        println!(
+            "{}: netlink writes: first apply {}, no-op re-apply {}",
+            f.name, f.first_writes, f.noop_writes
+        );
+        assert_eq!(f.noop_writes, 0, "a no-op re-apply wrote to the kernel");
+    }
+}
