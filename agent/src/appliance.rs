@@ -116,14 +116,7 @@ impl Appliance {
             }
         };
         let config = akanda_model::parse(&bytes).map_err(|e| format!("saved config: {e}"))?;
-        self.apply(config).await.map_err(|e| match e {
-            ApplyError::DoesNotFit(problems) => problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        })?;
+        self.apply(config).await.map_err(|e| describe_error(&e))?;
         Ok(true)
     }
 

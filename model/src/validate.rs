@@ -495,10 +495,19 @@ impl Validator {
             }
             Some(n) => self.ip(n, &nh_path),
         };
-        let (destination, next_hop) = (destination?, next_hop?);
+        self.same_family(destination?, next_hop?, &nh_path)
+    }
+
+    /// A route whose next hop is of the destination's family.
+    fn same_family(
+        &mut self,
+        destination: IpNet,
+        next_hop: IpAddr,
+        nh_path: &str,
+    ) -> Option<Route> {
         if destination.addr().is_ipv4() != next_hop.is_ipv4() {
             self.problem(
-                &nh_path,
+                nh_path,
                 format!("{next_hop} is not of the same IP family as {destination}"),
             );
             return None;
@@ -524,18 +533,7 @@ impl Validator {
             StaticRouteDoc::Pair(pair) if pair.len() == 2 => {
                 let dest = self.cidr(&pair[0], &index(path, 0));
                 let nh = self.ip(&pair[1], &index(path, 1));
-                let (destination, next_hop) = (dest?, nh?);
-                if destination.addr().is_ipv4() != next_hop.is_ipv4() {
-                    self.problem(
-                        index(path, 1),
-                        format!("{next_hop} is not of the same IP family as {destination}"),
-                    );
-                    return None;
-                }
-                Some(Route {
-                    destination,
-                    next_hop,
-                })
+                self.same_family(dest?, nh?, &index(path, 1))
             }
             StaticRouteDoc::Pair(pair) => {
                 self.problem(
