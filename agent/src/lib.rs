@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod appliance;
+pub mod bootconfig;
 pub mod desired;
 pub mod netlink;
 pub mod nics;
 pub mod reconcile;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod sysctl;

@@ -1,0 +1,1 @@
+//! Boot configuration from the OpenStack config drive. Filled in by the image work.
