@@ -97,12 +97,7 @@ pub fn routes(
         .then(put_config);
     let firewall = warp::path!("v1" / "firewall" / "rules")
         .and(warp::get())
-        .map(|| {
-            text(format!(
-                "# akanda-agent {}: no firewall rules applied yet\n",
-                env!("CARGO_PKG_VERSION")
-            ))
-        });
+        .then(firewall_rules);
     let status = warp::path!("v1" / "status")
         .and(warp::get())
         .and(with_state)
@@ -144,6 +139,21 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
         (StatusCode::BAD_REQUEST, "bad request")
     };
     Ok(error(status, message, &[]))
+}
+
+/// The live ruleset, read back from the kernel with its counters. Astara's liveness probe:
+/// it never waits for an apply in progress.
+async fn firewall_rules() -> Response {
+    let listing = tokio::task::spawn_blocking(|| {
+        crate::firewall::readback::list_table(crate::firewall::ruleset::TABLE)
+    })
+    .await;
+    match listing {
+        Ok(Ok(Some(rules))) => text(rules),
+        Ok(Ok(None)) => text("# no ruleset applied yet\n".into()),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), &[]),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), &[]),
+    }
 }
 
 async fn get_interfaces(s: Arc<ApiState>) -> Response {

@@ -12,6 +12,7 @@ use akanda_model::{Document, Problem, RouterConfig};
 use serde::Serialize;
 
 use crate::desired::{desired_state, DesiredState};
+use crate::firewall::{self, FirewallOptions, Ruleset};
 use crate::netlink::{format_mac, Netlink, NetlinkError};
 use crate::nics::{self, Nic};
 use crate::reconcile::{execute, plan_links, plan_routes, KernelState};
@@ -46,6 +47,10 @@ pub struct ApplyRecord {
     pub config_hash: String,
     /// Netlink write requests this apply sent (0 for an identical config).
     pub netlink_writes: u64,
+    /// nf_tables batches this apply sent (0 when the ruleset did not change).
+    pub netfilter_batches: u64,
+    /// Conntrack entries deleted because their floating IP went away or moved.
+    pub conntrack_deleted: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -62,12 +67,19 @@ pub struct Shared {
     pub current: Option<Document>,
     pub current_hash: Option<String>,
     pub netlink_writes_total: u64,
+    pub netfilter_batches_total: u64,
 }
 
 pub struct Appliance {
     nl: Netlink,
     state: StateDir,
     current: Option<RouterConfig>,
+    /// The ruleset last installed in the kernel (None: the agent's table is absent).
+    ruleset: Option<Ruleset>,
+    firewall: FirewallOptions,
+    netfilter_batches: u64,
+    /// What the current apply did beyond netlink, for its status record.
+    last_conntrack_deleted: usize,
     pub shared: Arc<Mutex<Shared>>,
 }
 
@@ -92,11 +104,20 @@ impl Appliance {
             nl,
             state,
             current: None,
+            ruleset: None,
+            firewall: FirewallOptions { api_port: 5000 },
+            netfilter_batches: 0,
+            last_conntrack_deleted: 0,
             shared: Arc::new(Mutex::new(Shared::default())),
         };
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
         Ok(appliance)
+    }
+
+    /// The port the API listens on: the firewall opens it on the management NIC.
+    pub fn set_api_port(&mut self, port: u16) {
+        self.firewall.api_port = port;
     }
 
     pub fn current(&self) -> Option<&RouterConfig> {
@@ -159,6 +180,8 @@ impl Appliance {
     pub async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
         let started = Instant::now();
         let writes_before = self.nl.writes();
+        let batches_before = self.netfilter_batches;
+        self.last_conntrack_deleted = 0;
         let hash = config.document.hash();
         let result = self.transaction(&config).await;
         let writes = self.nl.writes() - writes_before;
@@ -170,6 +193,8 @@ impl Appliance {
             error: result.as_ref().err().map(describe_error),
             config_hash: hash.clone(),
             netlink_writes: writes,
+            netfilter_batches: self.netfilter_batches - batches_before,
+            conntrack_deleted: self.last_conntrack_deleted,
         };
         match &result {
             Ok(()) => tracing::info!(
@@ -182,6 +207,7 @@ impl Appliance {
         }
         let mut shared = self.shared.lock().expect("status lock");
         shared.netlink_writes_total = self.nl.writes();
+        shared.netfilter_batches_total = self.netfilter_batches;
         shared.last_apply = Some(record);
         if result.is_ok() {
             shared.counters.applies_ok += 1;
@@ -227,6 +253,22 @@ impl Appliance {
         if let Err(failed) = self.write_state(&desired, &before).await {
             return Err(self.roll_back(&desired, &before, failed).await);
         }
+        let previous_ruleset = self.ruleset.clone();
+        let ruleset = firewall::build(config, self.firewall);
+        if let Err(failed) = self.install_ruleset(&ruleset) {
+            return Err(self.roll_back(&desired, &before, failed).await);
+        }
+        // Sessions through a floating IP that is gone or now points elsewhere must end
+        // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive.
+        let moved = moved_floating_ips(self.current.as_ref(), config);
+        match tokio::task::block_in_place(|| firewall::conntrack::delete_sessions_of(&moved)) {
+            Ok(n) => self.last_conntrack_deleted = n,
+            Err(e) => {
+                let failed = e.to_string();
+                self.restore_ruleset(previous_ruleset);
+                return Err(self.roll_back(&desired, &before, failed).await);
+            }
+        }
         let unchanged = self
             .current
             .as_ref()
@@ -236,9 +278,41 @@ impl Appliance {
         }
         if let Err(e) = self.state.save_config(&config.document.to_canonical_json()) {
             let failed = format!("saving the config to {}: {e}", self.state.path().display());
+            self.restore_ruleset(previous_ruleset);
             return Err(self.roll_back(&desired, &before, failed).await);
         }
         Ok(())
+    }
+
+    /// Installs `ruleset` in one atomic batch, unless the kernel already has exactly it (an
+    /// identical config performs no netfilter write).
+    fn install_ruleset(&mut self, ruleset: &Ruleset) -> Result<(), String> {
+        let table_present =
+            || firewall::nfnl::inet_table_exists(firewall::ruleset::TABLE).unwrap_or(false);
+        if self.ruleset.as_ref() == Some(ruleset) && tokio::task::block_in_place(table_present) {
+            return Ok(());
+        }
+        self.netfilter_batches += 1;
+        tokio::task::block_in_place(|| firewall::batch::apply(ruleset))
+            .map_err(|e| e.to_string())?;
+        self.ruleset = Some(ruleset.clone());
+        Ok(())
+    }
+
+    /// Puts the previous ruleset back after a later step of the apply failed.
+    fn restore_ruleset(&mut self, previous: Option<Ruleset>) {
+        if self.ruleset == previous {
+            return;
+        }
+        self.netfilter_batches += 1;
+        let result = tokio::task::block_in_place(|| match &previous {
+            Some(rs) => firewall::batch::apply(rs),
+            None => firewall::batch::delete_table(),
+        });
+        match result {
+            Ok(()) => self.ruleset = previous,
+            Err(e) => tracing::error!(error = %e, "restoring the previous ruleset failed"),
+        }
     }
 
     /// Brings the kernel to `desired`, starting from `actual`. Returns what failed.
@@ -287,6 +361,25 @@ impl Appliance {
         }
         ApplyError::Kernel { failed, rollback }
     }
+}
+
+/// Floating IPs of `previous` that `next` removes or points at another fixed IP.
+fn moved_floating_ips(
+    previous: Option<&RouterConfig>,
+    next: &RouterConfig,
+) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    let Some(previous) = previous else {
+        return Default::default();
+    };
+    previous
+        .floating_ips
+        .iter()
+        .filter(|f| !next.floating_ips.contains(f))
+        .filter_map(|f| match f.floating_ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 fn describe_error(e: &ApplyError) -> String {

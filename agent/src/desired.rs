@@ -84,6 +84,17 @@ pub fn desired_state(config: &RouterConfig, previous: Option<&RouterConfig>) -> 
         );
     }
 
+    // Floating IPs are host addresses on the external NIC, so the router answers ARP for
+    // them; NAT maps them to their fixed IPs. Diffing addresses means a push never touches
+    // (flaps) a floating IP it does not change.
+    if let Some(ext) = config.external_network() {
+        if let Some(link) = state.links.get_mut(&ext.ifname) {
+            for fip in &config.floating_ips {
+                link.addresses.insert(IpNet::from(fip.floating_ip));
+            }
+        }
+    }
+
     let mut routes: Vec<DesiredRoute> = Vec::new();
     if let Some(ext) = config.external_network() {
         let v4 = config.default_v4_gateway.map(IpAddr::V4).or_else(|| {
@@ -226,6 +237,17 @@ mod tests {
         assert!(!state
             .routes
             .contains(&route("10.50.0.0/16", "192.168.0.254", Some("ge2"))));
+    }
+
+    #[test]
+    fn floating_ips_are_host_addresses_on_the_external_nic() {
+        let state = desired_state(&basic(), None);
+        assert!(state.links["ge1"]
+            .addresses
+            .contains(&"172.16.77.50/32".parse().unwrap()));
+        assert!(!state.links["ge2"]
+            .addresses
+            .contains(&"172.16.77.50/32".parse().unwrap()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod api;
 pub mod appliance;
 pub mod bootconfig;
 pub mod desired;
+pub mod firewall;
 pub mod netlink;
 pub mod nics;
 pub mod reconcile;

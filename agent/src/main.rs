@@ -135,6 +135,7 @@ async fn serve(listen: SocketAddr, state_dir: PathBuf, insecure_http: bool) -> a
     let mut appliance = Appliance::open(state)
         .await
         .context("opening the appliance")?;
+    appliance.set_api_port(listen.port());
     // The last good config is back in the kernel before the API answers.
     match appliance.restore().await {
         Ok(true) => tracing::info!("last good config re-applied"),

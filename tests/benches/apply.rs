@@ -13,13 +13,11 @@
 //! The HTTP client runs in-process on a thread that has entered the management namespace,
 //! with one keep-alive connection, so the figures are the agent's, not curl's start-up.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use akanda_tests::{conformance_json, veth, Agent, Netns, RouterLab};
+use akanda_tests::{conformance_json, in_netns, veth, Agent, Netns, RouterLab};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 30;
@@ -81,22 +79,6 @@ impl Client {
         let v: Value = serde_json::from_slice(&body).unwrap();
         v["last_apply"]["netlink_writes"].as_u64().unwrap()
     }
-}
-
-/// Runs `f` on a thread that has entered the network namespace `ns`.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 struct Figures {

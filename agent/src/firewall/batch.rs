@@ -1,0 +1,394 @@
+//! The only user of nftnl/mnl: turns a [`Ruleset`] into one nf_tables batch and sends it.
+//!
+//! The batch is: add table, delete table, add table (so the table exists and is empty, in the
+//! same transaction), then maps with their elements, chains and rules. The kernel applies it
+//! atomically: the old ruleset stays in force until the whole batch commits, and a refused
+//! batch changes nothing. No other table is ever named.
+
+use std::ffi::{c_void, CString};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ptr::NonNull;
+
+use ipnet::IpNet;
+use nftnl::expr::{
+    self, Bitwise, Cmp, CmpOp, Conntrack, ConntrackStatus, Counter, Expression, Immediate,
+    InterfaceName, Masquerade, Meta, Nat, NatType, Payload, Register, States,
+};
+use nftnl::nftnl_sys as sys;
+use nftnl::set::Set as NftSet;
+use nftnl::{
+    Batch, Chain as NftChain, ChainType, Hook as NftHook, MsgType, Policy, ProtoFamily,
+    Rule as NftRule, Table,
+};
+
+use super::ruleset::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("nf_tables refused the ruleset: {0}")]
+    Refused(io::Error),
+    #[error("nf_tables netlink socket: {0}")]
+    Socket(io::Error),
+    #[error("building the nf_tables batch: {0}")]
+    Build(String),
+}
+
+fn cstring(s: &str) -> Result<CString, BatchError> {
+    CString::new(s).map_err(|_| BatchError::Build(format!("{s:?} contains a NUL byte")))
+}
+
+/// Replaces table `inet akanda` with `rs`, atomically.
+pub fn apply(rs: &Ruleset) -> Result<(), BatchError> {
+    let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+
+    // Sets must outlive the batch's finalisation: nftnl keeps pointers into them.
+    let mut sets = Vec::new();
+    for (i, def) in rs.sets.iter().enumerate() {
+        sets.push((def, build_set(def, i as u32 + 1, &table)?));
+    }
+    for (_, set) in &sets {
+        batch.add(set, MsgType::Add);
+        batch.add_iter(set.elems_iter(), MsgType::Add);
+    }
+    let set_ids: Vec<(&str, u32)> = rs
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i as u32 + 1))
+        .collect();
+
+    let chains: Vec<NftChain> = rs
+        .chains
+        .iter()
+        .map(|c| build_chain(c, &table))
+        .collect::<Result<_, _>>()?;
+    for chain in &chains {
+        batch.add(chain, MsgType::Add);
+    }
+    for (def, chain) in rs.chains.iter().zip(&chains) {
+        for rule in &def.rules {
+            let nft_rule = build_rule(rule, chain, &set_ids)?;
+            batch.add(&nft_rule, MsgType::Add);
+        }
+    }
+    send(&batch.finalize())
+}
+
+/// Removes table `inet akanda` (when no config is in force). A missing table is fine.
+pub fn delete_table() -> Result<(), BatchError> {
+    let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    // Add then delete: succeeds whether or not the table existed.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    send(&batch.finalize())
+}
+
+fn send(batch: &nftnl::FinalizedBatch) -> Result<(), BatchError> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(BatchError::Socket)?;
+    let portid = socket.portid();
+    socket.send_all(batch).map_err(BatchError::Socket)?;
+    let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut expected = batch.sequence_numbers();
+    let mut first_error = None;
+    while !expected.is_empty() {
+        for message in socket.recv(&mut buffer[..]).map_err(BatchError::Socket)? {
+            let message = message.map_err(BatchError::Socket)?;
+            let Some(seq) = expected.next() else {
+                break;
+            };
+            // Keep reading the remaining acknowledgements after an error, so the socket is
+            // left clean; report the first error.
+            if let Err(e) = mnl::cb_run(message, seq, portid) {
+                first_error.get_or_insert(e);
+                expected = 0..0;
+                break;
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(BatchError::Refused(e)),
+        None => Ok(()),
+    }
+}
+
+fn family_consts(f: Family) -> (u32, u32) {
+    // nftables data types: ipv4_addr = 7, ipv6_addr = 8; lengths in bytes.
+    match f {
+        Family::V4 => (7, 4),
+        Family::V6 => (8, 16),
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// A named set, or a map when `def.data` is set (nftnl's `Set` has no map support, so the
+/// map flag, data type and element data are set through libnftnl directly).
+fn build_set<'a>(def: &Set, id: u32, table: &'a Table) -> Result<NftSet<'a, Ipv4Addr>, BatchError> {
+    let name = cstring(&def.name)?;
+    // The key type parameter only chooses KEY_TYPE/KEY_LEN; IPv6 keys are fixed up below.
+    let set: NftSet<'a, Ipv4Addr> = NftSet::new_named(&name, id, table, ProtoFamily::Inet);
+    let raw = set.as_ptr().as_ptr();
+    let (key_type, key_len) = family_consts(def.key);
+    // SAFETY: `raw` is the live nftnl_set owned by `set`; attributes are plain integers and
+    // element data is copied by libnftnl.
+    unsafe {
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_LEN as u16, key_len);
+        if let Some(data) = def.data {
+            let (data_type, data_len) = family_consts(data);
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_LEN as u16, data_len);
+        }
+        for (key, value) in &def.elements {
+            let elem = NonNull::new(sys::nftnl_set_elem_alloc())
+                .ok_or_else(|| BatchError::Build("out of memory".into()))?;
+            let k = ip_bytes(*key);
+            sys::nftnl_set_elem_set(
+                elem.as_ptr(),
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                k.as_ptr() as *const c_void,
+                k.len() as u32,
+            );
+            if let Some(v) = value {
+                let v = ip_bytes(*v);
+                sys::nftnl_set_elem_set(
+                    elem.as_ptr(),
+                    sys::NFTNL_SET_ELEM_DATA as u16,
+                    v.as_ptr() as *const c_void,
+                    v.len() as u32,
+                );
+            }
+            sys::nftnl_set_elem_add(raw, elem.as_ptr());
+        }
+    }
+    Ok(set)
+}
+
+fn build_chain<'a>(def: &Chain, table: &'a Table) -> Result<NftChain<'a>, BatchError> {
+    let mut chain = NftChain::new(cstring(&def.name)?, table);
+    if let Some(b) = &def.base {
+        let hook = match b.hook {
+            Hook::Prerouting => NftHook::PreRouting,
+            Hook::Input => NftHook::In,
+            Hook::Forward => NftHook::Forward,
+            Hook::Postrouting => NftHook::PostRouting,
+        };
+        chain.set_hook(hook, b.priority);
+        chain.set_type(match b.kind {
+            ChainKind::Filter => ChainType::Filter,
+            ChainKind::Nat => ChainType::Nat,
+        });
+        chain.set_policy(if b.policy_drop {
+            Policy::Drop
+        } else {
+            Policy::Accept
+        });
+    }
+    Ok(chain)
+}
+
+/// `lookup` of register 1 in a map, writing the mapped value to register 1.
+struct MapLookup {
+    set: CString,
+    set_id: u32,
+}
+
+impl Expression for MapLookup {
+    fn to_expr(&self, _rule: &NftRule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: a freshly allocated expression, set with plain attributes; libnftnl copies
+        // the set name.
+        unsafe {
+            let expr = NonNull::new(sys::nftnl_expr_alloc(c"lookup".as_ptr()))
+                .expect("libnftnl could not allocate an expression");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOOKUP_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
+            expr
+        }
+    }
+}
+
+fn nfproto(f: Family) -> u8 {
+    match f {
+        Family::V4 => libc::NFPROTO_IPV4 as u8,
+        Family::V6 => libc::NFPROTO_IPV6 as u8,
+    }
+}
+
+fn add_addr_match(rule: &mut NftRule, net: &IpNet, source: bool) {
+    use nftnl::expr::{Ipv4HeaderField as F4, Ipv6HeaderField as F6, NetworkHeaderField as N};
+    let field = match (net, source) {
+        (IpNet::V4(_), true) => N::Ipv4(F4::Saddr),
+        (IpNet::V4(_), false) => N::Ipv4(F4::Daddr),
+        (IpNet::V6(_), true) => N::Ipv6(F6::Saddr),
+        (IpNet::V6(_), false) => N::Ipv6(F6::Daddr),
+    };
+    rule.add_expr(&Payload::Network(field));
+    match net {
+        IpNet::V4(n) => {
+            if n.prefix_len() < 32 {
+                rule.add_expr(&Bitwise::new(n.netmask(), Ipv4Addr::UNSPECIFIED));
+            }
+            rule.add_expr(&Cmp::new(CmpOp::Eq, n.network()));
+        }
+        IpNet::V6(n) => {
+            if n.prefix_len() < 128 {
+                rule.add_expr(&Bitwise::new(n.netmask(), Ipv6Addr::UNSPECIFIED));
+            }
+            rule.add_expr(&Cmp::new(CmpOp::Eq, n.network()));
+        }
+    }
+}
+
+fn add_port_match(rule: &mut NftRule, l4: L4, port: u16, source: bool) {
+    use nftnl::expr::{TcpHeaderField as T, TransportHeaderField as X, UdpHeaderField as U};
+    let field = match (l4, source) {
+        (L4::Tcp, true) => X::Tcp(T::Sport),
+        (L4::Tcp, false) => X::Tcp(T::Dport),
+        (L4::Udp, true) => X::Udp(U::Sport),
+        (L4::Udp, false) => X::Udp(U::Dport),
+        // Validation only gives ports with tcp or udp.
+        _ => return,
+    };
+    rule.add_expr(&Payload::Transport(field));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, port.to_be()));
+}
+
+fn build_rule<'a>(
+    def: &Rule,
+    chain: &'a NftChain<'a>,
+    set_ids: &[(&str, u32)],
+) -> Result<NftRule<'a>, BatchError> {
+    let mut rule = NftRule::new(chain);
+    for m in &def.matches {
+        match m {
+            Match::Iif(name) | Match::IifNot(name) => {
+                rule.add_expr(&Meta::IifName);
+                let op = if matches!(m, Match::Iif(_)) {
+                    CmpOp::Eq
+                } else {
+                    CmpOp::Neq
+                };
+                rule.add_expr(&Cmp::new(op, InterfaceName::Exact(cstring(name)?)));
+            }
+            Match::Oif(name) | Match::OifNot(name) => {
+                rule.add_expr(&Meta::OifName);
+                let op = if matches!(m, Match::Oif(_)) {
+                    CmpOp::Eq
+                } else {
+                    CmpOp::Neq
+                };
+                rule.add_expr(&Cmp::new(op, InterfaceName::Exact(cstring(name)?)));
+            }
+            Match::Proto(f) => {
+                rule.add_expr(&Meta::NfProto);
+                rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto(*f)));
+            }
+            Match::L4(l4) => {
+                rule.add_expr(&Meta::L4Proto);
+                rule.add_expr(&Cmp::new(CmpOp::Eq, l4.number()));
+            }
+            Match::Saddr(net) => add_addr_match(&mut rule, net, true),
+            Match::Daddr(net) => add_addr_match(&mut rule, net, false),
+            Match::Sport(l4, p) => add_port_match(&mut rule, *l4, *p, true),
+            Match::Dport(l4, p) => add_port_match(&mut rule, *l4, *p, false),
+            Match::CtState(states) => {
+                let mut bits = States::empty();
+                for s in states {
+                    bits |= match s {
+                        CtState::Invalid => States::INVALID,
+                        CtState::Established => States::ESTABLISHED,
+                        CtState::Related => States::RELATED,
+                    };
+                }
+                rule.add_expr(&Conntrack::State);
+                rule.add_expr(&Bitwise::new(bits.bits(), 0u32));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            }
+            Match::CtDnat => {
+                rule.add_expr(&Conntrack::Status);
+                rule.add_expr(&Bitwise::new(ConntrackStatus::DST_NAT.bits(), 0u32));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            }
+        }
+    }
+    if def.counter {
+        rule.add_expr(&Counter);
+    }
+    let set_id = |name: &str| -> Result<(CString, u32), BatchError> {
+        let id = set_ids
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| BatchError::Build(format!("rule refers to unknown map {name}")))?;
+        Ok((cstring(name)?, id))
+    };
+    let nat = |t: NatType, port: Option<Register>| Nat {
+        nat_type: t,
+        family: ProtoFamily::Ipv4,
+        ip_register: Register::Reg1,
+        port_register: port,
+    };
+    use nftnl::expr::{Ipv4HeaderField as F4, NetworkHeaderField as N};
+    match &def.verdict {
+        Verdict::Accept => rule.add_expr(&expr::Verdict::Accept),
+        Verdict::Drop => rule.add_expr(&expr::Verdict::Drop),
+        Verdict::Continue => {}
+        Verdict::Jump(c) => rule.add_expr(&expr::Verdict::Jump { chain: cstring(c)? }),
+        Verdict::SnatTo(ip) => {
+            let IpAddr::V4(v4) = ip else {
+                return Err(BatchError::Build(format!("SNAT to non-IPv4 {ip}")));
+            };
+            rule.add_expr(&Immediate::new(*v4, Register::Reg1));
+            rule.add_expr(&nat(NatType::SNat, None));
+        }
+        Verdict::DnatTo(ip, port) => {
+            let IpAddr::V4(v4) = ip else {
+                return Err(BatchError::Build(format!("DNAT to non-IPv4 {ip}")));
+            };
+            rule.add_expr(&Immediate::new(*v4, Register::Reg1));
+            rule.add_expr(&Immediate::new(port.to_be(), Register::Reg2));
+            rule.add_expr(&nat(NatType::DNat, Some(Register::Reg2)));
+        }
+        Verdict::DnatMap(name) => {
+            let (set, set_id) = set_id(name)?;
+            rule.add_expr(&Payload::Network(N::Ipv4(F4::Daddr)));
+            rule.add_expr(&MapLookup { set, set_id });
+            rule.add_expr(&nat(NatType::DNat, None));
+        }
+        Verdict::SnatMap(name) => {
+            let (set, set_id) = set_id(name)?;
+            rule.add_expr(&Payload::Network(N::Ipv4(F4::Saddr)));
+            rule.add_expr(&MapLookup { set, set_id });
+            rule.add_expr(&nat(NatType::SNat, None));
+        }
+        Verdict::Masquerade => rule.add_expr(&Masquerade),
+    }
+    if let Some(c) = &def.comment {
+        rule.set_comment(cstring(c)?)
+            .map_err(|e| BatchError::Build(format!("comment {c:?}: {e}")))?;
+    }
+    Ok(rule)
+}
