@@ -101,7 +101,22 @@ pub fn routes(
     let status = warp::path!("v1" / "status")
         .and(warp::get())
         .and(with_state)
-        .map(|s: Arc<ApiState>| ok_json(&status(&s)));
+        .then(|s: Arc<ApiState>| async move {
+            // Daemon states live with the appliance; an apply in progress holds it, so the
+            // status waits at most briefly for them and answers without them otherwise.
+            let services = match tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                s.appliance.lock(),
+            )
+            .await
+            {
+                Ok(appliance) => appliance.services_status(),
+                Err(_) => json!("busy: an apply is in progress"),
+            };
+            let mut body = status(&s);
+            body["services"] = services;
+            ok_json(&body)
+        });
 
     base.or(interfaces)
         .unify()

@@ -16,6 +16,7 @@ use crate::firewall::{self, FirewallOptions, Ruleset};
 use crate::netlink::{format_mac, Netlink, NetlinkError};
 use crate::nics::{self, Nic};
 use crate::reconcile::{execute, plan_links, plan_routes, KernelState};
+use crate::services::{Services, ServicesOptions};
 use crate::store::StateDir;
 use crate::sysctl;
 
@@ -80,6 +81,8 @@ pub struct Appliance {
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
     last_conntrack_deleted: usize,
+    /// dnsmasq, bird, the metadata proxy, GARP and the host name.
+    services: Services,
     pub shared: Arc<Mutex<Shared>>,
 }
 
@@ -100,6 +103,7 @@ impl Appliance {
     /// Connects to the kernel and names the NICs.
     pub async fn open(state: StateDir) -> Result<Appliance, ApplyError> {
         let nl = Netlink::connect().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        let state_path = state.path().to_path_buf();
         let appliance = Appliance {
             nl,
             state,
@@ -108,11 +112,22 @@ impl Appliance {
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
             last_conntrack_deleted: 0,
+            services: Services::new(services_options(&state_path)),
             shared: Arc::new(Mutex::new(Shared::default())),
         };
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
         Ok(appliance)
+    }
+
+    /// dnsmasq, bird and the metadata proxy, for `/v1/status`.
+    pub fn services_status(&self) -> serde_json::Value {
+        self.services.status()
+    }
+
+    /// Stops the supervised daemons (on SIGTERM).
+    pub async fn shutdown(&mut self) {
+        self.services.shutdown().await;
     }
 
     /// The port the API listens on: the firewall opens it on the management NIC.
@@ -269,6 +284,13 @@ impl Appliance {
                 return Err(self.roll_back(&desired, &before, failed).await);
             }
         }
+        if let Err(e) = self.services.apply(config).await {
+            let failed = format!("services: {e}");
+            self.restore_services().await;
+            self.restore_ruleset(previous_ruleset);
+            return Err(self.roll_back(&desired, &before, failed).await);
+        }
+        self.announce_new_external_addresses(config, &desired, &before);
         let unchanged = self
             .current
             .as_ref()
@@ -278,6 +300,7 @@ impl Appliance {
         }
         if let Err(e) = self.state.save_config(&config.document.to_canonical_json()) {
             let failed = format!("saving the config to {}: {e}", self.state.path().display());
+            self.restore_services().await;
             self.restore_ruleset(previous_ruleset);
             return Err(self.roll_back(&desired, &before, failed).await);
         }
@@ -297,6 +320,42 @@ impl Appliance {
             .map_err(|e| e.to_string())?;
         self.ruleset = Some(ruleset.clone());
         Ok(())
+    }
+
+    /// Puts the services back as the previous config had them.
+    async fn restore_services(&mut self) {
+        if let Some(previous) = self.current.clone() {
+            if let Err(e) = self.services.apply(&previous).await {
+                tracing::error!(error = %e, "restoring the previous services failed");
+            }
+        }
+    }
+
+    /// Gratuitous ARP / unsolicited NA for external addresses and floating IPs this apply
+    /// added, so upstream neighbours learn them at once. Best effort: a lost announcement
+    /// only delays traffic until the next ARP exchange.
+    fn announce_new_external_addresses(
+        &self,
+        config: &RouterConfig,
+        desired: &DesiredState,
+        before: &KernelState,
+    ) {
+        let Some(ext) = config.external_network() else {
+            return;
+        };
+        let (Some(want), Some(link)) = (desired.links.get(&ext.ifname), before.link(&ext.ifname))
+        else {
+            return;
+        };
+        let had = before.addresses_of(link.index);
+        let new: Vec<std::net::IpAddr> =
+            want.addresses.difference(&had).map(|a| a.addr()).collect();
+        if new.is_empty() {
+            return;
+        }
+        if let Err(e) = Services::announce(&ext.ifname, &new) {
+            tracing::warn!(error = %e, "announcing new external addresses failed");
+        }
     }
 
     /// Puts the previous ruleset back after a later step of the apply failed.
@@ -361,6 +420,28 @@ impl Appliance {
         }
         ApplyError::Kernel { failed, rollback }
     }
+}
+
+/// Service paths under the agent's state directory (so several agents, one per test
+/// namespace, never share files). The host name is only managed when the agent runs in the
+/// machine's own network namespace, as in the Service Instance: under `ip netns exec` the
+/// UTS namespace is still the host's.
+fn services_options(state: &std::path::Path) -> ServicesOptions {
+    let base = if in_initial_network_namespace() {
+        ServicesOptions::service_instance()
+    } else {
+        ServicesOptions::default()
+    };
+    ServicesOptions {
+        run_dir: state.join("run"),
+        state_dir: state.join("services"),
+        ..base
+    }
+}
+
+fn in_initial_network_namespace() -> bool {
+    let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    matches!((ns("/proc/self/ns/net"), ns("/proc/1/ns/net")), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Floating IPs of `previous` that `next` removes or points at another fixed IP.

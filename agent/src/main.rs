@@ -149,7 +149,7 @@ async fn serve(listen: SocketAddr, state_dir: PathBuf, insecure_http: bool) -> a
     tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
     server::serve(listener, routes, shutdown_signal()).await;
     // Let an apply in progress finish before exiting.
-    let _ = appliance.lock().await;
+    appliance.lock().await.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

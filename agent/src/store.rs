@@ -13,11 +13,13 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating with mode 0700 if needed) the state directory.
+    /// Opens (creating if needed) the state directory, mode 0711: daemons that drop
+    /// privileges (dnsmasq) must reach their files under it, but nobody else may list it; the
+    /// config itself is 0600.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<StateDir> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o711))?;
         Ok(StateDir { root })
     }
 

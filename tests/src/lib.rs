@@ -33,7 +33,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 /// Prefix of every namespace this harness creates; [`cleanup_stale`] uses it.
@@ -1163,6 +1163,43 @@ impl RouterLab {
     /// The conformance config (ifnames `geN` as in the file).
     pub fn config(&self) -> Value {
         conformance_json(Self::CONFORMANCE)
+    }
+
+    /// The geN the running agent gave the NIC with `mac` (from `GET /v1/system/interfaces`,
+    /// as an orchestrator maps them).
+    pub fn ifname_for(&self, mac: &str) -> String {
+        let resp = self.http().get("/v1/system/interfaces");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        resp.json()["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["lladdr"] == mac)
+            .unwrap_or_else(|| panic!("no interface with MAC {mac} in {}", resp.body))["ifname"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The conformance config fitted to this lab (needs the agent running): its management,
+    /// external and internal networks on the lab's NICs, plus t2's network 192.168.1.0/24.
+    pub fn fitted_config(&self) -> Value {
+        let mut config = self.config();
+        let macs = Self::ROUTER_MACS;
+        for (i, mac) in macs.iter().take(3).enumerate() {
+            config["networks"][i]["interface"]["ifname"] = json!(self.ifname_for(mac));
+        }
+        config["networks"].as_array_mut().unwrap().push(json!({
+            "network_id": "5f0c1d2e-0000-4000-8000-000000000002",
+            "network_type": "internal",
+            "v4_conf_service": "static",
+            "v6_conf_service": "static",
+            "interface": {"ifname": self.ifname_for(macs[3]), "addresses": ["192.168.1.1/24"]},
+            "subnets": [{"id": "t2-subnet", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1",
+                         "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
+            "allocations": []
+        }));
+        config
     }
 
     /// [`dump_state`] of the router namespace.

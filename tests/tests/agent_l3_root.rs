@@ -18,38 +18,13 @@ const EXT_MAC: &str = "fa:16:3e:00:00:02";
 const INT1_MAC: &str = "fa:16:3e:00:00:03";
 const INT2_MAC: &str = "fa:16:3e:00:00:04";
 
-/// Asks the agent which geN carries each MAC.
 fn ifname_for(lab: &RouterLab, mac: &str) -> String {
-    let resp = lab.http().get("/v1/system/interfaces");
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.json()["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["lladdr"] == mac)
-        .unwrap_or_else(|| panic!("no interface with MAC {mac} in {}", resp.body))["ifname"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    lab.ifname_for(mac)
 }
 
-/// The conformance config fitted to the lab: its three networks on the lab's NICs, plus a
-/// second internal network (t2) and a top-level static route.
+/// The conformance config fitted to the lab, plus a top-level static route.
 fn lab_config(lab: &RouterLab) -> Value {
-    let mut config = lab.config();
-    config["networks"][0]["interface"]["ifname"] = json!(ifname_for(lab, MGMT_MAC));
-    config["networks"][1]["interface"]["ifname"] = json!(ifname_for(lab, EXT_MAC));
-    config["networks"][2]["interface"]["ifname"] = json!(ifname_for(lab, INT1_MAC));
-    config["networks"].as_array_mut().unwrap().push(json!({
-        "network_id": "5f0c1d2e-0000-4000-8000-000000000002",
-        "network_type": "internal",
-        "v4_conf_service": "static",
-        "v6_conf_service": "static",
-        "interface": {"ifname": ifname_for(lab, INT2_MAC), "addresses": ["192.168.1.1/24"]},
-        "subnets": [{"id": "t2-subnet", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1",
-                     "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
-        "allocations": []
-    }));
+    let mut config = lab.fitted_config();
     config["static_routes"] = json!([["10.99.0.0/16", "172.16.77.1"]]);
     config
 }
@@ -69,7 +44,8 @@ fn status(lab: &RouterLab) -> Value {
     resp.json()
 }
 
-/// The router's routes as comparable strings: "dst via gw dev X proto P" for every table.
+/// The router's routes as comparable strings: "dst via gw dev X proto P" for every table,
+/// without the kernel's link-local and multicast routes.
 fn routes(lab: &RouterLab) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for family in ["-4", "-6"] {
@@ -77,6 +53,12 @@ fn routes(lab: &RouterLab) -> BTreeSet<String> {
             .router()
             .ip_json(&format!("{family} route show table all"));
         for r in list.as_array().unwrap() {
+            // Link-local and multicast routes are the kernel's: the fe80:: anycast route, for
+            // one, appears whenever a link-local address finishes DAD.
+            let dst = r["dst"].as_str().unwrap_or("");
+            if dst.starts_with("fe80") || dst.starts_with("ff00") {
+                continue;
+            }
             out.insert(format!(
                 "{} via {} dev {} proto {} table {}",
                 r["dst"].as_str().unwrap_or(""),

@@ -48,34 +48,9 @@ while time.time() < end:
 print("echoes", ok, "cut", time.time() < end)
 "#;
 
-fn ifname_for(lab: &RouterLab, mac: &str) -> String {
-    let list = lab.http().get("/v1/system/interfaces").json();
-    list["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["lladdr"] == mac)
-        .unwrap()["ifname"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The conformance config on the lab's NICs, plus t2's internal network.
 fn config(lab: &RouterLab) -> Value {
-    let mut c = lab.config();
-    let macs = lab.router_macs();
-    for (i, mac) in macs.iter().take(3).enumerate() {
-        c["networks"][i]["interface"]["ifname"] = json!(ifname_for(lab, mac));
-    }
-    c["networks"].as_array_mut().unwrap().push(json!({
-        "network_id": "t2-net", "network_type": "internal",
-        "interface": {"ifname": ifname_for(lab, macs[3]), "addresses": ["192.168.1.1/24"]},
-        "subnets": [{"id": "t2-subnet", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1",
-                     "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
-        "allocations": []
-    }));
-    c
+    lab.fitted_config()
 }
 
 fn put_ok(lab: &RouterLab, config: &Value) -> Value {

@@ -49,11 +49,19 @@ pub fn apply(rs: &Ruleset) -> Result<(), BatchError> {
     // Sets must outlive the batch's finalisation: nftnl keeps pointers into them.
     let mut sets = Vec::new();
     for (i, def) in rs.sets.iter().enumerate() {
-        sets.push((def, build_set(def, i as u32 + 1, &table)?));
+        let id = i as u32 + 1;
+        let chunks = def
+            .elements
+            .chunks(ELEMENTS_PER_MESSAGE)
+            .map(|chunk| build_set(def, id, &table, chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        sets.push((build_set(def, id, &table, &[])?, chunks));
     }
-    for (_, set) in &sets {
+    for (set, chunks) in &sets {
         batch.add(set, MsgType::Add);
-        batch.add_iter(set.elems_iter(), MsgType::Add);
+        for chunk in chunks {
+            batch.add_iter(chunk.elems_iter(), MsgType::Add);
+        }
     }
     let set_ids: Vec<(&str, u32)> = rs
         .sets
@@ -89,10 +97,30 @@ pub fn delete_table() -> Result<(), BatchError> {
     send(&batch.finalize())
 }
 
+/// Elements per NEWSETELEM message. libnftnl packs a set's elements into one nested
+/// attribute, whose length field overflows past 64 KiB (about 1,800 map entries): the kernel
+/// then refuses the batch. Sending each chunk as its own message keeps every one small.
+const ELEMENTS_PER_MESSAGE: usize = 512;
+
 fn send(batch: &nftnl::FinalizedBatch) -> Result<(), BatchError> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(BatchError::Socket)?;
+    // The kernel queues one acknowledgement per message before we read any: size the
+    // receive buffer to the batch (as nft does), or 10,000 floating IPs overflow it (ENOBUFS).
+    let bytes: usize = batch.iter().map(|page| page.len()).sum();
+    set_buffer(
+        &socket,
+        libc::SO_RCVBUFFORCE,
+        libc::SO_RCVBUF,
+        (bytes * 2).max(1 << 20),
+    );
+    set_buffer(
+        &socket,
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        bytes.max(1 << 20),
+    );
     let portid = socket.portid();
-    socket.send_all(batch).map_err(BatchError::Socket)?;
+    send_in_one_message(&socket, batch).map_err(BatchError::Socket)?;
     let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
     let mut expected = batch.sequence_numbers();
     let mut first_error = None;
@@ -117,6 +145,62 @@ fn send(batch: &nftnl::FinalizedBatch) -> Result<(), BatchError> {
     }
 }
 
+/// Sets a socket buffer size, with the FORCE variant (needs CAP_NET_ADMIN, which the agent
+/// has) first and the plain option as the fallback.
+fn set_buffer(socket: &mnl::Socket, force: libc::c_int, plain: libc::c_int, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = bytes.min(i32::MAX as usize) as libc::c_int;
+    for option in [force, plain] {
+        // SAFETY: setsockopt on an open socket with a c_int value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// The kernel processes an nfnetlink batch only when BEGIN through END arrive in one
+/// message: send every page of the batch in a single sendmsg (mnl's `send_all` sends a
+/// message per page, which breaks batches larger than one page).
+fn send_in_one_message(socket: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut iov: Vec<libc::iovec> = batch
+        .iter()
+        .map(|page| libc::iovec {
+            iov_base: page.as_ptr() as *mut c_void,
+            iov_len: page.len(),
+        })
+        .collect();
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    // SAFETY: the iovecs point into the batch's pages, alive for this call; the zeroed
+    // sockaddr_nl addresses the kernel.
+    let sent = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        libc::sendmsg(socket.as_raw_fd(), &msg, 0)
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if sent as usize != total {
+        return Err(io::Error::other(format!("sent {sent} of {total} bytes")));
+    }
+    Ok(())
+}
+
 fn family_consts(f: Family) -> (u32, u32) {
     // nftables data types: ipv4_addr = 7, ipv6_addr = 8; lengths in bytes.
     match f {
@@ -133,8 +217,14 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 }
 
 /// A named set, or a map when `def.data` is set (nftnl's `Set` has no map support, so the
-/// map flag, data type and element data are set through libnftnl directly).
-fn build_set<'a>(def: &Set, id: u32, table: &'a Table) -> Result<NftSet<'a, Ipv4Addr>, BatchError> {
+/// map flag, data type and element data are set through libnftnl directly), holding
+/// `elements` (a chunk of the set's elements, or none for the set's own message).
+fn build_set<'a>(
+    def: &Set,
+    id: u32,
+    table: &'a Table,
+    elements: &[(IpAddr, Option<IpAddr>)],
+) -> Result<NftSet<'a, Ipv4Addr>, BatchError> {
     let name = cstring(&def.name)?;
     // The key type parameter only chooses KEY_TYPE/KEY_LEN; IPv6 keys are fixed up below.
     let set: NftSet<'a, Ipv4Addr> = NftSet::new_named(&name, id, table, ProtoFamily::Inet);
@@ -151,7 +241,7 @@ fn build_set<'a>(def: &Set, id: u32, table: &'a Table) -> Result<NftSet<'a, Ipv4
             sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
             sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_LEN as u16, data_len);
         }
-        for (key, value) in &def.elements {
+        for (key, value) in elements {
             let elem = NonNull::new(sys::nftnl_set_elem_alloc())
                 .ok_or_else(|| BatchError::Build("out of memory".into()))?;
             let k = ip_bytes(*key);

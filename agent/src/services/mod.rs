@@ -1,2 +1,245 @@
-//! Supervised services of the Service Instance (dnsmasq, bird, metadata proxy, GARP,
-//! hostname). Filled in by the services work.
+//! The Service Instance's services: dnsmasq (DHCPv4, DHCPv6, RA, DNS forwarding) per tenant
+//! network, bird (BGP to the external gateway), the metadata proxy, gratuitous ARP /
+//! unsolicited NA, and the host name. See `docs/services.md`.
+//!
+//! [`Services`] is the facade the appliance calls: [`Services::apply`] after links, addresses
+//! and routes (and the firewall) are in place, [`Services::announce`] for addresses that just
+//! appeared, [`Services::status`] for `GET /v1/status`, [`Services::shutdown`] on exit.
+//!
+//! Config files are rendered by pure functions (`dnsmasq::render`, `bird::render`,
+//! `hostname::render_*`, `metadata::desired`, `garp::*_frame`); the rest is a thin I/O layer.
+
+pub mod bird;
+pub mod dnsmasq;
+pub mod garp;
+pub mod hostname;
+pub mod metadata;
+pub mod supervisor;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use akanda_model::config::RouterConfig;
+use serde_json::{json, Value};
+
+/// Errors of the services layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("{daemon} rejected its configuration: {message}")]
+    Rejected { daemon: String, message: String },
+    #[error("bird control socket {path}: {source}")]
+    Control { path: PathBuf, source: io::Error },
+    #[error("metadata listener on {ifname} port {port}: {source}")]
+    Bind {
+        ifname: String,
+        port: u16,
+        source: io::Error,
+    },
+    #[error("cannot set the host name: {0}")]
+    Hostname(nix::Error),
+    #[error("cannot announce addresses on {ifname}: {source}")]
+    Announce { ifname: String, source: io::Error },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ServicesError>),
+}
+
+/// Where files go and which binaries run.
+#[derive(Debug, Clone)]
+pub struct ServicesOptions {
+    /// Generated files and control sockets (`RUN_DIR/dnsmasq/geN/`, `RUN_DIR/bird/`).
+    pub run_dir: PathBuf,
+    /// Persistent data: DHCP leases (`STATE_DIR/dnsmasq/geN.leases`).
+    pub state_dir: PathBuf,
+    pub dnsmasq: PathBuf,
+    pub bird: PathBuf,
+    /// Metadata listener of `geN` is on `metadata_base_port + N`.
+    pub metadata_base_port: u16,
+    /// How long the orchestrator gets to answer a metadata request (then 504).
+    pub metadata_timeout: Duration,
+    /// Call `sethostname(2)`. Off in tests that share the host's UTS namespace.
+    pub set_hostname: bool,
+    /// Write the host name here (`/etc/hostname` in the image); `None` writes nothing.
+    pub hostname_file: Option<PathBuf>,
+    /// Write the hosts file here (`/etc/hosts` in the image); `None` writes nothing.
+    pub hosts_file: Option<PathBuf>,
+}
+
+impl Default for ServicesOptions {
+    /// Safe defaults for any host: the Service Instance's paths and ports, but the host name
+    /// is left alone (a test running the agent under `ip netns exec` shares the host's UTS
+    /// namespace). See [`ServicesOptions::service_instance`].
+    fn default() -> Self {
+        ServicesOptions {
+            run_dir: PathBuf::from("/run/akanda"),
+            state_dir: PathBuf::from("/var/lib/akanda-agent/services"),
+            dnsmasq: PathBuf::from("dnsmasq"),
+            bird: PathBuf::from("bird"),
+            metadata_base_port: 9600,
+            metadata_timeout: Duration::from_secs(30),
+            set_hostname: false,
+            hostname_file: None,
+            hosts_file: None,
+        }
+    }
+}
+
+impl ServicesOptions {
+    /// Inside the Service Instance: also `sethostname(2)`, `/etc/hostname` and `/etc/hosts`.
+    pub fn service_instance() -> Self {
+        ServicesOptions {
+            set_hostname: true,
+            hostname_file: Some(PathBuf::from("/etc/hostname")),
+            hosts_file: Some(PathBuf::from("/etc/hosts")),
+            ..ServicesOptions::default()
+        }
+    }
+}
+
+/// Owns the supervised daemons and the metadata listeners.
+pub struct Services {
+    opts: ServicesOptions,
+    dnsmasq: dnsmasq::DnsmasqSet,
+    bird: bird::Bird,
+    metadata: metadata::MetadataProxy,
+    hostname: Option<String>,
+}
+
+impl Services {
+    pub fn new(opts: ServicesOptions) -> Services {
+        Services {
+            dnsmasq: dnsmasq::DnsmasqSet::new(
+                opts.dnsmasq.clone(),
+                opts.run_dir.clone(),
+                opts.state_dir.clone(),
+            ),
+            bird: bird::Bird::new(opts.bird.clone(), &opts.run_dir),
+            metadata: metadata::MetadataProxy::new(opts.metadata_base_port, opts.metadata_timeout),
+            hostname: None,
+            opts,
+        }
+    }
+
+    /// Brings every service to what `config` asks. Must run on the agent's tokio runtime, in
+    /// the router's network namespace, after the NICs have their addresses. Each service is
+    /// brought as far as it can go even when another fails; the error lists every failure.
+    /// An identical config changes nothing (no file written, no signal sent).
+    pub async fn apply(&mut self, config: &RouterConfig) -> Result<(), ServicesError> {
+        let mut errors = Vec::new();
+        match hostname::apply(
+            config,
+            self.opts.set_hostname,
+            self.opts.hostname_file.as_deref(),
+            self.opts.hosts_file.as_deref(),
+        ) {
+            Ok(_) => self.hostname = Some(config.hostname.clone()),
+            Err(e) => errors.push(e),
+        }
+        errors.extend(self.dnsmasq.apply(config).await);
+        if let Err(e) = self.bird.apply(config).await {
+            errors.push(e);
+        }
+        errors.extend(self.metadata.apply(config));
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ServicesError::Several(errors)),
+        }
+    }
+
+    /// Gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6) for `addrs` out of
+    /// `ifname`, from a raw packet socket in the calling thread's network namespace.
+    pub fn announce(ifname: &str, addrs: &[IpAddr]) -> Result<(), ServicesError> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        garp::send(ifname, addrs).map_err(|source| ServicesError::Announce {
+            ifname: ifname.to_owned(),
+            source,
+        })
+    }
+
+    /// `{"dnsmasq": {"geN": daemon}, "bird": daemon|null, "metadata": {"geN": listener},
+    /// "hostname": name|null}` where a daemon is `{running, pid, restarts, starts, last_start,
+    /// last_reload, last_exit, last_error}`.
+    pub fn status(&self) -> Value {
+        json!({
+            "dnsmasq": self.dnsmasq.status(),
+            "bird": self.bird.status(),
+            "metadata": self.metadata.status(),
+            "hostname": self.hostname,
+        })
+    }
+
+    /// The pid of `ifname`'s dnsmasq, if it runs.
+    pub fn dnsmasq_pid(&self, ifname: &str) -> Option<u32> {
+        self.dnsmasq.pid(ifname)
+    }
+
+    /// The pid of bird, if it runs.
+    pub fn bird_pid(&self) -> Option<u32> {
+        self.bird.pid()
+    }
+
+    /// bird's control socket (for `birdc -s`).
+    pub fn bird_socket(&self) -> PathBuf {
+        self.bird.socket()
+    }
+
+    /// Stops every daemon (SIGTERM, then SIGKILL after 5 s) and closes the listeners.
+    pub async fn shutdown(&mut self) {
+        self.metadata.shutdown();
+        self.dnsmasq.shutdown().await;
+        self.bird.shutdown().await;
+    }
+}
+
+/// Creates `dir` (and parents) and sets its mode.
+pub(crate) fn create_dir(dir: &Path, mode: u32) -> Result<(), ServicesError> {
+    let err = |source| ServicesError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// Writes `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ServicesError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|source| ServicesError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,123 @@
+//! DHCP, metadata, GARP and daemon supervision driven through the agent's API (needs root).
+//! The components are proven one by one in agent/tests/services_root.rs; this proves the
+//! agent wires them to its config, its firewall and its status.
+
+use std::time::{Duration, Instant};
+
+use akanda_tests::{require_root, RouterLab};
+use serde_json::Value;
+
+/// An orchestrator stand-in: answers every GET with the request's headers as JSON.
+const ORCHESTRATOR: &str = r#"
+import http.server, json, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+S(("::", 9697), H).serve_forever()
+"#;
+
+fn status(lab: &RouterLab) -> Value {
+    lab.http().get("/v1/status").json()
+}
+
+#[test]
+fn dhcp_metadata_announcements_and_supervision_through_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("svc");
+    let _agent = lab.start_agent();
+    let config = lab.fitted_config();
+    let ge2 = lab.ifname_for(RouterLab::ROUTER_MACS[2]);
+    // Linux learns new neighbours from gratuitous ARP / unsolicited NA only when told to (as
+    // upstream routers in front of floating IP ranges are); it would otherwise only update
+    // entries it already has.
+    lab.ext().sysctl("net.ipv4.conf.eth0.arp_accept", "1");
+    lab.ext()
+        .sysctl("net.ipv6.conf.eth0.accept_untracked_na", "1");
+    let r = lab.http().put_json("/v1/system/config", &config);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The external host learnt the floating IP's MAC from the router's announcement, with no
+    // traffic to it.
+    let router_ext_mac = RouterLab::ROUTER_MACS[1];
+    let neigh = lab.ext().sh("ip neigh show 172.16.77.50");
+    assert!(
+        neigh.contains(router_ext_mac),
+        "no announcement seen: {neigh:?}"
+    );
+
+    // DHCP: t1 (its MAC is an allocation) gets 192.168.0.2 and its host name from the router.
+    lab.t1().ip("addr flush dev eth0");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("hook"),
+        format!("#!/bin/sh\nenv > {d}/$reason.env\n"),
+    )
+    .unwrap();
+    lab.t1().sh(&format!("chmod +x {d}/hook"));
+    lab.t1().sh(&format!(
+        "timeout 20 dhclient -4 -1 -sf {d}/hook -lf {d}/leases -pf {d}/pid eth0"
+    ));
+    let env = std::fs::read_to_string(dir.path().join("BOUND.env")).expect("a DHCP lease");
+    assert!(env.contains("new_ip_address=192.168.0.2"), "{env}");
+    assert!(env.contains("new_host_name=192-168-0-2"), "{env}");
+    lab.t1()
+        .sh(&format!("kill $(cat {d}/pid) 2>/dev/null || true"));
+    lab.t1().ip("addr replace 192.168.0.2/24 dev eth0");
+    lab.t1().sh("ip route replace default via 192.168.0.1");
+
+    // Metadata: the tenant's request reaches the orchestrator with the instance's identity.
+    let mut orchestrator = lab.mgmt().spawn(&["python3", "-c", ORCHESTRATOR]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.mgmt().sh("ss -ltn").contains(":9697 ") {
+        assert!(
+            Instant::now() < deadline,
+            "orchestrator stand-in did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got: Value = serde_json::from_str(
+        &lab.t1()
+            .sh("curl -sS --max-time 10 http://169.254.169.254/latest/meta-data/instance-id"),
+    )
+    .unwrap();
+    let allocation = &config["networks"][2]["allocations"][0];
+    assert_eq!(got["path"], "/latest/meta-data/instance-id");
+    assert_eq!(got["x-instance-id"], allocation["device_id"]);
+    assert_eq!(got["x-tenant-id"], config["tenant_id"]);
+    assert_eq!(
+        got["x-neutron-network-id"],
+        config["networks"][2]["network_id"]
+    );
+    assert_eq!(got["x-forwarded-for"], RouterLab::T1_V4);
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+
+    // Supervision: dnsmasq is reported, and comes back within 5 s after being killed.
+    let s = status(&lab);
+    let pid = s["services"]["dnsmasq"][&ge2]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{s:#}"));
+    assert_eq!(s["services"]["dnsmasq"][&ge2]["running"], true);
+    lab.router().sh(&format!("kill -9 {pid}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(&lab);
+        let d = &s["services"]["dnsmasq"][&ge2];
+        if d["running"] == true && d["pid"].as_u64() != Some(pid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq not back within 5 s: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
