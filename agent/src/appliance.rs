@@ -52,6 +52,8 @@ pub struct ApplyRecord {
     pub netfilter_batches: u64,
     /// Conntrack entries deleted because their floating IP went away or moved.
     pub conntrack_deleted: usize,
+    /// Milliseconds spent in each phase: where an apply's time went.
+    pub phases_ms: std::collections::BTreeMap<&'static str, f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -81,6 +83,7 @@ pub struct Appliance {
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
     last_conntrack_deleted: usize,
+    phases: std::collections::BTreeMap<&'static str, f64>,
     /// dnsmasq, bird, the metadata proxy, GARP and the host name.
     services: Services,
     pub shared: Arc<Mutex<Shared>>,
@@ -112,6 +115,7 @@ impl Appliance {
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
             last_conntrack_deleted: 0,
+            phases: Default::default(),
             services: Services::new(services_options(&state_path)),
             shared: Arc::new(Mutex::new(Shared::default())),
         };
@@ -197,6 +201,7 @@ impl Appliance {
         let writes_before = self.nl.writes();
         let batches_before = self.netfilter_batches;
         self.last_conntrack_deleted = 0;
+        self.phases.clear();
         let hash = config.document.hash();
         let result = self.transaction(&config).await;
         let writes = self.nl.writes() - writes_before;
@@ -210,6 +215,7 @@ impl Appliance {
             netlink_writes: writes,
             netfilter_batches: self.netfilter_batches - batches_before,
             conntrack_deleted: self.last_conntrack_deleted,
+            phases_ms: std::mem::take(&mut self.phases),
         };
         match &result {
             Ok(()) => tracing::info!(
@@ -263,21 +269,32 @@ impl Appliance {
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
 
         let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
+        let mut clock = Instant::now();
+        let mut lap = |phases: &mut std::collections::BTreeMap<&'static str, f64>, name| {
+            let now = Instant::now();
+            phases.insert(name, ((now - clock).as_secs_f64() * 1e6).round() / 1e3);
+            clock = now;
+        };
         let before = KernelState::read(&self.nl).await.map_err(unavailable)?;
         let desired = desired_state(config, self.current.as_ref());
         if let Err(failed) = self.write_state(&desired, &before).await {
             return Err(self.roll_back(&desired, &before, failed).await);
         }
+        lap(&mut self.phases, "links_addresses_routes");
         let previous_ruleset = self.ruleset.clone();
         let ruleset = firewall::build(config, self.firewall);
         if let Err(failed) = self.install_ruleset(&ruleset) {
             return Err(self.roll_back(&desired, &before, failed).await);
         }
+        lap(&mut self.phases, "ruleset");
         // Sessions through a floating IP that is gone or now points elsewhere must end
         // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive.
         let moved = moved_floating_ips(self.current.as_ref(), config);
         match tokio::task::block_in_place(|| firewall::conntrack::delete_sessions_of(&moved)) {
-            Ok(n) => self.last_conntrack_deleted = n,
+            Ok(n) => {
+                self.last_conntrack_deleted = n;
+                lap(&mut self.phases, "conntrack");
+            }
             Err(e) => {
                 let failed = e.to_string();
                 self.restore_ruleset(previous_ruleset);
@@ -290,6 +307,7 @@ impl Appliance {
             self.restore_ruleset(previous_ruleset);
             return Err(self.roll_back(&desired, &before, failed).await);
         }
+        lap(&mut self.phases, "services");
         self.announce_new_external_addresses(config, &desired, &before);
         let unchanged = self
             .current
@@ -304,6 +322,7 @@ impl Appliance {
             self.restore_ruleset(previous_ruleset);
             return Err(self.roll_back(&desired, &before, failed).await);
         }
+        lap(&mut self.phases, "persist");
         Ok(())
     }
 

@@ -34,9 +34,15 @@ enum LogFormat {
 enum Command {
     /// Re-apply the last good config, then serve the API.
     Serve {
-        /// Address and port to listen on, e.g. `[fdca:3ba5:a17a:acda::5]:5000`.
-        #[arg(long)]
-        listen: SocketAddr,
+        /// Address and port to listen on, e.g. `[fdca:3ba5:a17a:acda::5]:5000`. Optional with
+        /// --boot-config, which then gives the listen addresses.
+        #[arg(long, required_unless_present = "boot_config")]
+        listen: Option<SocketAddr>,
+        /// Configure the management NIC at start from the OpenStack config drive: `auto` finds
+        /// the drive labelled config-2 (DHCP on the first NIC without one); a directory is
+        /// read as an extracted config drive. See docs/image.md.
+        #[arg(long, value_name = "auto|DIR")]
+        boot_config: Option<akanda_agent::bootconfig::Source>,
         /// Where the last good config and the NIC names are kept.
         #[arg(long, default_value = "/var/lib/akanda-agent")]
         state_dir: PathBuf,
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
         Command::Validate { file } => validate(&file),
         Command::Serve {
             listen,
+            boot_config,
             state_dir,
             insecure_http,
         } => {
@@ -69,7 +76,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(serve(listen, state_dir, insecure_http)) {
+            match runtime.block_on(serve(listen, boot_config, state_dir, insecure_http)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -124,7 +131,12 @@ fn validate(file: &PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr, state_dir: PathBuf, insecure_http: bool) -> anyhow::Result<()> {
+async fn serve(
+    listen: Option<SocketAddr>,
+    boot_config: Option<akanda_agent::bootconfig::Source>,
+    state_dir: PathBuf,
+    insecure_http: bool,
+) -> anyhow::Result<()> {
     if !insecure_http {
         tracing::warn!(
             "TLS is not implemented yet: serving plain HTTP (pass --insecure-http to acknowledge)"
@@ -135,7 +147,18 @@ async fn serve(listen: SocketAddr, state_dir: PathBuf, insecure_http: bool) -> a
     let mut appliance = Appliance::open(state)
         .await
         .context("opening the appliance")?;
-    appliance.set_api_port(listen.port());
+    // After the NICs are named (a rename would set the link down and drop its addresses),
+    // before the saved config is restored.
+    let boot = match &boot_config {
+        Some(source) => Some(boot_network(source, listen.is_none()).await?),
+        None => None,
+    };
+    let api_port = match (listen, &boot) {
+        (Some(listen), _) => listen.port(),
+        (None, Some(boot)) => boot.port,
+        (None, None) => unreachable!("clap requires --listen or --boot-config"),
+    };
+    appliance.set_api_port(api_port);
     // The last good config is back in the kernel before the API answers.
     match appliance.restore().await {
         Ok(true) => tracing::info!("last good config re-applied"),
@@ -145,13 +168,57 @@ async fn serve(listen: SocketAddr, state_dir: PathBuf, insecure_http: bool) -> a
     let shared = appliance.shared.clone();
     let appliance = Arc::new(tokio::sync::Mutex::new(appliance));
     let routes = api::routes(Arc::new(ApiState::new(appliance.clone(), shared)));
-    let listener = server::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
-    server::serve(listener, routes, shutdown_signal()).await;
+    match (listen, boot) {
+        // With --boot-config too, `_boot` keeps the DHCP client (if any) running.
+        (Some(listen), _boot) => {
+            let listener =
+                server::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
+            server::serve(listener, routes, shutdown_signal()).await;
+        }
+        (None, Some(mut boot)) => {
+            tracing::info!(listen = ?boot.listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
+            // One accept loop per management address; a signal stops them all.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let loops = boot.listeners.drain(..).map(|listener| {
+                let mut stopped = stopped.clone();
+                server::serve(listener, routes.clone(), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+            });
+            futures::future::join_all(loops).await;
+        }
+        (None, None) => unreachable!("clap requires --listen or --boot-config"),
+    }
     // Let an apply in progress finish before exiting.
     appliance.lock().await.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the boot configuration and configures the management NIC (`--boot-config`).
+async fn boot_network(
+    source: &akanda_agent::bootconfig::Source,
+    listen: bool,
+) -> anyhow::Result<akanda_agent::bootconfig::BootNetwork> {
+    use akanda_agent::bootconfig;
+    let wanted = {
+        let source = source.clone();
+        // Probing block devices and mounting are blocking calls.
+        tokio::task::spawn_blocking(move || {
+            bootconfig::read_source(&source, std::time::Duration::from_secs(3))
+        })
+        .await
+        .context("reading the boot configuration")??
+    };
+    let nl = akanda_agent::netlink::Netlink::connect().context("netlink")?;
+    bootconfig::configure(&nl, &wanted, listen)
+        .await
+        .context("configuring the management NIC from the boot configuration")
 }
 
 async fn shutdown_signal() {

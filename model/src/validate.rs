@@ -938,6 +938,15 @@ impl Validator {
         let redirect_port = port(self, "redirect_port");
         let redirect = text(self, "redirect").and_then(|r| self.ip(&r, &field(path, "redirect")));
 
+        // pf's rdr-to had no Linux rendering in Astara either; refuse rather than ignore it.
+        for k in ["redirect", "redirect_port"] {
+            if rule.get(k).is_some_and(|v| !v.is_null()) {
+                self.problem(
+                    field(path, k),
+                    "redirects in filter rules are not supported",
+                );
+            }
+        }
         if (source_port.is_some() || destination_port.is_some())
             && !matches!(protocol, Some(Protocol::Tcp | Protocol::Udp))
         {

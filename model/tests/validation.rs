@@ -354,6 +354,18 @@ fn each_kind_of_bad_config_names_its_path() {
             "not a port",
         ),
         (
+            "anchor redirect",
+            |d| {
+                set(
+                    d,
+                    "/anchors",
+                    json!([{"name": "a", "rules": [{"action": "pass", "redirect": "10.0.0.1"}]}]),
+                )
+            },
+            "anchors[0].rules[0].redirect",
+            "not supported",
+        ),
+        (
             "MTU too small for IPv6",
             |d| set(d, "/networks/2/interface/mtu", json!(1000)),
             "networks[2].interface.mtu",
@@ -469,7 +481,7 @@ fn each_kind_of_bad_config_names_its_path() {
         );
         kinds += 1;
     }
-    assert!(kinds >= 15);
+    assert!(kinds >= 15, "{kinds}");
 }
 
 #[test]

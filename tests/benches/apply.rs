@@ -74,10 +74,14 @@ impl Client {
         elapsed
     }
 
-    fn last_writes(&mut self) -> u64 {
+    fn last_apply(&mut self) -> Value {
         let (_, body) = self.request("GET", "/v1/status", b"");
         let v: Value = serde_json::from_slice(&body).unwrap();
-        v["last_apply"]["netlink_writes"].as_u64().unwrap()
+        v["last_apply"].clone()
+    }
+
+    fn last_writes(&mut self) -> u64 {
+        self.last_apply()["netlink_writes"].as_u64().unwrap()
     }
 }
 
@@ -88,6 +92,8 @@ struct Figures {
     noop: Vec<Duration>,
     first_writes: u64,
     noop_writes: u64,
+    /// Where the last first apply's time went, per phase.
+    first_phases: Value,
 }
 
 fn percentile(samples: &[Duration], p: f64) -> f64 {
@@ -113,12 +119,15 @@ fn measure(
             noop: vec![],
             first_writes: 0,
             noop_writes: 0,
+            first_phases: Value::Null,
         };
         c.put(full); // warm-up
         for _ in 0..ROUNDS {
             c.put(bare);
             f.first.push(c.put(full));
-            f.first_writes = c.last_writes();
+            let last = c.last_apply();
+            f.first_writes = last["netlink_writes"].as_u64().unwrap();
+            f.first_phases = last["phases_ms"].clone();
             f.noop.push(c.put(full));
             f.noop_writes = f.noop_writes.max(c.last_writes());
             f.changed.push(c.put(changed));
@@ -258,12 +267,93 @@ fn twenty_networks() -> Figures {
     figures
 }
 
+/// A router with 1,000 floating IPs: the external subnet is a /16, the fixed IPs live on one
+/// internal /16. "changed" adds one more floating IP to the 1,000.
+fn thousand_floating_ips() -> Figures {
+    let router = Netns::new("bfiprt");
+    let mgmt = Netns::new("bfipmg");
+    let sink = Netns::new("bfipsk");
+    veth(
+        &router,
+        "eth0",
+        "fa:16:3e:11:00:00",
+        &mgmt,
+        "eth0",
+        "fa:16:3e:21:00:00",
+    );
+    veth(
+        &router,
+        "eth1",
+        "fa:16:3e:11:00:01",
+        &sink,
+        "ext",
+        "fa:16:3e:21:00:01",
+    );
+    veth(
+        &router,
+        "eth2",
+        "fa:16:3e:11:00:02",
+        &sink,
+        "int",
+        "fa:16:3e:21:00:02",
+    );
+    router.ip(&format!(
+        "addr add {}/64 dev eth0 nodad",
+        RouterLab::MGMT_ADDR
+    ));
+    mgmt.ip(&format!(
+        "addr add {}/64 dev eth0 nodad",
+        RouterLab::MGMT_PEER_ADDR
+    ));
+    let listen: SocketAddr = format!("[{}]:{}", RouterLab::MGMT_ADDR, akanda_tests::unique_port())
+        .parse()
+        .unwrap();
+    let mut agent = Agent::spawn(&router, listen, None);
+    agent.wait_ready(&mgmt, Duration::from_secs(15));
+    let mut full = conformance_json("astara-router-basic.json");
+    for (i, n) in ["ge0", "ge1", "ge2"].iter().enumerate() {
+        full["networks"][i]["interface"]["ifname"] = json!(n);
+    }
+    full["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
+    full["networks"][1]["subnets"] = json!([{"id": "ext", "cidr": "172.16.0.0/16", "gateway_ip": "172.16.0.1",
+        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
+    full["default_v4_gateway"] = json!("172.16.0.1");
+    full["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
+    full["networks"][2]["subnets"] = json!([{"id": "int", "cidr": "10.0.0.0/16", "gateway_ip": "10.0.0.1",
+        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
+    full["networks"][2]["allocations"] = json!([]);
+    let fip = |i: u32| {
+        json!({"floating_ip": format!("172.16.{}.{}", 1 + i / 250, 1 + i % 250),
+                              "fixed_ip": format!("10.0.{}.{}", 1 + i / 250, 1 + i % 250)})
+    };
+    full["floating_ips"] = json!((0..1000).map(fip).collect::<Vec<_>>());
+    let mut changed = full.clone();
+    changed["floating_ips"]
+        .as_array_mut()
+        .unwrap()
+        .push(fip(1000));
+    let figures = measure(
+        "1,000 floating IPs",
+        listen,
+        &mgmt,
+        &bare_of(&full),
+        &full,
+        &changed,
+    );
+    drop(agent);
+    figures
+}
+
 fn main() {
     if !akanda_tests::require_root() {
         return;
     }
     // `cargo bench` passes --bench; nothing else is read.
-    let results = [conformance_router(), twenty_networks()];
+    let results = [
+        conformance_router(),
+        twenty_networks(),
+        thousand_floating_ips(),
+    ];
     println!();
     println!("PUT /v1/system/config → 200, milliseconds ({ROUNDS} rounds each; p50 / p90 / max)");
     println!(
@@ -290,8 +380,8 @@ fn main() {
     println!();
     for f in &results {
         println!(
-            "{}: netlink writes: first apply {}, no-op re-apply {}",
-            f.name, f.first_writes, f.noop_writes
+            "{}: netlink writes: first apply {}, no-op re-apply {}; last first apply by phase (ms): {}",
+            f.name, f.first_writes, f.noop_writes, f.first_phases
         );
         assert_eq!(f.noop_writes, 0, "a no-op re-apply wrote to the kernel");
     }

@@ -339,6 +339,13 @@ struct Instance {
     supervisor: Supervisor,
 }
 
+/// A network whose files are written and checked, ready to (re)start or reload.
+struct Prepared {
+    ifname: String,
+    files: DnsmasqFiles,
+    conf_changed: bool,
+}
+
 /// All dnsmasq instances, keyed by NIC name.
 pub struct DnsmasqSet {
     binary: PathBuf,
@@ -390,20 +397,47 @@ impl DnsmasqSet {
             let _ = std::fs::remove_dir_all(&paths.dir);
         }
 
-        for (ifname, network) in wanted {
-            if let Err(e) = self.apply_one(&ifname, network).await {
-                errors.push(e);
+        // Rendering, writing and `dnsmasq --test` of every network run concurrently, then the
+        // starts, and the waits for readiness run concurrently too: a router's first apply with
+        // many networks costs about one dnsmasq start, not one per network.
+        let prepared = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|(ifname, network)| self.prepare(ifname, network)),
+        )
+        .await;
+        let mut started = Vec::new();
+        for result in prepared {
+            match result {
+                Err(e) => errors.push(e),
+                Ok(None) => {}
+                Ok(Some(p)) => {
+                    if self.commit(p.ifname.clone(), p.files, p.conf_changed).await {
+                        started.push(p.ifname);
+                    }
+                }
             }
         }
+        futures::future::join_all(started.iter().map(|ifname| {
+            let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, ifname);
+            let instance = &self.instances[ifname];
+            async move { wait_ready(&paths, &instance.supervisor).await }
+        }))
+        .await;
         errors
     }
 
-    async fn apply_one(&mut self, ifname: &str, network: &Network) -> Result<(), ServicesError> {
+    /// Writes a network's files and checks a changed main file. `None`: nothing changed.
+    async fn prepare(
+        &self,
+        ifname: &str,
+        network: &Network,
+    ) -> Result<Option<Prepared>, ServicesError> {
         let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, ifname);
         let files = render(network, &paths);
         if let Some(instance) = self.instances.get(ifname) {
             if instance.files == files {
-                return Ok(());
+                return Ok(None);
             }
         }
         super::create_dir(&paths.dir, 0o755)?;
@@ -429,33 +463,44 @@ impl DnsmasqSet {
                 source,
             })?;
         }
+        Ok(Some(Prepared {
+            ifname: ifname.to_owned(),
+            files,
+            conf_changed,
+        }))
+    }
 
+    /// Starts, restarts or SIGHUPs a prepared network's dnsmasq. Returns whether a process
+    /// was (re)started, whose readiness the caller then waits for.
+    async fn commit(&mut self, ifname: String, files: DnsmasqFiles, conf_changed: bool) -> bool {
+        let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, &ifname);
         let spec = self.spec(&paths);
-        match self.instances.get_mut(ifname) {
+        match self.instances.get_mut(&ifname) {
             None => {
                 let conf = paths.conf().display().to_string();
                 super::supervisor::kill_stale(&paths.pid(), &conf).await;
                 let supervisor = Supervisor::start(format!("dnsmasq-{ifname}"), spec);
-                wait_ready(&paths, &supervisor).await;
                 self.instances
-                    .insert(ifname.to_owned(), Instance { files, supervisor });
+                    .insert(ifname, Instance { files, supervisor });
+                true
             }
             Some(instance) => {
-                if conf_changed {
+                let restarted = if conf_changed {
                     tracing::info!(ifname, "dnsmasq ranges changed: restarting it");
                     instance.supervisor.restart(spec).await;
-                    wait_ready(&paths, &instance.supervisor).await;
+                    true
                 } else {
                     tracing::info!(ifname, "dnsmasq hosts or options changed: SIGHUP");
                     if let Err(e) = instance.supervisor.signal(Signal::SIGHUP).await {
                         // Not running (between restarts): the restart reads the new files.
                         tracing::warn!(ifname, "cannot reload dnsmasq: {e}");
                     }
-                }
+                    false
+                };
                 instance.files = files;
+                restarted
             }
         }
-        Ok(())
     }
 
     pub fn status(&self) -> Value {

@@ -1,0 +1,692 @@
+//! `akanda-image verify IMAGE`: boots the image for real under QEMU (TCG, never KVM: see
+//! `../shared/spec/images-and-vms.md` §1) and checks it from the outside, as an orchestrator
+//! and a tenant would.
+//!
+//! Topology: three NICs, each a TAP device moved into its own network namespace after QEMU
+//! opened it: management (the orchestrator's side, `fdca:3ba5:a17a:acda::1/64`), external
+//! and tenant (`192.168.0.2/24`). A VFAT config drive gives the management NIC a static IPv6
+//! address (or, with `--dhcp`, there is no config drive and dnsmasq in the management
+//! namespace hands out an IPv4 lease).
+//!
+//! Checks: `GET /v1/system/interfaces` lists the three NICs named `geN` with their MACs; a
+//! `PUT /v1/system/config` for them answers 200; the tenant namespace pings the address the
+//! config gave the router. Boot-to-ready is the time from QEMU's start to the first answer.
+
+use std::fmt;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::configdrive::{self, ConfigDriveError};
+use crate::tools::{self, cmd, ToolError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS (QEMU's default).
+    Bios,
+    /// OVMF (UEFI), from Debian's `ovmf` package.
+    Uefi,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyOptions {
+    /// The image (qcow2 or raw). It is not modified: the VM writes to a throw-away overlay.
+    pub image: PathBuf,
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// No config drive: check the DHCP fallback (dnsmasq in the management namespace).
+    #[arg(long)]
+    pub dhcp: bool,
+    /// Seconds to wait for the agent to answer after QEMU starts.
+    #[arg(long, default_value_t = 240)]
+    pub timeout: u64,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Keep the work directory (serial log, overlay, config drive).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("akanda-image verify must run as root: it creates network namespaces and TAP devices")]
+    NotRoot,
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    ConfigDrive(#[from] ConfigDriveError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0} not found (install Debian's ovmf package)")]
+    NoOvmf(String),
+    #[error("{message}\n--- last lines of the serial console ({serial}) ---\n{tail}")]
+    Check {
+        message: String,
+        serial: String,
+        tail: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VerifyError {
+    let what = what.into();
+    move |source| VerifyError::Io { what, source }
+}
+
+/// What a successful verify reports.
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub firmware: Firmware,
+    pub boot_to_ready: Duration,
+    pub interfaces: Vec<(String, String)>,
+    pub apply_ms: u128,
+    pub pinged: String,
+    pub listen: String,
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "verify: OK ({:?})", self.firmware)?;
+        writeln!(
+            f,
+            "  boot-to-ready: {:.1} s (QEMU start to the agent's first answer at {})",
+            self.boot_to_ready.as_secs_f64(),
+            self.listen
+        )?;
+        for (ifname, mac) in &self.interfaces {
+            writeln!(f, "  {ifname} {mac}")?;
+        }
+        writeln!(f, "  PUT /v1/system/config: 200 in {} ms", self.apply_ms)?;
+        write!(f, "  tenant ping to {}: OK", self.pinged)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces (the verifier runs on the host, so it uses `ip` like any operator)
+
+const NS_PREFIX: &str = "akimg-";
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Result<Netns, VerifyError> {
+        let name = format!("{NS_PREFIX}{}-{role}", std::process::id());
+        let _ = tools::run(&mut cmd("ip", ["netns", "del", &name]));
+        tools::run(&mut cmd("ip", ["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String, VerifyError> {
+        let mut c = cmd("ip", ["-n", &self.name]);
+        c.args(args);
+        Ok(tools::run(&mut c)?)
+    }
+
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut c = cmd("ip", ["netns", "exec", &self.name]);
+        c.args(args);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
+    fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = fs::File::open(&path)?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            f()
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = tools::run(&mut cmd("ip", ["netns", "del", &self.name]));
+    }
+}
+
+/// Removes namespaces left by verifies that were killed (their pid is gone).
+fn cleanup_stale() {
+    let Ok(list) = tools::run(&mut cmd("ip", ["netns", "list"])) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = tools::run(&mut cmd("ip", ["netns", "del", name]));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client (one request per connection), run inside a namespace
+
+struct Response {
+    status: u16,
+    body: String,
+}
+
+fn http(
+    ns: &Netns,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<String>,
+) -> std::io::Result<Response> {
+    let method = method.to_string();
+    let path = path.to_string();
+    ns.within(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let host = match addr.ip() {
+            IpAddr::V6(_) => format!("[{}]:{}", addr.ip(), addr.port()),
+            IpAddr::V4(_) => addr.to_string(),
+        };
+        let body = body.unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.200}")))?;
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        Ok(Response { status, body })
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Vm {
+    child: Child,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // QEMU never exits on a failed boot (GRUB or the initramfs just wait): kill by pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mac(n: u8) -> String {
+    // Locally administered, unique per verify run so concurrent runs never share a MAC.
+    let pid = std::process::id();
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        (pid >> 16) as u8,
+        (pid >> 8) as u8,
+        pid as u8,
+        n
+    )
+}
+
+fn serial_tail(path: &Path) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default();
+    tools::tail(&text, 40)
+}
+
+/// The config the verifier pushes: the three NICs by the names the agent reported.
+fn router_config(names: &[String; 3], dhcp_lease: Option<&str>) -> Value {
+    let net = |id: &str, kind: &str, ifname: &str, addrs: Vec<&str>, cidr: &str, gw: &str| {
+        json!({
+            "network_id": id, "network_type": kind, "mtu": 1500,
+            "v4_conf_service": "static", "v6_conf_service": "static",
+            "interface": {"ifname": ifname, "addresses": addrs},
+            "subnets": [{"id": format!("{id}-subnet"), "cidr": cidr, "gateway_ip": gw,
+                         "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
+            "allocations": []
+        })
+    };
+    let mut management = net(
+        "43dc2fad-f6f9-4668-9695-fed50f7768aa",
+        "management",
+        &names[0],
+        vec!["fdca:3ba5:a17a:acda::5/64"],
+        "fdca:3ba5:a17a:acda::/64",
+        "fdca:3ba5:a17a:acda::1",
+    );
+    if let Some(lease) = dhcp_lease {
+        management["interface"]["addresses"]
+            .as_array_mut()
+            .expect("a list")
+            .push(lease.into());
+        management["subnets"]
+            .as_array_mut()
+            .expect("a list")
+            .push(json!({
+                "id": "mgmt-dhcp-subnet", "cidr": "10.99.0.0/24", "gateway_ip": "10.99.0.1",
+                "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []
+            }));
+    }
+    json!({
+        "asn": 64512, "neighbor_asn": 64512,
+        "tenant_id": "d22b149cee9b4eac8349c517eda00b89",
+        "hostname": "ak-verify",
+        "default_v4_gateway": "172.16.77.1",
+        "ha_resource": false,
+        "orchestrator": {"address": "fdca:3ba5:a17a:acda::1", "metadata_port": 9697, "host": "verify"},
+        "labels": {},
+        "networks": [
+            management,
+            net("a7c2a9b4-6c0c-4f3f-9d8a-2b9c1a0e0001", "external", &names[1], vec!["172.16.77.2/24"],
+                "172.16.77.0/24", "172.16.77.1"),
+            net("b7fc9b39-401c-47cc-a07d-9f8cde75ccbf", "internal", &names[2], vec!["192.168.0.1/24"],
+                "192.168.0.0/24", "192.168.0.1"),
+        ],
+        "floating_ips": []
+    })
+}
+
+fn image_format(image: &Path) -> Result<String, VerifyError> {
+    let out = tools::run(cmd("qemu-img", ["info", "--output=json"]).arg(image))?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| VerifyError::Io {
+        what: format!("qemu-img info {}", image.display()),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(v["format"].as_str().unwrap_or("raw").to_string())
+}
+
+pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(VerifyError::NotRoot);
+    }
+    tools::check(tools::VERIFY_TOOLS, &[])?;
+    if opts.dhcp {
+        tools::check(
+            &[tools::Tool {
+                program: "dnsmasq",
+                package: "dnsmasq-base",
+            }],
+            &[],
+        )?;
+    }
+    if opts.firmware == Firmware::Uefi {
+        for f in [tools::OVMF_CODE, tools::OVMF_VARS] {
+            if !Path::new(f).exists() {
+                return Err(VerifyError::NoOvmf(f.into()));
+            }
+        }
+    }
+    let image = opts
+        .image
+        .canonicalize()
+        .map_err(io(format!("image {}", opts.image.display())))?;
+    cleanup_stale();
+    let work = tempfile::Builder::new()
+        .prefix("akanda-verify-")
+        .tempdir()
+        .map_err(io("create a work directory"))?;
+    let w = work.path().to_path_buf();
+    let result = run(opts, &image, &w);
+    if opts.keep || result.is_err() {
+        let kept = work.keep();
+        eprintln!("verify: work directory kept: {}", kept.display());
+    }
+    result
+}
+
+fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, VerifyError> {
+    let serial = w.join("serial.log");
+    let fail = |message: String| VerifyError::Check {
+        message,
+        serial: serial.display().to_string(),
+        tail: serial_tail(&serial),
+    };
+    let overlay = w.join("overlay.qcow2");
+    let format = image_format(image)?;
+    tools::run(
+        cmd(
+            "qemu-img",
+            ["create", "-q", "-f", "qcow2", "-F", &format, "-b"],
+        )
+        .arg(image)
+        .arg(&overlay),
+    )?;
+    let macs = [mac(1), mac(2), mac(3)];
+    let mgmt_addr = "fdca:3ba5:a17a:acda::5";
+    let config_drive = w.join("config-2.img");
+    if !opts.dhcp {
+        let links: Vec<Value> = macs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| json!({"id": format!("tap{i}"), "type": "ovs", "ethernet_mac_address": m, "mtu": 1500}))
+            .collect();
+        let nd = json!({
+            "links": links,
+            "networks": [
+                {"id": "network0", "link": "tap0", "type": "ipv6", "ip_address": mgmt_addr,
+                 "netmask": "ffff:ffff:ffff:ffff::", "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa",
+                 "routes": [], "services": []},
+                {"id": "network1", "link": "tap1", "type": "ipv4_dhcp",
+                 "network_id": "a7c2a9b4-6c0c-4f3f-9d8a-2b9c1a0e0001"},
+                {"id": "network2", "link": "tap2", "type": "ipv4_dhcp",
+                 "network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf"}
+            ],
+            "services": []
+        });
+        let md = json!({
+            "uuid": "6f0b1c2d-3e4f-4a6b-8c8d-9e0f1a2b3c4d", "name": "ak-verify",
+            "hostname": "ak-verify.novalocal", "availability_zone": "nova", "launch_index": 0,
+            "project_id": "d22b149cee9b4eac8349c517eda00b89", "devices": [],
+            "meta": {"akanda_mgmt_mac": macs[0]}
+        });
+        configdrive::make_vfat(&config_drive, &nd, &md)?;
+    }
+
+    let mgmt = Netns::new("mgmt")?;
+    let ext = Netns::new("ext")?;
+    let tenant = Netns::new("tenant")?;
+    let taps: Vec<String> = ["m", "e", "t"]
+        .iter()
+        .map(|r| format!("akv{}{r}", std::process::id() % 1_000_000))
+        .collect();
+
+    let mut q = Command::new("qemu-system-x86_64");
+    q.args([
+        "-accel",
+        "tcg,tb-size=64",
+        "-machine",
+        "q35",
+        "-nodefaults",
+        "-display",
+        "none",
+    ])
+    .args(["-monitor", "none", "-m", &opts.memory.to_string()])
+    .args(["-smp", &opts.cpus.to_string()])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()));
+    if opts.firmware == Firmware::Uefi {
+        let vars = w.join("OVMF_VARS.fd");
+        fs::copy(tools::OVMF_VARS, &vars).map_err(io("copy the OVMF variables"))?;
+        q.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                tools::OVMF_CODE
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    q.arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()));
+    if !opts.dhcp {
+        q.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            config_drive.display()
+        ));
+    }
+    for (i, (tap, m)) in taps.iter().zip(&macs).enumerate() {
+        q.arg("-netdev")
+            .arg(format!("tap,id=n{i},ifname={tap},script=no,downscript=no"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n{i},mac={m}"));
+    }
+    let qemu_log = fs::File::create(w.join("qemu.log")).map_err(io("create qemu.log"))?;
+    let started = Instant::now();
+    let child = q
+        .stdin(Stdio::null())
+        .stdout(qemu_log.try_clone().map_err(io("qemu.log"))?)
+        .stderr(qemu_log)
+        .spawn()
+        .map_err(io("start qemu-system-x86_64"))?;
+    let mut vm = Vm { child };
+
+    // QEMU creates the TAP devices in our namespace; once they exist, move each into its
+    // namespace (the open file descriptor in QEMU stays attached).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for tap in &taps {
+        while !Path::new("/sys/class/net").join(tap).exists() {
+            if let Some(status) = vm.child.try_wait().map_err(io("wait for qemu"))? {
+                let log = fs::read_to_string(w.join("qemu.log")).unwrap_or_default();
+                return Err(fail(format!("qemu exited at start ({status}): {log}")));
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("QEMU did not create TAP device {tap}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for (tap, ns) in taps.iter().zip([&mgmt, &ext, &tenant]) {
+        tools::run(&mut cmd("ip", ["link", "set", tap, "netns", &ns.name]))?;
+        ns.ip(&["link", "set", tap, "up"])?;
+    }
+    mgmt.ip(&[
+        "addr",
+        "add",
+        "fdca:3ba5:a17a:acda::1/64",
+        "dev",
+        &taps[0],
+        "nodad",
+    ])?;
+    ext.ip(&["addr", "add", "172.16.77.1/24", "dev", &taps[1]])?;
+    tenant.ip(&["addr", "add", "192.168.0.2/24", "dev", &taps[2]])?;
+    tenant.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
+    let mut _dnsmasq = None;
+    if opts.dhcp {
+        mgmt.ip(&["addr", "add", "10.99.0.1/24", "dev", &taps[0]])?;
+        let leases = w.join("dnsmasq.leases");
+        let child = mgmt
+            .exec(&["dnsmasq", "--no-daemon", "--port=0", "--bind-interfaces"])
+            .arg(format!("--interface={}", taps[0]))
+            .arg("--dhcp-range=10.99.0.100,10.99.0.150,1h")
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--pid-file={}", w.join("dnsmasq.pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io("start dnsmasq"))?;
+        _dnsmasq = Some(Vm { child });
+    }
+
+    // Wait for the agent.
+    let timeout = Duration::from_secs(opts.timeout);
+    let mut last_error = String::from("no attempt yet");
+    let (listen, interfaces) = loop {
+        if let Some(status) = vm.child.try_wait().map_err(io("wait for qemu"))? {
+            return Err(fail(format!(
+                "the VM stopped ({status}) before the agent answered"
+            )));
+        }
+        if started.elapsed() > timeout {
+            return Err(fail(format!(
+                "the agent did not answer within {} s (last error: {last_error})",
+                opts.timeout
+            )));
+        }
+        let target: Option<SocketAddr> = if opts.dhcp {
+            fs::read_to_string(w.join("dnsmasq.leases"))
+                .ok()
+                .and_then(|l| l.lines().find(|x| x.contains(&macs[0])).map(str::to_string))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|ip| ip.parse().ok()))
+                .map(|ip: IpAddr| SocketAddr::new(ip, 5000))
+        } else {
+            Some(SocketAddr::new(mgmt_addr.parse().expect("valid"), 5000))
+        };
+        if let Some(addr) = target {
+            match http(&mgmt, "GET", addr, "/v1/system/interfaces", None) {
+                Ok(r) if r.status == 200 => break (addr, r.body),
+                Ok(r) => last_error = format!("HTTP {}: {}", r.status, r.body),
+                Err(e) => last_error = e.to_string(),
+            }
+        } else {
+            last_error = "no DHCP lease yet".into();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let boot_to_ready = started.elapsed();
+
+    // The agent names each NIC geN and reports its MAC.
+    let doc: Value = serde_json::from_str(&interfaces).map_err(|e| {
+        fail(format!(
+            "GET /v1/system/interfaces is not JSON ({e}): {interfaces}"
+        ))
+    })?;
+    let list = doc["interfaces"]
+        .as_array()
+        .ok_or_else(|| fail(format!("no \"interfaces\" list: {interfaces}")))?;
+    let mut names: Vec<String> = Vec::new();
+    for m in &macs {
+        let found = list
+            .iter()
+            .find(|i| i["lladdr"].as_str() == Some(m.as_str()));
+        let Some(ifname) = found.and_then(|i| i["ifname"].as_str()) else {
+            return Err(fail(format!(
+                "the agent does not list a NIC with MAC {m}: {interfaces}"
+            )));
+        };
+        let numbered = ifname
+            .strip_prefix("ge")
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !numbered {
+            return Err(fail(format!(
+                "NIC {m} is named {ifname:?}, not geN: {interfaces}"
+            )));
+        }
+        names.push(ifname.to_string());
+    }
+    let names: [String; 3] = names.try_into().expect("three NICs");
+
+    // With DHCP the lease stays in the config: an apply removes the addresses a config does
+    // not name, and the answer to this PUT goes out from the lease address.
+    let lease = match listen.ip() {
+        IpAddr::V4(ip) if opts.dhcp => Some(format!("{ip}/24")),
+        _ => None,
+    };
+    let config = router_config(&names, lease.as_deref()).to_string();
+    let t = Instant::now();
+    let put = http(&mgmt, "PUT", listen, "/v1/system/config", Some(config))
+        .map_err(|e| fail(format!("PUT /v1/system/config: {e}")))?;
+    let apply_ms = t.elapsed().as_millis();
+    if put.status != 200 {
+        return Err(fail(format!(
+            "PUT /v1/system/config answered {}: {}",
+            put.status, put.body
+        )));
+    }
+
+    // A tenant reaches the address the config gave the router.
+    let target = "192.168.0.1";
+    let mut pinged = false;
+    for _ in 0..15 {
+        let ok = tenant
+            .exec(&["ping", "-c", "1", "-W", "1", target])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            pinged = true;
+            break;
+        }
+    }
+    if !pinged {
+        return Err(fail(format!(
+            "the tenant namespace cannot ping {target} on {} after the config was applied",
+            names[2]
+        )));
+    }
+    drop(vm);
+    Ok(VerifyReport {
+        firmware: opts.firmware,
+        boot_to_ready,
+        interfaces: names.iter().cloned().zip(macs.iter().cloned()).collect(),
+        apply_ms,
+        pinged: target.into(),
+        listen: listen.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+
+    #[test]
+    fn pushed_config_is_valid_for_the_agent() {
+        // The verifier's config must pass the same validation as the agent applies.
+        let names = ["ge0".to_string(), "ge1".to_string(), "ge2".to_string()];
+        for lease in [None, Some("10.99.0.111/24")] {
+            let doc = router_config(&names, lease);
+            assert_eq!(doc["networks"][2]["interface"]["ifname"], "ge2");
+            if let Err(e) = akanda_model::parse(doc.to_string().as_bytes()) {
+                panic!("{e:?}\n{doc:#}");
+            }
+        }
+    }
+
+    #[test]
+    fn macs_are_locally_administered_and_distinct() {
+        let (a, b) = (mac(1), mac(2));
+        assert_ne!(a, b);
+        assert!(a.starts_with("52:54:"));
+    }
+}
