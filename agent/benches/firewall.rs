@@ -8,29 +8,12 @@
 use std::time::{Duration, Instant};
 
 use akanda_agent::firewall::{batch, build, nfnl, readback, ruleset, FirewallOptions};
-use akanda_tests::{conformance_json, in_netns, require_root, Netns};
-use serde_json::json;
+use akanda_tests::{in_netns, require_root, Netns};
 
 const RUNS: usize = 15;
 
 fn config(fips: u32) -> akanda_model::RouterConfig {
-    let mut doc = conformance_json("astara-router-basic.json");
-    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    doc["networks"][1]["subnets"][0]["cidr"] = json!("172.16.0.0/16");
-    doc["networks"][1]["subnets"][0]["gateway_ip"] = json!("172.16.0.1");
-    doc["default_v4_gateway"] = json!("172.16.0.1");
-    doc["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    doc["networks"][2]["subnets"][0]["cidr"] = json!("10.0.0.0/16");
-    doc["networks"][2]["subnets"][0]["gateway_ip"] = json!("10.0.0.1");
-    doc["networks"][2]["subnets"][0]["host_routes"] = json!([]);
-    doc["networks"][2]["allocations"] = json!([]);
-    let list: Vec<_> = (0..fips)
-        .map(|i| {
-            let (hi, lo) = (1 + i / 250, 1 + i % 250);
-            json!({"floating_ip": format!("172.16.{hi}.{lo}"), "fixed_ip": format!("10.0.{hi}.{lo}")})
-        })
-        .collect();
-    doc["floating_ips"] = json!(list);
+    let doc = akanda_tests::config_with_floating_ips(fips);
     akanda_model::parse(doc.to_string().as_bytes()).expect("valid bench config")
 }
 

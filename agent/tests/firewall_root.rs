@@ -182,23 +182,7 @@ fn ten_thousand_floating_ips_apply_in_one_batch() {
         return;
     }
     // Larger than one batch page and than one set-element message: both limits are handled.
-    let mut doc = conformance_json("astara-router-basic.json");
-    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    doc["networks"][1]["subnets"][0]["cidr"] = json!("172.16.0.0/16");
-    doc["networks"][1]["subnets"][0]["gateway_ip"] = json!("172.16.0.1");
-    doc["default_v4_gateway"] = json!("172.16.0.1");
-    doc["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    doc["networks"][2]["subnets"][0]["cidr"] = json!("10.0.0.0/16");
-    doc["networks"][2]["subnets"][0]["gateway_ip"] = json!("10.0.0.1");
-    doc["networks"][2]["subnets"][0]["host_routes"] = json!([]);
-    doc["networks"][2]["allocations"] = json!([]);
-    let fips: Vec<_> = (0..10_000u32)
-        .map(|i| {
-            json!({"floating_ip": format!("172.16.{}.{}", 1 + i / 250, 1 + i % 250),
-                        "fixed_ip": format!("10.0.{}.{}", 1 + i / 250, 1 + i % 250)})
-        })
-        .collect();
-    doc["floating_ips"] = json!(fips);
+    let doc = akanda_tests::config_with_floating_ips(10_000);
     let config = akanda_model::parse(doc.to_string().as_bytes()).unwrap();
     let ns = Netns::new("fwbig");
     in_netns(&ns, || batch::apply(&build(&config, OPTS))).expect("10,000 floating IPs apply");

@@ -17,7 +17,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use akanda_tests::{conformance_json, in_netns, veth, Agent, Netns, RouterLab};
+use akanda_tests::{
+    config_with_floating_ips, conformance_json, floating_ip, in_netns, veth, Agent, Netns,
+    RouterLab,
+};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 30;
@@ -176,34 +179,27 @@ fn conformance_router() -> Figures {
     )
 }
 
-fn twenty_networks() -> Figures {
-    let router = Netns::new("b20rt");
-    let mgmt = Netns::new("b20mg");
-    let sink = Netns::new("b20sk");
-    veth(
-        &router,
-        "eth0",
-        "fa:16:3e:10:00:00",
-        &mgmt,
-        "eth0",
-        "fa:16:3e:20:00:00",
-    );
-    veth(
-        &router,
-        "eth1",
-        "fa:16:3e:10:00:01",
-        &sink,
-        "ext",
-        "fa:16:3e:20:00:01",
-    );
-    for i in 0..20 {
+/// A router namespace with a management veth (to `mgmt`), an external one and `internal`
+/// internal ones (their peers in `sink`), running the agent. NICs become ge0, ge1, ge2...
+fn router_with_agent(tag: &str, internal: u32) -> (Netns, Netns, Netns, Agent, SocketAddr) {
+    let router = Netns::new(&format!("{tag}rt"));
+    let mgmt = Netns::new(&format!("{tag}mg"));
+    let sink = Netns::new(&format!("{tag}sk"));
+    let mac = |side: u8, i: u32| format!("fa:16:3e:{side:02x}:00:{i:02x}");
+    veth(&router, "eth0", &mac(0x10, 0), &mgmt, "eth0", &mac(0x20, 0));
+    for i in 1..=internal + 1 {
+        let peer = if i == 1 {
+            "ext".to_string()
+        } else {
+            format!("t{i}")
+        };
         veth(
             &router,
-            &format!("eth{}", i + 2),
-            &format!("fa:16:3e:10:00:{:02x}", i + 2),
+            &format!("eth{i}"),
+            &mac(0x10, i),
             &sink,
-            &format!("t{i}"),
-            &format!("fa:16:3e:20:00:{:02x}", i + 2),
+            &peer,
+            &mac(0x20, i),
         );
     }
     router.ip(&format!(
@@ -219,7 +215,11 @@ fn twenty_networks() -> Figures {
         .unwrap();
     let mut agent = Agent::spawn(&router, listen, None);
     agent.wait_ready(&mgmt, Duration::from_secs(15));
+    (router, mgmt, sink, agent, listen)
+}
 
+fn twenty_networks() -> Figures {
+    let (_router, mgmt, _sink, agent, listen) = router_with_agent("b20", 20);
     let base = conformance_json("astara-router-basic.json");
     let mut networks = vec![base["networks"][0].clone(), base["networks"][1].clone()];
     networks[0]["interface"]["ifname"] = json!("ge0");
@@ -270,68 +270,13 @@ fn twenty_networks() -> Figures {
 /// A router with 1,000 floating IPs: the external subnet is a /16, the fixed IPs live on one
 /// internal /16. "changed" adds one more floating IP to the 1,000.
 fn thousand_floating_ips() -> Figures {
-    let router = Netns::new("bfiprt");
-    let mgmt = Netns::new("bfipmg");
-    let sink = Netns::new("bfipsk");
-    veth(
-        &router,
-        "eth0",
-        "fa:16:3e:11:00:00",
-        &mgmt,
-        "eth0",
-        "fa:16:3e:21:00:00",
-    );
-    veth(
-        &router,
-        "eth1",
-        "fa:16:3e:11:00:01",
-        &sink,
-        "ext",
-        "fa:16:3e:21:00:01",
-    );
-    veth(
-        &router,
-        "eth2",
-        "fa:16:3e:11:00:02",
-        &sink,
-        "int",
-        "fa:16:3e:21:00:02",
-    );
-    router.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_ADDR
-    ));
-    mgmt.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_PEER_ADDR
-    ));
-    let listen: SocketAddr = format!("[{}]:{}", RouterLab::MGMT_ADDR, akanda_tests::unique_port())
-        .parse()
-        .unwrap();
-    let mut agent = Agent::spawn(&router, listen, None);
-    agent.wait_ready(&mgmt, Duration::from_secs(15));
-    let mut full = conformance_json("astara-router-basic.json");
-    for (i, n) in ["ge0", "ge1", "ge2"].iter().enumerate() {
-        full["networks"][i]["interface"]["ifname"] = json!(n);
-    }
-    full["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    full["networks"][1]["subnets"] = json!([{"id": "ext", "cidr": "172.16.0.0/16", "gateway_ip": "172.16.0.1",
-        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    full["default_v4_gateway"] = json!("172.16.0.1");
-    full["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    full["networks"][2]["subnets"] = json!([{"id": "int", "cidr": "10.0.0.0/16", "gateway_ip": "10.0.0.1",
-        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    full["networks"][2]["allocations"] = json!([]);
-    let fip = |i: u32| {
-        json!({"floating_ip": format!("172.16.{}.{}", 1 + i / 250, 1 + i % 250),
-                              "fixed_ip": format!("10.0.{}.{}", 1 + i / 250, 1 + i % 250)})
-    };
-    full["floating_ips"] = json!((0..1000).map(fip).collect::<Vec<_>>());
+    let (_router, mgmt, _sink, agent, listen) = router_with_agent("bfip", 1);
+    let full = config_with_floating_ips(1000);
     let mut changed = full.clone();
     changed["floating_ips"]
         .as_array_mut()
         .unwrap()
-        .push(fip(1000));
+        .push(floating_ip(1000));
     let figures = measure(
         "1,000 floating IPs",
         listen,

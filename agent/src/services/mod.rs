@@ -18,10 +18,10 @@ pub mod supervisor;
 #[cfg(test)]
 mod tests;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -213,32 +213,9 @@ pub(crate) fn create_dir(dir: &Path, mode: u32) -> Result<(), ServicesError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err)
 }
 
-/// Writes `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`.
+/// Writes `path` atomically with `mode` (see [`crate::store::write_atomic_mode`]).
 pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ServicesError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|source| ServicesError::Write {
+    crate::store::write_atomic_mode(path, bytes, mode).map_err(|source| ServicesError::Write {
         path: path.to_path_buf(),
         source,
     })
