@@ -14,18 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 fn image_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe.parent().expect("bench executable has a directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir.parent().expect("deps has a parent");
-    }
-    let bin = dir.join("akanda-image");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    akanda_tests::workspace_bin("akanda-image")
 }
 
 fn timed(cmd: &mut Command) -> (f64, String) {

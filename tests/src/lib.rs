@@ -541,15 +541,21 @@ pub fn agent_bin() -> PathBuf {
         );
         return p;
     }
+    workspace_bin("akanda-agent")
+}
+
+/// A binary of this workspace, `target/<profile>/NAME`, beside the running test or bench
+/// executable (which lives in `target/<profile>/deps`).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe.parent().expect("test executable has a directory");
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir = dir.parent().expect("deps has a parent");
     }
-    let bin = dir.join("akanda-agent");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first (or set AKANDA_AGENT_BIN)",
+        "{} not found: run `cargo build --workspace --bins` first",
         bin.display()
     );
     bin
