@@ -121,3 +121,73 @@ fn dhcp_metadata_announcements_and_supervision_through_the_agent() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The upstream router: a real bird in the external namespace, peering with the router's
+/// external IPv6 address and importing what it announces.
+const PEER: &str = r#"
+log stderr all;
+router id 172.16.77.1;
+protocol device { scan time 2; }
+protocol bgp upstream {
+  local 2001:db8:77::1 as 64512;
+  neighbor 2001:db8:77::2 as 64512;
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 5;
+  ipv6 { import all; export none; };
+}
+"#;
+
+#[test]
+fn bgp_peer_learns_and_loses_the_tenant_prefix_through_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("bgp");
+    let _agent = lab.start_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("peer.conf");
+    let sock = dir.path().join("peer.ctl");
+    std::fs::write(&conf, PEER).unwrap();
+    let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
+    let mut peer = lab.ext().spawn(&["bird", "-f", "-c", &conf, "-s", &sock]);
+    let routes = || {
+        let out = lab.ext().run(&[
+            "birdc", "-s", &sock, "show", "route", "protocol", "upstream",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_for = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let table = routes();
+            if table.contains("2001:db8:100::/64") == want {
+                return table;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prefix present={} never: {table}",
+                !want
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+
+    let config = lab.fitted_config();
+    let r = lab.http().put_json("/v1/system/config", &config);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let learnt = wait_for(true);
+    // Only tenant prefixes: not the management ULA, not the external subnet itself.
+    assert!(!learnt.contains("fdca:3ba5"), "{learnt}");
+    assert!(!learnt.contains("2001:db8:77::/64"), "{learnt}");
+
+    // The tenant network leaves the router: the peer loses its prefix.
+    let mut without = config.clone();
+    without["networks"].as_array_mut().unwrap().remove(2);
+    without["floating_ips"] = serde_json::json!([]);
+    let r = lab.http().put_json("/v1/system/config", &without);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(false);
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
