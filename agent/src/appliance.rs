@@ -144,7 +144,20 @@ impl Appliance {
     }
 
     /// Re-applies the last good config from the state directory (at start, before serving).
+    /// Without one, or when it cannot be applied, the router gets the bootstrap ruleset:
+    /// closed except for the agent's API, until the first good push.
     pub async fn restore(&mut self) -> Result<bool, String> {
+        let result = self.restore_saved().await;
+        if !matches!(result, Ok(true)) {
+            let bootstrap = firewall::ruleset::bootstrap(self.firewall);
+            if let Err(e) = self.install_ruleset(&bootstrap) {
+                tracing::error!(error = %e, "installing the bootstrap ruleset failed");
+            }
+        }
+        result
+    }
+
+    async fn restore_saved(&mut self) -> Result<bool, String> {
         let bytes = match self.state.load_config() {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(false),

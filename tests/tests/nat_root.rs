@@ -305,3 +305,26 @@ fn other_tables_survive_and_noop_writes_nothing() {
     assert_eq!(s["last_apply"]["netfilter_batches"], 1, "{s}");
     assert!(lab.router().sh("nft list tables").contains("inet akanda"));
 }
+
+#[test]
+fn before_the_first_push_only_the_api_is_open() {
+    let Some((lab, _agent, dir)) = lab_with_agent("bootstrap") else {
+        return;
+    };
+    // The agent is up and answers (wait_ready went through the API port); the router already
+    // has the bootstrap ruleset.
+    let table = lab.router().sh("nft list table inet akanda");
+    assert!(table.contains("no config yet"), "{table}");
+    // Something listening on the router, reachable by address from outside: still closed.
+    lab.router().ip("addr add 172.16.77.2/24 dev ge1");
+    let _server = Server::start(lab.router(), 8080, dir.path());
+    assert!(tcp_echo(lab.ext(), RouterLab::EXT_ROUTER_V4, 8080).is_err());
+    akanda_tests::assert_pings(lab.ext(), RouterLab::EXT_ROUTER_V4);
+    assert_eq!(lab.http().get("/v1/status").status, 200);
+
+    // The first push replaces it with the config's ruleset.
+    put_ok(&lab, &config(&lab));
+    let table = lab.router().sh("nft list table inet akanda");
+    assert!(!table.contains("no config yet"), "{table}");
+    assert!(table.contains("fip_dnat"), "{table}");
+}

@@ -494,6 +494,62 @@ pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
     Ruleset { sets, chains }
 }
 
+/// The ruleset of a router that has no config yet (first boot, or a saved config that could
+/// not be restored): nothing is forwarded, and only the agent's API, DHCP/DHCPv6 client replies
+/// (the management NIC may be configured by DHCP) and ICMP reach the router. Astara's image
+/// accepted everything until the first push.
+pub fn bootstrap(opts: FirewallOptions) -> Ruleset {
+    let input = vec![
+        Rule::new(vec![Match::Iif("lo".into())], Verdict::Accept),
+        Rule::new(
+            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+            Verdict::Accept,
+        ),
+        Rule::new(vec![Match::CtState(vec![CtState::Invalid])], Verdict::Drop),
+        Rule::new(vec![Match::L4(L4::Icmp)], Verdict::Accept),
+        Rule::new(vec![Match::L4(L4::Icmpv6)], Verdict::Accept),
+        Rule::new(
+            vec![Match::L4(L4::Tcp), Match::Dport(L4::Tcp, opts.api_port)],
+            Verdict::Accept,
+        )
+        .comment("agent API"),
+        Rule::new(
+            vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 68)],
+            Verdict::Accept,
+        )
+        .comment("DHCP client"),
+        Rule::new(
+            vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 546)],
+            Verdict::Accept,
+        )
+        .comment("DHCPv6 client"),
+        Rule::new(vec![], Verdict::Drop).comment("no config yet"),
+    ];
+    let base = |hook| {
+        Some(BaseChain {
+            kind: ChainKind::Filter,
+            hook,
+            priority: 0,
+            policy_drop: true,
+        })
+    };
+    Ruleset {
+        sets: Vec::new(),
+        chains: vec![
+            Chain {
+                name: "input".into(),
+                base: base(Hook::Input),
+                rules: input,
+            },
+            Chain {
+                name: "forward".into(),
+                base: base(Hook::Forward),
+                rules: vec![Rule::new(vec![], Verdict::Drop).comment("no config yet")],
+            },
+        ],
+    }
+}
+
 /// Label counters (Astara's pf-era metering): traffic from and to each CIDR, counted and
 /// passed on.
 fn label_rules(labels: &BTreeMap<String, Vec<IpNet>>) -> Vec<Rule> {
