@@ -5,6 +5,7 @@
 //! `ip -n NS -j ...`, and deletes the namespace when it ends, even on failure.
 //! Without root they fail, unless AKANDA_SKIP_ROOT_TESTS=1 is set.
 
+use akanda_tests::run_host;
 use std::future::Future;
 use std::net::IpAddr;
 use std::process::Command;
@@ -47,7 +48,7 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        run(&["ip", "netns", "add", &name]);
+        run_host(&["ip", "netns", "add", &name]);
         (Netns { name: name.clone() }, DeleteOnDrop(name))
     }
 
@@ -55,7 +56,7 @@ impl Netns {
     fn ip(&self, args: &str) -> String {
         let mut argv = vec!["ip", "-n", &self.name];
         argv.extend(args.split_whitespace());
-        run(&argv)
+        run_host(&argv)
     }
 
     /// Runs `ip -n NS -j ARGS...` and parses its JSON.
@@ -96,34 +97,10 @@ impl Netns {
     }
 }
 
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// False when the test must be skipped (not root and AKANDA_SKIP_ROOT_TESTS=1);
 /// panics when not root otherwise.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("AKANDA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        println!("skipping {test}: needs root (AKANDA_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!(
-        "{test} needs root (it creates network namespaces); \
-         run the tests as root or set AKANDA_SKIP_ROOT_TESTS=1 to skip them"
-    );
+fn root_or_skip(_test: &str) -> bool {
+    akanda_tests::require_root()
 }
 
 /// Creates a namespace, lets `setup` prepare it with `ip -n`, then runs

@@ -8,6 +8,7 @@
 //! with every process in them, when a test ends, even on failure; leftovers of a killed run are
 //! removed by the next one. Without root these tests fail, unless AKANDA_SKIP_ROOT_TESTS=1.
 
+use akanda_tests::run_host;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -49,7 +50,7 @@ impl Netns {
         );
         {
             let _g = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
-            run(&["ip", "netns", "add", &name]);
+            run_host(&["ip", "netns", "add", &name]);
         }
         let ns = Netns { name };
         ns.ip("link set lo up");
@@ -63,14 +64,14 @@ impl Netns {
     fn ip(&self, args: &str) -> String {
         let mut argv = vec!["ip", "-n", &self.name];
         argv.extend(args.split_whitespace());
-        run(&argv)
+        run_host(&argv)
     }
 
     #[track_caller]
     fn exec(&self, args: &[&str]) -> String {
         let mut argv = vec!["ip", "netns", "exec", &self.name];
         argv.extend_from_slice(args);
-        run(&argv)
+        run_host(&argv)
     }
 
     #[track_caller]
@@ -166,24 +167,9 @@ fn cleanup_stale() {
     }
 }
 
-#[track_caller]
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A veth pair with one end in each namespace, both up.
 fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) {
-    run(&[
+    run_host(&[
         "ip", "link", "add", a_if, "netns", &a.name, "address", a_mac, "type", "veth", "peer",
         "name", b_if, "netns", &b.name, "address", b_mac,
     ]);
@@ -210,7 +196,7 @@ fn router_ge2(router: &Netns) {
     router.ip("addr add 2001:db8:100::1/64 dev ge2 nodad");
 }
 
-fn root_or_skip(test: &str) -> bool {
+fn root_or_skip(_test: &str) -> bool {
     static LOGS: Once = Once::new();
     LOGS.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -220,15 +206,7 @@ fn root_or_skip(test: &str) -> bool {
             .with_test_writer()
             .try_init();
     });
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("AKANDA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        println!("skipping {test}: needs root (AKANDA_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("{test} needs root (network namespaces); set AKANDA_SKIP_ROOT_TESTS=1 to skip");
+    akanda_tests::require_root()
 }
 
 /// Runs `body` on a thread inside namespace `ns` with a current-thread runtime.

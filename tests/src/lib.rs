@@ -70,6 +70,23 @@ pub fn require_root() -> bool {
 // ---------------------------------------------------------------------------
 // Commands
 
+/// Runs a command on the host (outside any test namespace) and returns its stdout; panics
+/// with stdout and stderr if it fails.
+#[track_caller]
+pub fn run_host(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a command to completion, panicking only if it cannot be started.
 fn output_of(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
