@@ -276,10 +276,27 @@ impl Appliance {
         if !missing.is_empty() {
             return Err(ApplyError::DoesNotFit(missing));
         }
-        if config.document.vpn.is_some() {
-            tracing::warn!("the config has a VPN section: VPN is not applied by this agent yet");
+        if config.document.requests_vpn() {
+            tracing::warn!(
+                "the config asks for VPN services: VPN is not applied by this agent yet"
+            );
         }
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        if let Some(ext) = config.external_network() {
+            // The external addresses keep duplicate address detection (it protects the
+            // upstream), as optimistic addresses: usable at once, so bird's BGP connection
+            // from them does not fail while DAD runs.
+            if let Err(e) = sysctl::ensure_optimistic_dad(&ext.ifname) {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        error = %e,
+                        "no optimistic DAD: external IPv6 addresses are usable only once DAD \
+                         has finished, 1 to 2 s after they are added"
+                    )
+                });
+            }
+        }
 
         let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
         let mut clock = Instant::now();

@@ -17,7 +17,8 @@ pub struct DesiredLink {
     /// Addresses with prefix length. IPv6 link-local addresses are the kernel's and never listed.
     pub addresses: BTreeSet<IpNet>,
     /// Add IPv6 addresses without duplicate address detection, so a gateway address works at
-    /// once. Astara turned DAD off on every network but the external one; so do we.
+    /// once. Astara turned DAD off on every network but the external one; so do we. The
+    /// external addresses are added as optimistic ones (see `Netlink::add_address`).
     pub nodad: bool,
 }
 

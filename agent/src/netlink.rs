@@ -263,7 +263,12 @@ impl Netlink {
     /// Adds `net` (address and prefix length) to a link. IPv4 addresses get
     /// their broadcast address like `ip addr add ... brd +`. `nodad` adds an
     /// IPv6 address with `IFA_F_NODAD` so it is usable at once (never
-    /// "tentative"); it is ignored for IPv4.
+    /// "tentative"). Without `nodad` an IPv6 address is added with
+    /// `IFA_F_OPTIMISTIC`: duplicate address detection runs, and the address
+    /// can be bound and used meanwhile (RFC 4429). The kernel honours that flag
+    /// only where the link's `optimistic_dad` sysctl is on, and drops it
+    /// elsewhere (the address is then plainly "tentative" until DAD ends).
+    /// Both flags are ignored for IPv4.
     pub async fn add_address(
         &self,
         index: u32,
@@ -276,11 +281,16 @@ impl Netlink {
             .handle
             .address()
             .add(index, net.addr(), net.prefix_len());
-        if nodad && net.addr().is_ipv6() {
+        if net.addr().is_ipv6() {
+            let flag = if nodad {
+                AddressFlags::Nodad
+            } else {
+                AddressFlags::Optimistic
+            };
             request
                 .message_mut()
                 .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                .push(AddressAttribute::Flags(flag));
         }
         self.write(Op::AddAddress { index, net }, request.execute())
             .await

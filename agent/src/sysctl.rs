@@ -54,6 +54,18 @@ pub fn ensure_router_sysctls() -> Result<usize, SysctlError> {
     Ok(written)
 }
 
+/// Turns on optimistic DAD on `ifname` (a `geN` name): IPv6 addresses added there with
+/// `IFA_F_OPTIMISTIC` can be used while duplicate address detection runs (RFC 4429). Fails with
+/// `NotFound` on a kernel built without `CONFIG_IPV6_OPTIMISTIC_DAD`. Returns whether it wrote.
+pub fn ensure_optimistic_dad(ifname: &str) -> Result<bool, SysctlError> {
+    let key = format!("net/ipv6/conf/{ifname}/optimistic_dad");
+    let written = ensure(Path::new("/proc/sys"), &key, "1")?;
+    if written {
+        tracing::info!(key, value = "1", "sysctl set");
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

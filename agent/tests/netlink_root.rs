@@ -231,6 +231,52 @@ fn links_rename_mtu_and_up_down() {
     });
 }
 
+/// Without `nodad` an IPv6 address is optimistic where the link allows it, as the agent lets
+/// the external NIC: duplicate address detection runs, and the address can be bound at once
+/// (bird binds its BGP connection to it). Elsewhere it cannot be bound until DAD ends.
+#[test]
+fn dad_addresses_are_usable_at_once_where_optimistic_dad_is_on() {
+    let setup = [
+        "link set lo up",
+        "link add ak0 type veth peer name ak1",
+        "link set ak0 up",
+        "link set ak1 up",
+    ];
+    in_netns("optimistic_dad", &setup, |ns| async move {
+        let nl = Netlink::connect().unwrap();
+        let index = link(&nl.links().await.unwrap(), "ak0").index;
+        let plain = net("2001:db8:51::2/64");
+        nl.add_address(index, plain, false).await.unwrap();
+        assert!(akanda_agent::sysctl::ensure_optimistic_dad("ak0").unwrap());
+        assert!(!akanda_agent::sysctl::ensure_optimistic_dad("ak0").unwrap());
+        let optimistic = net("2001:db8:52::2/64");
+        nl.add_address(index, optimistic, false).await.unwrap();
+
+        let from_ip = ns.ip_addrs("ak0");
+        let entry = |n: IpNet| {
+            from_ip
+                .iter()
+                .find(|(a, _, _)| *a == n.addr())
+                .map(|(_, _, info)| info.clone())
+                .unwrap_or_else(|| panic!("ip does not show {n}: {from_ip:?}"))
+        };
+        assert_eq!(
+            entry(optimistic)["optimistic"],
+            true,
+            "{}",
+            entry(optimistic)
+        );
+        assert_eq!(entry(optimistic)["tentative"], true, "DAD still runs");
+        assert!(entry(plain)["optimistic"].is_null(), "{}", entry(plain));
+        assert_eq!(entry(plain)["tentative"], true);
+
+        let bind = |n: IpNet| std::net::TcpListener::bind(std::net::SocketAddr::new(n.addr(), 0));
+        bind(optimistic).expect("an optimistic address can be bound");
+        let err = bind(plain).expect_err("a tentative address cannot be bound");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{err}");
+    });
+}
+
 #[test]
 fn addresses_v4_and_v6() {
     let setup = [

@@ -13,7 +13,7 @@ mod validate;
 pub use config::*;
 pub use document::Document;
 pub use problem::Problem;
-pub use validate::{normalise_mac, validate};
+pub use validate::{is_allocation_hostname, normalise_mac, validate};
 
 use sha2::{Digest, Sha256};
 
@@ -54,6 +54,23 @@ impl Document {
     /// SHA-256 of the canonical JSON, hex: identifies a config in `/v1/status`.
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.to_canonical_json()))
+    }
+
+    /// Whether `vpn` asks for any VPN service. Astara's orchestrator always sends `"vpn": {}`,
+    /// and `{"ipsec": []}` when no VPN service exists: both mean "no VPN", as do null and an
+    /// absent key. Any member that is not null, an empty list or an empty object asks for one.
+    pub fn requests_vpn(&self) -> bool {
+        let empty = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => true,
+            serde_json::Value::Array(a) => a.is_empty(),
+            serde_json::Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        match &self.vpn {
+            Some(serde_json::Value::Object(services)) => !services.values().all(empty),
+            Some(other) => !empty(other),
+            None => false,
+        }
     }
 
     /// The document with secrets (VPN pre-shared keys) replaced, for showing it back.

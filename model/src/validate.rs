@@ -579,10 +579,13 @@ impl Validator {
         }
         let host_path = field(path, "hostname");
         let hostname = self.required(&doc.hostname, &host_path);
-        if !hostname.is_empty() && !is_hostname(&hostname, 253) {
+        if !hostname.is_empty() && !is_allocation_hostname(&hostname) {
             self.problem(
                 &host_path,
-                format!("{} is not a valid host name", quoted(&hostname)),
+                format!(
+                    "{} is not a valid host name (dot-separated labels of 1 to 63 letters, digits, '-' or '_', at most 253 characters)",
+                    quoted(&hostname)
+                ),
             );
         }
         let device_path = field(path, "device_id");
@@ -997,7 +1000,8 @@ fn is_ge_name(s: &str) -> bool {
         && (n == "0" || !n.starts_with('0'))
 }
 
-/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. Used for the
+/// router's own `hostname`, which becomes the kernel's host name.
 fn is_hostname(s: &str, max: usize) -> bool {
     s.len() <= max
         && s.split('.').all(|label| {
@@ -1008,6 +1012,30 @@ fn is_hostname(s: &str, max: usize) -> bool {
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// An allocation's host name, as dnsmasq takes it in a `dhcp-host` line: dot-separated labels
+/// of 1 to 63 ASCII letters, digits, `-` and `_`, at most 253 characters, with an optional final
+/// dot.
+///
+/// Hyphens may lead, trail and repeat, unlike RFC 1123: Astara's orchestrator names an
+/// allocation after its lowest address with `:` and `.` replaced by `-`, so the gateway
+/// `2001:db8:4b::` becomes `2001-db8-4b--.local` and `::ffff:10.0.0.5` becomes
+/// `--ffff-10-0-0-5.local`. dnsmasq accepts everything here but a first label that starts with
+/// `-` or `_`; the agent hands such a lease out without a name.
+///
+/// None of the characters that could break a daemon's file (`,` `#` `=` `/` quotes, spaces,
+/// control characters, non-ASCII) can pass.
+pub fn is_allocation_hostname(s: &str) -> bool {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    s.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 

@@ -191,3 +191,114 @@ fn bgp_peer_learns_and_loses_the_tenant_prefix_through_the_agent() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+/// The upstream router, passive: it never connects, so the session comes up only when the
+/// router's bird connects, and the time measured is the router's own.
+const PASSIVE_PEER: &str = r#"
+log stderr all;
+router id 172.16.77.1;
+protocol device { scan time 2; }
+protocol bgp upstream {
+  local 2001:db8:77::1 as 64512;
+  neighbor 2001:db8:77::2 as 64512;
+  passive on;
+  ipv6 { import all; export none; };
+}
+"#;
+
+/// The external address goes through duplicate address detection. Added as a plain tentative
+/// address, it could not be bound until DAD ended: bird's first connection, about 1 s after the
+/// push, failed with `bind: Cannot assign requested address`, and the session waited for bird's
+/// retry, about 1 s after DAD. Added as an optimistic address (RFC 4429: usable while DAD
+/// runs), bird's first connection succeeds.
+///
+/// DAD is made to last two probes (`dad_transmits` 2, at least 2 s) so that it surely outlasts
+/// bird's first connection: with the default one probe it ends 1 to 2 s after the push, and
+/// sometimes just before that connection. The NIC's link-local address has finished its own DAD
+/// before the push: the kernel sends neighbour solicitations from it only.
+#[test]
+fn bgp_session_is_up_at_the_first_connection_after_the_first_push() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("bgpt");
+    let agent = lab.start_agent();
+    let ext_if = lab.ifname_for(RouterLab::ROUTER_MACS[1]);
+    lab.router()
+        .sysctl(&format!("net.ipv6.conf.{ext_if}.dad_transmits"), "2");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("peer.conf");
+    let sock = dir.path().join("peer.ctl");
+    std::fs::write(&conf, PASSIVE_PEER).unwrap();
+    let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
+    let mut peer = lab.ext().spawn(&["bird", "-f", "-c", &conf, "-s", &sock]);
+    let established = || {
+        let out = lab
+            .ext()
+            .run(&["birdc", "-s", &sock, "show", "protocols", "upstream"]);
+        String::from_utf8_lossy(&out.stdout).contains("Established")
+    };
+    let flags = |selector: &str| {
+        lab.router()
+            .ip(&format!("-6 addr show dev {ext_if} {selector}"))
+    };
+    let external = format!("to {}", RouterLab::EXT_ROUTER_V6);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::path::Path::new(&sock).exists() || flags("scope link").contains("tentative") {
+        assert!(
+            Instant::now() < deadline,
+            "no peer socket, or the link-local address is still tentative"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let config = lab.fitted_config();
+    let pushed = Instant::now();
+    let r = lab.http().put_json("/v1/system/config", &config);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answered = pushed.elapsed();
+    let (up, during_dad) = loop {
+        let in_dad = flags(&external).contains("tentative");
+        if established() {
+            break (pushed.elapsed(), in_dad);
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(30),
+            "no BGP session 30 s after the push:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // DAD is kept: the address leaves it afterwards, as a plain address.
+    let dad_done = loop {
+        let shown = flags(&external);
+        if !shown.contains("tentative") {
+            assert!(!shown.contains("optimistic"), "{shown}");
+            break pushed.elapsed();
+        }
+        assert!(pushed.elapsed() < Duration::from_secs(10), "{shown}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "push answered after {answered:.2?}; BGP session established after {up:.2?}; \
+         external address out of DAD after {dad_done:.2?}"
+    );
+    let _ = peer.kill();
+    let _ = peer.wait();
+
+    let log = agent.log();
+    assert!(
+        !log.contains("Cannot assign requested address"),
+        "bird could not bind the external address:\n{log}"
+    );
+    assert!(
+        during_dad,
+        "the session came up only after DAD ({dad_done:.2?})"
+    );
+    // bird connects 0.75 to 1 s after it starts, and it starts before the push is answered. A
+    // connection that waits for DAD (2 s at least) and bird's retry comes later than this.
+    assert!(
+        up < answered + Duration::from_millis(1500),
+        "BGP session established {up:.2?} after the push (answered after {answered:.2?})"
+    );
+}

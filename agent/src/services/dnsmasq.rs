@@ -318,9 +318,15 @@ pub fn render_hosts(network: &Network, v4_served: &[&Subnet], v6_stateful: &[&Su
         if let Some(ip) = v6 {
             let _ = write!(line, ",[{ip}]");
         }
-        let name = dhcp_hostname(&alloc.hostname);
-        if !name.is_empty() {
-            let _ = write!(line, ",{name}");
+        match dhcp_hostname(&alloc.hostname) {
+            Some(name) => {
+                let _ = write!(line, ",{name}");
+            }
+            None => tracing::debug!(
+                hostname = %alloc.hostname,
+                mac = %alloc.mac_address,
+                "dnsmasq refuses this host name: the lease is handed out without a name"
+            ),
         }
         let _ = writeln!(out, "{line}");
     }
@@ -329,8 +335,17 @@ pub fn render_hosts(network: &Network, v4_served: &[&Subnet], v6_stateful: &[&Su
 
 /// The name dnsmasq hands out: the first label of the allocation's host name (Astara sends
 /// names like `192-168-0-2.local`; dnsmasq refuses a domain part that is not its `domain`).
-pub fn dhcp_hostname(hostname: &str) -> &str {
-    hostname.split('.').next().unwrap_or("")
+///
+/// `None` when dnsmasq would refuse that label (it must start with a letter or a digit, then
+/// letters, digits, `-` and `_`), which would cost the whole line: Astara names the allocation
+/// of `::5` `--5.local`. Validation lets through nothing else, trailing and doubled hyphens
+/// included (`2001-db8-4b--` for the gateway `2001:db8:4b::`), so this is a last guard.
+pub fn dhcp_hostname(hostname: &str) -> Option<&str> {
+    let label = hostname.split('.').next().unwrap_or("");
+    let mut bytes = label.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (first_ok && rest_ok && label.len() <= 63).then_some(label)
 }
 
 /// A running instance and the files it was last given.

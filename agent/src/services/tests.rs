@@ -155,6 +155,98 @@ fn dnsmasq_isolated_network_without_gateway() {
     assert_eq!(files.hosts, "fa:16:3e:cc:00:01,10.9.0.5,iso-vm\n");
 }
 
+/// Astara's orchestrator names an allocation after its lowest address (string order), with
+/// `:` and `.` replaced by `-`, plus `.local` (astara/api/config/common.py).
+fn astara_hostname(ips: &[&str]) -> String {
+    let lowest = ips.iter().min().expect("an allocation has an address");
+    format!("{}.local", lowest.replace([':', '.'], "-"))
+}
+
+/// `dnsmasq --test` with one `dhcp-host` line given as an option: dnsmasq parses it exactly as
+/// a hosts-file line. Ok(()) or dnsmasq's complaint.
+fn dnsmasq_accepts(line: &str) -> Result<(), String> {
+    let out = std::process::Command::new("dnsmasq")
+        .args(["--test", "--conf-file=/dev/null"])
+        .arg(format!("--dhcp-host={line}"))
+        .output()
+        .expect("dnsmasq is installed (scripts/install-deps)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+#[test]
+fn every_astara_host_name_gives_a_hosts_line_dnsmasq_accepts() {
+    // Addresses Neutron assigns, as it writes them. The first two are gateways Neutron gives an
+    // IPv6 subnet (`prefix::` when none is given, or `prefix::1`); the router's own port is
+    // among the allocations Astara sends. The name is the one Astara derives from the address.
+    let cases: &[(&str, &str)] = &[
+        ("2001:db8:100::", "2001-db8-100--"),
+        ("2001:db8:100::1", "2001-db8-100--1"),
+        ("2001:db8:100::5", "2001-db8-100--5"),
+        (
+            "2001:db8:100:0:f816:3eff:fe2b:ced0",
+            "2001-db8-100-0-f816-3eff-fe2b-ced0",
+        ),
+        ("2001:db8:100:0:a::7", "2001-db8-100-0-a--7"),
+        ("192.168.0.2", "192-168-0-2"),
+        ("192.168.0.254", "192-168-0-254"),
+    ];
+    let mut d = doc();
+    let mut allocations = Vec::new();
+    for (i, (ip, _)) in cases.iter().enumerate() {
+        allocations.push(json!({
+            "mac_address": format!("fa:16:3e:00:01:{i:02x}"),
+            "ip_addresses": {*ip: true},
+            "hostname": astara_hostname(&[ip]),
+            "device_id": format!("dev-{i}"),
+        }));
+    }
+    d["networks"][2]["allocations"] = json!(allocations);
+    let c = config(&d);
+    let files = dnsmasq::render(network(&c, "ge2"), &paths());
+    let lines: Vec<&str> = files.hosts.lines().collect();
+    assert_eq!(lines.len(), cases.len(), "{}", files.hosts);
+    for (line, (ip, name)) in lines.iter().zip(cases) {
+        let addr = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        assert!(line.ends_with(&format!(",{addr},{name}")), "{line}");
+        dnsmasq_accepts(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+}
+
+#[test]
+fn a_name_dnsmasq_would_refuse_costs_the_name_not_the_lease() {
+    // `::5` and `::ffff:192.168.0.7` are named `--5.local` and `--ffff-192-168-0-7.local`: valid
+    // for the agent, but dnsmasq refuses a name that starts with '-' and would drop the line.
+    for ip in ["::5", "::ffff:192.168.0.7"] {
+        let name = astara_hostname(&[ip]);
+        assert!(akanda_model::is_allocation_hostname(&name), "{name}");
+        let label = name.split('.').next().unwrap();
+        assert!(
+            dnsmasq_accepts(&format!("fa:16:3e:00:02:01,192.168.0.7,{label}")).is_err(),
+            "dnsmasq now takes {label}: hand it out"
+        );
+        assert_eq!(dnsmasq::dhcp_hostname(&name), None);
+
+        let mut d = doc();
+        d["networks"][2]["allocations"] = json!([{
+            "mac_address": "fa:16:3e:00:02:01",
+            "ip_addresses": {"192.168.0.7": true},
+            "hostname": name,
+            "device_id": "dev-x",
+        }]);
+        let files = dnsmasq::render(network(&config(&d), "ge2"), &paths());
+        assert_eq!(files.hosts, "fa:16:3e:00:02:01,192.168.0.7\n");
+        dnsmasq_accepts(files.hosts.trim_end()).unwrap();
+    }
+}
+
 #[test]
 fn an_allocation_change_touches_only_the_hosts_file() {
     let c1 = config(&doc());
