@@ -1,11 +1,16 @@
 //! rug-lite: Akanda's orchestrator for small clouds. See README.md for the design.
 
+mod bootdata;
 mod builder;
+mod cloud;
 mod events;
+mod index;
 mod neutron;
 mod ownership;
 mod queue;
+mod reconcile;
 mod settings;
+mod status;
 
 use std::path::PathBuf;
 
