@@ -106,7 +106,6 @@ pub(crate) trait Neutron: Send + Sync {
 
 pub(crate) trait Nova: Send + Sync {
     fn boot_server(&self, spec: &ServerSpec) -> impl Future<Output = CloudResult<Server>> + Send;
-    fn get_server(&self, id: &str) -> impl Future<Output = CloudResult<Option<Server>>> + Send;
     fn list_servers_tagged(
         &self,
         tag: &str,
@@ -273,10 +272,9 @@ pub(crate) mod tests {
                             .any(|f| f.ip_address == target.address.to_string())
                     })
                 });
-                if router_ok && addr_ok && server.status == "ACTIVE" {
-                    if self.agents.get(id).is_some_and(|a| a.reachable) {
-                        return Ok(id.clone());
-                    }
+                let reachable = self.agents.get(id).is_some_and(|a| a.reachable);
+                if router_ok && addr_ok && server.status == "ACTIVE" && reachable {
+                    return Ok(id.clone());
                 }
             }
             Err(ApplianceError::Unreachable(format!(
@@ -473,12 +471,6 @@ pub(crate) mod tests {
                     .insert(id.clone(), (server.clone(), spec.port_ids.clone()));
                 s.agents.insert(id, SimAgent::default());
                 Ok(server)
-            })
-        }
-        async fn get_server(&self, id: &str) -> CloudResult<Option<Server>> {
-            self.with(|s| {
-                s.call(format!("get_server {id}"))?;
-                Ok(s.servers.get(id).map(|(srv, _)| srv.clone()))
             })
         }
         async fn list_servers_tagged(&self, tag: &str) -> CloudResult<Vec<Server>> {

@@ -530,4 +530,4 @@ fn normalise_mac(mac: &str) -> String {
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

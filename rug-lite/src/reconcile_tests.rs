@@ -5,13 +5,13 @@ use crate::cloud::tests::InMemoryCloud;
 use crate::neutron::{FixedIp, FloatingIp, GatewayInfo, Network, Subnet};
 use crate::queue::{self, Intent, QueueHandle, QueueSettings, WorkQueue};
 
-const R: &str = "81a51c84-25a3-4180-8e1c-4d10e1aaebd3";
+pub(crate) const R: &str = "81a51c84-25a3-4180-8e1c-4d10e1aaebd3";
 const MGT: &str = "mgt-net";
 const EXT: &str = "ext-net";
 const TEN: &str = "tenant-net";
 const NEW: &str = "new-net";
 
-fn settings() -> ReconcileSettings {
+pub(crate) fn settings() -> ReconcileSettings {
     ReconcileSettings {
         management_network_id: MGT.into(),
         image_id: "image-1".into(),
@@ -63,7 +63,7 @@ fn router_port(id: &str, net: &str, owner: &str, subnet: &str, ip: &str) -> Port
 
 /// A router with a gateway on ext-net and an interface on tenant-net, one VM with a floating
 /// IP, and a third network (new-net) with a VM but no router interface yet.
-fn world() -> Arc<InMemoryCloud> {
+pub(crate) fn world() -> Arc<InMemoryCloud> {
     let cloud = Arc::new(InMemoryCloud::default());
     cloud.with(|s| {
         for (id, mtu) in [(MGT, 1450), (EXT, 1500), (TEN, 1450), (NEW, 1450)] {

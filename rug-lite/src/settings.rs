@@ -629,7 +629,9 @@ period = "60s"
 
     #[test]
     fn bad_settings_name_the_key_and_the_origin() {
-        let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+        // (file, environment, what the error must say)
+        type Case = (String, Vec<(&'static str, &'static str)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 format!("{MINIMAL}\n[resync]\nperiod = \"soon\""),
                 vec![],
