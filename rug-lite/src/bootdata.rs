@@ -30,7 +30,8 @@ struct AkandaBoot<'a> {
     version: u32,
     router_id: &'a str,
     management_address: String,
-    tls: TlsDoc<'a>,
+    /// null: plain HTTP (labs only).
+    tls: Option<TlsDoc<'a>>,
 }
 
 #[derive(Serialize)]
@@ -42,17 +43,21 @@ struct TlsDoc<'a> {
     server_key: &'a str,
 }
 
-pub(crate) fn user_data(router_id: &str, management_address: IpAddr, tls: &TlsMaterial) -> String {
+pub(crate) fn user_data(
+    router_id: &str,
+    management_address: IpAddr,
+    tls: Option<&TlsMaterial>,
+) -> String {
     serde_json::to_string_pretty(&UserData {
         akanda: AkandaBoot {
             version: 1,
             router_id,
             management_address: management_address.to_string(),
-            tls: TlsDoc {
+            tls: tls.map(|tls| TlsDoc {
                 ca_cert: &tls.ca_cert_pem,
                 server_cert: &tls.server_cert_pem,
                 server_key: &tls.server_key_pem,
-            },
+            }),
         },
     })
     .expect("serialises")
@@ -69,7 +74,11 @@ mod tests {
             server_cert_pem: "CERT".into(),
             server_key_pem: "KEY".into(),
         };
-        let text = user_data("r1", "fdca:3ba5:a17a:acda::d1".parse().unwrap(), &tls);
+        let address = "fdca:3ba5:a17a:acda::d1".parse().unwrap();
+        let plain: serde_json::Value =
+            serde_json::from_str(&user_data("r1", address, None)).unwrap();
+        assert!(plain["akanda"]["tls"].is_null());
+        let text = user_data("r1", address, Some(&tls));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["akanda"]["router_id"], "r1");
         assert_eq!(v["akanda"]["management_address"], "fdca:3ba5:a17a:acda::d1");

@@ -173,37 +173,6 @@ pub(crate) fn snapshot_from(
     }
 }
 
-/// The appliance's ports for `router_id` (found by rug-lite's tags) and its NICs. None without
-/// a management port.
-pub(crate) fn appliance_view(
-    router_id: &str,
-    management_network_id: &str,
-    ports: &[Port],
-    nics: BTreeMap<String, String>,
-) -> Option<ApplianceView> {
-    let mine: Vec<&Port> = ports
-        .iter()
-        .filter(|p| ownership::router_of_tags(p.tags.iter()).as_deref() == Some(router_id))
-        .collect();
-    let management_port = mine
-        .iter()
-        .find(|p| p.network_id == management_network_id)
-        .map(|p| (*p).clone())?;
-    let data_ports = mine
-        .into_iter()
-        .filter(|p| p.network_id != management_network_id)
-        .cloned()
-        .collect();
-    Some(ApplianceView {
-        management_port,
-        data_ports,
-        nics: nics
-            .into_iter()
-            .map(|(mac, name)| (norm_mac(&mac), name))
-            .collect(),
-    })
-}
-
 /// Builds the config document.
 pub(crate) fn build(
     snapshot: &RouterSnapshot,

@@ -13,6 +13,37 @@ const TENANT: &str = "80bdc9f8-dd51-4350-bf5d-e9c0eb227563";
 const DB: &str = "5d0e1c7a-3b1f-4c55-9a0e-2f4b6d8c9e01";
 const NEW: &str = "9a7b6c5d-4e3f-4a1b-8c2d-3e4f5a6b7c8d";
 
+/// The appliance's ports for `router_id` (found by rug-lite's tags) and its NICs. None without
+/// a management port.
+fn appliance_view(
+    router_id: &str,
+    management_network_id: &str,
+    ports: &[Port],
+    nics: BTreeMap<String, String>,
+) -> Option<ApplianceView> {
+    let mine: Vec<&Port> = ports
+        .iter()
+        .filter(|p| ownership::router_of_tags(p.tags.iter()).as_deref() == Some(router_id))
+        .collect();
+    let management_port = mine
+        .iter()
+        .find(|p| p.network_id == management_network_id)
+        .map(|p| (*p).clone())?;
+    let data_ports = mine
+        .into_iter()
+        .filter(|p| p.network_id != management_network_id)
+        .cloned()
+        .collect();
+    Some(ApplianceView {
+        management_port,
+        data_ports,
+        nics: nics
+            .into_iter()
+            .map(|(mac, name)| (norm_mac(&mac), name))
+            .collect(),
+    })
+}
+
 fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/neutron-api/r1")

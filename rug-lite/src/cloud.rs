@@ -166,8 +166,9 @@ pub(crate) struct TlsMaterial {
 }
 
 pub(crate) trait CertificateAuthority: Send + Sync {
-    /// A server certificate naming the router and its management address.
-    fn issue(&self, router_id: &str, address: IpAddr) -> Result<TlsMaterial, String>;
+    /// A server certificate naming the router and its management address; None when the
+    /// appliances are driven over plain HTTP (`[tls] insecure_http`, labs only).
+    fn issue(&self, router_id: &str, address: IpAddr) -> Result<Option<TlsMaterial>, String>;
 }
 
 /// Everything the reconciler talks to.
@@ -565,15 +566,15 @@ pub(crate) mod tests {
     }
 
     impl CertificateAuthority for InMemoryCloud {
-        fn issue(&self, router_id: &str, address: IpAddr) -> Result<TlsMaterial, String> {
+        fn issue(&self, router_id: &str, address: IpAddr) -> Result<Option<TlsMaterial>, String> {
             self.with(|s| {
                 s.calls.push(format!("issue {router_id} {address}"));
             });
-            Ok(TlsMaterial {
+            Ok(Some(TlsMaterial {
                 ca_cert_pem: "TEST CA".into(),
                 server_cert_pem: format!("TEST CERT for {router_id} at {address}"),
                 server_key_pem: "TEST KEY".into(),
-            })
+            }))
         }
     }
 }

@@ -1,11 +1,7 @@
 //! rug-lite: Akanda's orchestrator for small clouds. See README.md for the design.
 
-// Until the production OpenStack/AMQP clients exist, `serve::run` and everything under it is
-// reachable only from the tests (which check dead code normally); the binary's `serve` stops
-// after validating its settings.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod admin;
+mod appliance;
 mod bootdata;
 mod builder;
 mod cloud;
@@ -13,7 +9,9 @@ mod events;
 mod hostaddr;
 mod index;
 mod ingest;
+mod keystone;
 mod neutron;
+mod openstack;
 mod ownership;
 mod queue;
 mod reconcile;
@@ -23,9 +21,13 @@ mod settings;
 mod status;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+use crate::cloud::Neutron;
 
 #[derive(Parser)]
 #[command(
@@ -87,17 +89,112 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let settings = settings::Settings::load(Some(&config))
                 .with_context(|| format!("settings from {}", config.display()))?;
-            if settings.tls == settings::TlsSettings::InsecureHttp {
-                tracing::warn!("[tls] insecure_http: appliances are driven over plain HTTP, unauthenticated; labs only");
-            }
-            // The runtime (serve::run) is assembled and tested against the in-memory cloud; it
-            // needs the production OpenStack, appliance and AMQP clients to start for real.
-            anyhow::bail!(
-                "serve: the settings in {} are valid, but this build has no OpenStack/AMQP clients yet (issue #11: next step)",
-                config.display()
-            )
+            runtime.block_on(serve_command(settings))
         }
         Command::Router { command } => runtime.block_on(router_command(command)),
+    }
+}
+
+async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
+    if let settings::TlsSettings::Mutual { .. } = settings.tls {
+        anyhow::bail!(
+            "mutual TLS to the appliances is not built yet (nor is TLS in the agent); \
+             in a lab, set [tls] insecure_http = true"
+        );
+    }
+    tracing::warn!(
+        "[tls] insecure_http: appliances are driven over plain HTTP, unauthenticated; labs only"
+    );
+    let credentials = keystone::credentials(settings.openstack_cloud.as_deref())?;
+    let agent = appliance::AgentClient::plain_http(Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("appliance HTTP client: {e}"))?;
+    let cloud = Arc::new(openstack::HttpCloud::new(
+        credentials,
+        Duration::from_secs(60),
+        agent,
+    )?);
+    let a = &settings.appliance;
+    let image_id = cloud
+        .find_image(&a.image)
+        .await
+        .context("appliance.image")?;
+    let flavor_id = cloud
+        .find_flavor(&a.flavor)
+        .await
+        .context("appliance.flavor")?;
+    let management = cloud
+        .find_network(&a.management_network)
+        .await
+        .context("appliance.management_network")?;
+    let subnets = cloud
+        .list_subnets(std::slice::from_ref(&management.id))
+        .await
+        .context("management subnets")?;
+    let prefixes: Vec<ipnet::IpNet> = subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
+    let host = hostaddr::host_addresses().context("listing this host's addresses")?;
+    let orchestrator_address = hostaddr::pick(a.orchestrator_address, &host, &prefixes)?;
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "rug-lite".into());
+    tracing::info!(%image_id, %flavor_id, management = %management.id, %orchestrator_address, "resolved");
+
+    let s = &settings.scheduler;
+    let config = serve::ServeConfig {
+        admin_socket: settings.admin_socket.clone(),
+        queue: queue::QueueSettings {
+            debounce: s.debounce,
+            max_debounce: s.max_debounce,
+            concurrency: s.concurrency,
+            backoff_base: s.backoff_base,
+            backoff_max: s.backoff_max,
+            error_threshold: s.error_threshold,
+            error_cooldown: s.error_cooldown,
+        },
+        shutdown_deadline: s.shutdown_deadline,
+        resync_period: settings.resync_period,
+        startup_spread: settings.startup_spread,
+        reconcile: reconcile::ReconcileSettings {
+            management_network_id: management.id.clone(),
+            image_id,
+            flavor_id,
+            api_port: a.api_port,
+            boot_timeout: a.boot_timeout,
+            build: builder::BuildParams {
+                management_network_id: management.id.clone(),
+                orchestrator_address,
+                metadata_port: a.metadata_port,
+                orchestrator_host: host_name,
+                asn: a.asn,
+                neighbor_asn: a.neighbor_asn,
+            },
+            boot_poll: Duration::from_secs(5),
+            hotplug_poll: Duration::from_secs(2),
+            max_boots: s.max_boots,
+            max_pushes: s.max_pushes,
+            max_probes: s.max_probes,
+        },
+    };
+    // AMQP intake (lapin) is the next step: until then the channel is closed at once and the
+    // periodic resync alone brings routers to their config.
+    let (_, events) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    tracing::warn!(period = ?settings.resync_period, "no AMQP intake yet: routers are reconciled on each resync");
+    serve::run(cloud, config, events, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

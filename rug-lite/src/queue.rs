@@ -85,7 +85,8 @@ struct Entry {
     not_before: Option<Instant>,
 }
 
-/// The retry state of one router, for status reports.
+/// The retry state of one router.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RetryState {
     pub failures: u32,
@@ -207,7 +208,11 @@ impl WorkQueue {
             .filter_map(|e| e.due)
             .min()
     }
+}
 
+/// Introspection for tests.
+#[cfg(test)]
+impl WorkQueue {
     pub(crate) fn retry_state(&self, router_id: &str) -> Option<RetryState> {
         self.entries.get(router_id).map(|e| RetryState {
             failures: e.failures,

@@ -429,7 +429,7 @@ impl<C: Cloud> Reconciler<C> {
                 &normalise_mac(&management_port.mac_address),
                 self.settings.api_port,
             ),
-            user_data: bootdata::user_data(router_id, address, &tls),
+            user_data: bootdata::user_data(router_id, address, tls.as_ref()),
             tags: ownership::tags_for(router_id).to_vec(),
         };
         let server = {
