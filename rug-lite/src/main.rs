@@ -1,6 +1,7 @@
 //! rug-lite: Akanda's orchestrator for small clouds. See README.md for the design.
 
 mod admin;
+mod amqp;
 mod appliance;
 mod bootdata;
 mod builder;
@@ -75,8 +76,15 @@ enum RouterCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // Errors as one line of causes; anyhow's Debug would add a backtrace under RUST_BACKTRACE.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("rug-lite: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -174,11 +182,23 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
             max_probes: s.max_probes,
         },
     };
-    // AMQP intake (lapin) is the next step: until then the channel is closed at once and the
-    // periodic resync alone brings routers to their config.
-    let (_, events) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
-    tracing::warn!(period = ?settings.resync_period, "no AMQP intake yet: routers are reconciled on each resync");
-    serve::run(cloud, config, events, shutdown_signal()).await?;
+    // One shutdown for both: serve stops taking work; intake stops consuming.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (bodies, events) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+    let intake = tokio::spawn(amqp::run(
+        settings.amqp.clone(),
+        bodies,
+        stopped(stop_rx.clone()),
+    ));
+    serve::run(cloud, config, events, stopped(stop_rx)).await?;
+    let _ = intake.await;
     Ok(())
 }
 
