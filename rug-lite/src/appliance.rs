@@ -1,18 +1,29 @@
-//! The agent's API as rug-lite calls it (Astara v1 paths). Plain HTTP only for now
-//! (`[tls] insecure_http`): the agent has no TLS yet; mutual TLS is the next step, with the
-//! identity check (router id and management address in the server certificate).
+//! The agent's API as rug-lite calls it (Astara v1 paths), over mutual TLS (see `tls.rs`: the
+//! appliance must prove the router and the address) or, in labs, plain HTTP.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use akanda_model::Document;
 use serde_json::Value;
 
 use crate::cloud::{ApplianceError, ApplianceTarget};
+use crate::tls::{self, ClientIdentity};
+
+enum Transport {
+    Plain(reqwest::Client),
+    /// One client per appliance: each verifies that appliance's own identity.
+    Mutual {
+        identity: ClientIdentity,
+        timeout: Duration,
+        clients: Mutex<HashMap<(String, IpAddr, u16), reqwest::Client>>,
+    },
+}
 
 pub(crate) struct AgentClient {
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl AgentClient {
@@ -24,15 +35,60 @@ impl AgentClient {
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(AgentClient { http })
+        Ok(AgentClient {
+            transport: Transport::Plain(http),
+        })
     }
 
-    fn url(target: &ApplianceTarget, path: &str) -> String {
+    pub(crate) fn mutual_tls(identity: ClientIdentity, timeout: Duration) -> Self {
+        AgentClient {
+            transport: Transport::Mutual {
+                identity,
+                timeout,
+                clients: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    /// The client and URL for one call.
+    fn endpoint(
+        &self,
+        target: &ApplianceTarget,
+        path: &str,
+    ) -> Result<(reqwest::Client, String), ApplianceError> {
         // SocketAddr brackets IPv6 addresses.
-        format!(
-            "http://{}{path}",
-            SocketAddr::new(target.address, target.port)
-        )
+        let socket = SocketAddr::new(target.address, target.port);
+        match &self.transport {
+            Transport::Plain(http) => Ok((http.clone(), format!("http://{socket}{path}"))),
+            Transport::Mutual {
+                identity,
+                timeout,
+                clients,
+            } => {
+                // The URL names the router, so TLS checks the router's DNS SAN; `resolve`
+                // sends it to the management address, which the verifier checks too.
+                let name = tls::router_dns_name(&target.router_id);
+                let url = format!("https://{name}:{}{path}", target.port);
+                let key = (target.router_id.clone(), target.address, target.port);
+                let mut clients = clients.lock().expect("client cache lock");
+                if let Some(c) = clients.get(&key) {
+                    return Ok((c.clone(), url));
+                }
+                let setup = |e: &dyn std::fmt::Display| {
+                    ApplianceError::Unreachable(format!("TLS client for {name}: {e}"))
+                };
+                let config = identity.config_for(target.address).map_err(|e| setup(&e))?;
+                let client = reqwest::Client::builder()
+                    .use_preconfigured_tls(config)
+                    .resolve(&name, socket)
+                    .timeout(*timeout)
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| setup(&e))?;
+                clients.insert(key, client.clone());
+                Ok((client, url))
+            }
+        }
     }
 
     async fn send(
@@ -70,9 +126,8 @@ impl AgentClient {
         &self,
         target: &ApplianceTarget,
     ) -> Result<BTreeMap<String, String>, ApplianceError> {
-        let (status, body) = self
-            .send(self.http.get(Self::url(target, "/v1/system/interfaces")))
-            .await?;
+        let (http, url) = self.endpoint(target, "/v1/system/interfaces")?;
+        let (status, body) = self.send(http.get(url)).await?;
         if !status.is_success() {
             return Err(Self::refused(status, &body));
         }
@@ -90,9 +145,8 @@ impl AgentClient {
         &self,
         target: &ApplianceTarget,
     ) -> Result<Option<String>, ApplianceError> {
-        let (status, body) = self
-            .send(self.http.get(Self::url(target, "/v1/status")))
-            .await?;
+        let (http, url) = self.endpoint(target, "/v1/status")?;
+        let (status, body) = self.send(http.get(url)).await?;
         if !status.is_success() {
             return Err(Self::refused(status, &body));
         }
@@ -105,9 +159,9 @@ impl AgentClient {
         target: &ApplianceTarget,
         document: &Document,
     ) -> Result<(), ApplianceError> {
-        let request = self
-            .http
-            .put(Self::url(target, "/v1/system/config"))
+        let (http, url) = self.endpoint(target, "/v1/system/config")?;
+        let request = http
+            .put(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(document.to_canonical_json());
         let (status, body) = self.send(request).await?;
@@ -133,12 +187,22 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::cloud::TlsMaterial;
+    use crate::tls::tests::test_ca;
+    use crate::tls::Ca;
+    use std::sync::Arc;
     use warp::Filter;
 
     /// A test stand-in for the agent's HTTP API: answers like akanda-agent (docs/agent-api.md)
     /// and validates PUT bodies with the model, as the agent does.
     async fn stand_in_agent() -> (SocketAddr, Arc<Mutex<Option<String>>>) {
+        stand_in_agent_with(None).await
+    }
+
+    /// The stand-in, optionally behind TLS (`acceptor`).
+    async fn stand_in_agent_with(
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (SocketAddr, Arc<Mutex<Option<String>>>) {
         let held: Arc<Mutex<Option<String>>> = Arc::default();
         let held_get = Arc::clone(&held);
         let held_put = Arc::clone(&held);
@@ -177,15 +241,27 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let service =
-                    hyper_util::service::TowerToHyperService::new(warp::service(routes.clone()));
+                let routes = routes.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let service =
+                        hyper_util::service::TowerToHyperService::new(warp::service(routes));
                     let conn = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     );
-                    let _ = conn
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    match acceptor {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = conn.serve_connection(io, service).await;
+                        }
+                        Some(a) => {
+                            // A refused handshake simply ends the connection.
+                            if let Ok(tls) = a.accept(stream).await {
+                                let io = hyper_util::rt::TokioIo::new(tls);
+                                let _ = conn.serve_connection(io, service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -230,6 +306,122 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An acceptor with the appliance certificate `material`, requiring client certificates
+    /// from `client_ca`.
+    fn acceptor(material: &TlsMaterial, client_ca: &str) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = crate::tls::provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let certs = CertificateDer::pem_slice_iter(material.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(material.server_key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    fn mutual_client(ca: &Ca) -> AgentClient {
+        let (cert, key) = ca.issue_client().unwrap();
+        let identity = ClientIdentity::new(ca.ca_cert_pem(), &cert, &key).unwrap();
+        AgentClient::mutual_tls(identity, Duration::from_secs(5))
+    }
+
+    const ROUTER: &str = "81a51c84-25a3-4180-8e1c-4d10e1aaebd3";
+
+    #[tokio::test]
+    async fn mutual_tls_accepts_exactly_the_right_router_at_the_right_address() {
+        let ca = test_ca();
+        let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+        let good = ca.issue_server(ROUTER, localhost).unwrap();
+        let (addr, _) = stand_in_agent_with(Some(acceptor(&good, ca.ca_cert_pem()))).await;
+        let client = mutual_client(&ca);
+        let target = |router: &str| ApplianceTarget {
+            router_id: router.into(),
+            address: addr.ip(),
+            port: addr.port(),
+        };
+        let nics = client.interfaces(&target(ROUTER)).await.unwrap();
+        assert_eq!(nics.len(), 2);
+        // Another router's name on this certificate: refused.
+        let other = "9447788d-03bb-4a83-820e-cb12245107a2";
+        let err = client.interfaces(&target(other)).await.unwrap_err();
+        assert!(
+            matches!(err, ApplianceError::Unreachable(ref m) if m.contains("certificate")),
+            "{err}"
+        );
+
+        // The right router, but a certificate for another address: refused.
+        let moved = ca
+            .issue_server(ROUTER, "10.9.9.9".parse().unwrap())
+            .unwrap();
+        let (addr2, _) = stand_in_agent_with(Some(acceptor(&moved, ca.ca_cert_pem()))).await;
+        let err = client
+            .interfaces(&ApplianceTarget {
+                router_id: ROUTER.into(),
+                address: addr2.ip(),
+                port: addr2.port(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApplianceError::Unreachable(ref m) if m.contains("certificate")),
+            "{err}"
+        );
+
+        // An appliance from another CA: refused.
+        let stranger_ca = test_ca();
+        let stranger = stranger_ca.issue_server(ROUTER, localhost).unwrap();
+        let (addr3, _) =
+            stand_in_agent_with(Some(acceptor(&stranger, stranger_ca.ca_cert_pem()))).await;
+        let err = client
+            .interfaces(&ApplianceTarget {
+                router_id: ROUTER.into(),
+                address: addr3.ip(),
+                port: addr3.port(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApplianceError::Unreachable(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_appliance_refuses_a_client_of_another_ca() {
+        let ca = test_ca();
+        let good = ca
+            .issue_server(ROUTER, "127.0.0.1".parse().unwrap())
+            .unwrap();
+        let (addr, _) = stand_in_agent_with(Some(acceptor(&good, ca.ca_cert_pem()))).await;
+        // Trusts the right CA for the server, but presents a client certificate of another.
+        let other = test_ca();
+        let (cert, key) = other.issue_client().unwrap();
+        let identity = ClientIdentity::new(ca.ca_cert_pem(), &cert, &key).unwrap();
+        let client = AgentClient::mutual_tls(identity, Duration::from_secs(5));
+        let err = client
+            .interfaces(&ApplianceTarget {
+                router_id: ROUTER.into(),
+                address: addr.ip(),
+                port: addr.port(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApplianceError::Unreachable(_)), "{err}");
     }
 
     #[tokio::test]

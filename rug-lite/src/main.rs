@@ -20,6 +20,7 @@ mod resync;
 mod serve;
 mod settings;
 mod status;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,22 +105,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
-    if let settings::TlsSettings::Mutual { .. } = settings.tls {
-        anyhow::bail!(
-            "mutual TLS to the appliances is not built yet (nor is TLS in the agent); \
-             in a lab, set [tls] insecure_http = true"
-        );
-    }
-    tracing::warn!(
-        "[tls] insecure_http: appliances are driven over plain HTTP, unauthenticated; labs only"
-    );
     let credentials = keystone::credentials(settings.openstack_cloud.as_deref())?;
-    let agent = appliance::AgentClient::plain_http(Duration::from_secs(30))
-        .map_err(|e| anyhow::anyhow!("appliance HTTP client: {e}"))?;
+    let appliance_timeout = Duration::from_secs(30);
+    let (agent, ca) = match &settings.tls {
+        settings::TlsSettings::InsecureHttp => {
+            tracing::warn!(
+                "[tls] insecure_http: appliances are driven over plain HTTP, unauthenticated; labs only"
+            );
+            let agent = appliance::AgentClient::plain_http(appliance_timeout)
+                .map_err(|e| anyhow::anyhow!("appliance HTTP client: {e}"))?;
+            (agent, None)
+        }
+        settings::TlsSettings::Mutual { ca_cert, ca_key } => {
+            let ca = tls::Ca::load(ca_cert, ca_key).context("[tls] ca_cert / ca_key")?;
+            let (cert, key) = ca.issue_client()?;
+            let identity = tls::ClientIdentity::new(ca.ca_cert_pem(), &cert, &key)?;
+            tracing::warn!("mutual TLS to the appliances: the agent in this tree does not serve TLS yet, so its appliances will not answer");
+            (
+                appliance::AgentClient::mutual_tls(identity, appliance_timeout),
+                Some(ca),
+            )
+        }
+    };
     let cloud = Arc::new(openstack::HttpCloud::new(
         credentials,
         Duration::from_secs(60),
         agent,
+        ca,
     )?);
     let a = &settings.appliance;
     let image_id = cloud

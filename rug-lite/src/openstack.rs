@@ -23,6 +23,7 @@ use crate::cloud::{
 };
 use crate::keystone::{self, Credentials, Session};
 use crate::neutron::{FloatingIp, Network, Port, Router, Subnet};
+use crate::tls::Ca;
 
 /// Tags in server create (2.52) and in server listings (2.26).
 const NOVA_MICROVERSION: &str = "2.52";
@@ -58,6 +59,8 @@ pub(crate) struct HttpCloud {
     credentials: Credentials,
     session: Mutex<Option<Session>>,
     agent: AgentClient,
+    /// None: plain HTTP to the appliances (labs).
+    ca: Option<Ca>,
 }
 
 impl HttpCloud {
@@ -65,6 +68,7 @@ impl HttpCloud {
         credentials: Credentials,
         timeout: Duration,
         agent: AgentClient,
+        ca: Option<Ca>,
     ) -> CloudResult<Self> {
         // No idle connections kept: Nova's API server closes a kept-alive connection right
         // after answering, and the next request on it fails ("connection closed before message
@@ -83,6 +87,7 @@ impl HttpCloud {
             credentials,
             session: Mutex::new(None),
             agent,
+            ca,
         })
     }
 
@@ -531,11 +536,13 @@ impl Appliance for HttpCloud {
     }
 }
 
-/// Plain HTTP to the appliances (`[tls] insecure_http`): no TLS material is issued. `serve`
-/// refuses mutual TLS until the agent and this client support it.
+/// The CA from `[tls]`; with plain HTTP (`insecure_http`) no TLS material is issued.
 impl CertificateAuthority for HttpCloud {
-    fn issue(&self, _router_id: &str, _address: IpAddr) -> Result<Option<TlsMaterial>, String> {
-        Ok(None)
+    fn issue(&self, router_id: &str, address: IpAddr) -> Result<Option<TlsMaterial>, String> {
+        match &self.ca {
+            Some(ca) => ca.issue(router_id, address),
+            None => Ok(None),
+        }
     }
 }
 

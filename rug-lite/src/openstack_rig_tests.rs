@@ -13,7 +13,7 @@ fn rig() -> Option<HttpCloud> {
         return None;
     };
     let agent = AgentClient::plain_http(Duration::from_secs(5)).unwrap();
-    Some(HttpCloud::new(creds, Duration::from_secs(30), agent).unwrap())
+    Some(HttpCloud::new(creds, Duration::from_secs(30), agent, None).unwrap())
 }
 
 async fn raw(
