@@ -3,14 +3,19 @@
 //!
 //! Contract (rug-lite and operators rely on it; documented in `docs/image.md`):
 //! - The config drive is the block device whose filesystem label is `config-2` (ISO 9660 or
-//!   VFAT, as Nova writes it). The agent finds it by reading each block device's superblock
-//!   (no udev or blkid needed), mounts it read-only for the moment it reads two files, and
-//!   unmounts it.
+//!   VFAT, as Nova writes it, on an IDE, SATA or SCSI CD-ROM or a virtio disk). The agent
+//!   first waits until the kernel has finished probing the storage controllers (see
+//!   [`storage_pending`]), then reads each block device's superblock once (no udev or blkid
+//!   needed), mounts the drive read-only for the moment it reads two files, and unmounts it.
 //! - `openstack/latest/network_data.json` (Nova's format: `links` with MACs, `networks` with
 //!   static IPv4/IPv6 addresses and routes) and `openstack/latest/meta_data.json`.
 //! - The management NIC is the link whose MAC equals `meta.akanda_mgmt_mac`, or the first link
 //!   when that key is absent. Its static addresses and routes are configured, and the agent
 //!   listens on those addresses, on port 5000 unless `meta.akanda_api_port` says otherwise.
+//!   Default routes on the management network are ignored: Nova writes one for every IPv4
+//!   subnet with a gateway, and a router whose default route pointed into the management
+//!   network would send tenant traffic there. Routes to specific prefixes (Neutron host
+//!   routes) are kept.
 //! - Without a config drive (or when the management network is `ipv4_dhcp`/`ipv6_slaac`
 //!   only), the first NIC (the one that becomes `ge0`) runs DHCP (busybox `udhcpc`, shipped
 //!   in the image) and SLAAC, and the agent listens on every address of that NIC only.
@@ -311,6 +316,10 @@ pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootCo
                             format!("network {}: route {dst} via {gw} mixes families", net.id),
                         ));
                     }
+                    if dst.prefix_len() == 0 {
+                        tracing::info!(network = %net.id, %gw, "ignoring the management network's default route");
+                        continue;
+                    }
                     out.routes.push((dst.trunc(), gw));
                 }
             }
@@ -458,6 +467,73 @@ fn read_device(dev: &Path, fs: FsType) -> Result<(Vec<u8>, Vec<u8>), BootConfigE
     docs
 }
 
+/// What the kernel is still probing that could hide a config drive, read from sysfs (`sys`
+/// is `/sys`, or a copy in tests). Empty means every block device that the present storage
+/// controllers will ever show exists now.
+///
+/// - every PCI mass-storage controller (class 0x01: IDE, SATA/AHCI, SCSI, NVMe, and the
+///   virtio-blk and virtio-scsi functions) has a driver bound;
+/// - every virtio block or SCSI device has a driver bound;
+/// - no kernel module is still running its init (`initstate` = `coming`).
+///
+/// A driver is bound only when its probe has returned, and the image's initramfs loads the
+/// storage drivers with modprobe, which returns after the module's asynchronous probing
+/// (libata's port probe, sd and sr) is done, with SCSI scans made synchronous by
+/// `scsi_mod.scan=sync`. So this is the kernel's own end of probing, not a timed guess.
+pub fn storage_pending(sys: &Path) -> Vec<String> {
+    let mut pending = Vec::new();
+    let bound = |dev: &Path| dev.join("driver").exists();
+    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let entries = |dir: PathBuf| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for dev in entries(sys.join("bus/pci/devices")) {
+        let class =
+            u32::from_str_radix(read(dev.join("class")).trim().trim_start_matches("0x"), 16);
+        if class.is_ok_and(|c| c >> 16 == 0x01) && !bound(&dev) {
+            pending.push(format!(
+                "PCI storage controller {} has no driver yet",
+                file_name(&dev)
+            ));
+        }
+    }
+    for dev in entries(sys.join("bus/virtio/devices")) {
+        // Virtio device ids: 2 block, 8 SCSI host.
+        let id = u32::from_str_radix(read(dev.join("device")).trim().trim_start_matches("0x"), 16);
+        if matches!(id, Ok(2 | 8)) && !bound(&dev) {
+            pending.push(format!(
+                "virtio storage device {} has no driver yet",
+                file_name(&dev)
+            ));
+        }
+    }
+    for module in entries(sys.join("module")) {
+        if read(module.join("initstate")).trim() == "coming" {
+            pending.push(format!("module {} is loading", file_name(&module)));
+        }
+    }
+    pending
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The sysfs path of a block device (`/devices/pci0000:00/0000:00:1f.2/ata1/...`), which
+/// names the bus it hangs on: logged so an operator sees how the drive was attached.
+fn device_path(dev: &Path) -> String {
+    let link = Path::new("/sys/class/block").join(file_name(dev));
+    std::fs::read_link(&link)
+        .map(|p| p.to_string_lossy().trim_start_matches("../..").to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Where the boot configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -480,27 +556,48 @@ impl std::str::FromStr for Source {
 
 /// Reads the management configuration. `Auto` without a config drive gives the DHCP
 /// fallback; a config drive that is present but unreadable or invalid is an error (falling
-/// back would hide a broken deployment behind an unreachable VM).
+/// back would hide a broken deployment behind an unreachable VM). `wait` bounds the wait for
+/// the kernel's storage probing ([`storage_pending`]); it is a safety net, not a guess: on a
+/// normal boot probing has finished before the agent starts.
 pub fn read_source(source: &Source, wait: Duration) -> Result<Management, BootConfigError> {
     let (nd, md) = match source {
         Source::Dir(dir) => read_dir_docs(dir)?,
         Source::Auto => {
-            // The drive's driver may still be probing when the agent starts: look a few times.
-            let deadline = Instant::now() + wait;
-            let drives = loop {
-                let found = find_config_drives();
-                if !found.is_empty() || Instant::now() >= deadline {
-                    break found;
+            // Look once, after the kernel has finished probing the storage controllers: a
+            // drive that is not there then is not coming (see `storage_pending`).
+            let started = Instant::now();
+            let deadline = started + wait;
+            let pending = loop {
+                let pending = storage_pending(Path::new("/sys"));
+                if pending.is_empty() || Instant::now() >= deadline {
+                    break pending;
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_millis(50));
             };
-            match drives.first() {
+            if pending.is_empty() {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "storage probing finished"
+                );
+            } else {
+                tracing::warn!(
+                    ?pending,
+                    "storage probing still unfinished after {} s: looking for the config drive anyway",
+                    wait.as_secs()
+                );
+            }
+            match find_config_drives().first() {
                 None => {
                     tracing::info!("no config drive (label config-2): DHCP on the first NIC");
                     return Ok(Management::fallback());
                 }
                 Some((dev, fs)) => {
-                    tracing::info!(device = %dev.display(), ?fs, "reading the config drive");
+                    tracing::info!(
+                        device = %dev.display(),
+                        ?fs,
+                        bus = %device_path(dev),
+                        "reading the config drive"
+                    );
                     read_device(dev, *fs)?
                 }
             }
@@ -753,10 +850,9 @@ mod tests {
         let m = parse(ND_STATIC.as_bytes(), b"{\"meta\": {}}").unwrap();
         assert_eq!(m.mac.as_deref(), Some("fa:16:3e:11:22:01"));
         assert_eq!(m.addresses, [net("192.168.0.5/24")]);
-        assert_eq!(
-            m.routes,
-            [(net("0.0.0.0/0"), "192.168.0.1".parse().unwrap())]
-        );
+        // Nova's default route on the management network is not installed: the router's
+        // default route belongs to its external network.
+        assert!(m.routes.is_empty(), "{:?}", m.routes);
         assert_eq!(m.port, DEFAULT_API_PORT);
         // meta_data.json without "meta" at all behaves the same.
         assert_eq!(parse(ND_STATIC.as_bytes(), b"{}").unwrap(), m);
@@ -901,5 +997,120 @@ mod tests {
             e.to_string().contains("openstack/latest/network_data.json"),
             "{e}"
         );
+    }
+
+    /// The config drive Nova's libvirt driver really wrote for a Service Instance
+    /// (`tests/fixtures/nova-config-drive/`, a copy of `shared/conformance/`): `tap` links, a
+    /// static IPv6 management network without routes, and IPv4 networks whose default route
+    /// Nova adds for every subnet with a gateway.
+    const ND_NOVA: &str = include_str!("../../tests/fixtures/nova-config-drive/network_data.json");
+    const MD_NOVA: &str = include_str!("../../tests/fixtures/nova-config-drive/meta_data.json");
+
+    #[test]
+    fn novas_real_config_drive_gives_the_management_address() {
+        let m = parse(ND_NOVA.as_bytes(), MD_NOVA.as_bytes()).unwrap();
+        assert_eq!(m.mac.as_deref(), Some("fa:16:3e:de:ee:03"));
+        assert_eq!(m.mtu, Some(1450));
+        assert_eq!(m.addresses, [net("fdca:3ba5:a17a:acda::d1/64")]);
+        assert!(m.routes.is_empty());
+        assert!(!m.dhcp4 && !m.slaac);
+        assert_eq!(m.port, DEFAULT_API_PORT);
+    }
+
+    #[test]
+    fn management_default_routes_are_ignored_specific_routes_kept() {
+        // Variant: the management network is the IPv4 one with a gateway (Nova adds a default
+        // route) plus a Neutron host route to the orchestrators' prefix.
+        let mut nd: serde_json::Value = serde_json::from_str(ND_NOVA).unwrap();
+        nd["networks"][1]["routes"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"network": "10.20.0.0", "netmask": "255.255.0.0", "gateway": "198.51.100.1"}));
+        let md = r#"{"meta": {"akanda_mgmt_mac": "fa:16:3e:de:21:ce"}}"#;
+        let m = parse(nd.to_string().as_bytes(), md.as_bytes()).unwrap();
+        assert_eq!(m.addresses, [net("198.51.100.60/24")]);
+        assert_eq!(
+            m.routes,
+            [(net("10.20.0.0/16"), "198.51.100.1".parse().unwrap())]
+        );
+    }
+
+    #[test]
+    fn dhcp_and_slaac_management_networks_from_nova() {
+        // Nova writes a DHCP-enabled IPv4 subnet as `ipv4_dhcp` and an IPv6 subnet with an
+        // address mode as `ipv6_slaac` / `ipv6_dhcpv6-stateless` / `ipv6_dhcpv6-stateful`, all
+        // without an address.
+        for (kind, dhcp4, slaac) in [
+            ("ipv4_dhcp", true, false),
+            ("ipv6_slaac", false, true),
+            ("ipv6_dhcpv6-stateless", false, true),
+            ("ipv6_dhcpv6-stateful", false, true),
+        ] {
+            let mut nd: serde_json::Value = serde_json::from_str(ND_NOVA).unwrap();
+            let mgmt = &mut nd["networks"][0];
+            mgmt["type"] = kind.into();
+            mgmt.as_object_mut().unwrap().remove("ip_address");
+            mgmt.as_object_mut().unwrap().remove("netmask");
+            let m = parse(nd.to_string().as_bytes(), MD_NOVA.as_bytes()).unwrap();
+            assert_eq!((m.dhcp4, m.slaac), (dhcp4, slaac), "{kind}");
+            assert!(m.addresses.is_empty(), "{kind}");
+            assert_eq!(m.mac.as_deref(), Some("fa:16:3e:de:ee:03"), "{kind}");
+        }
+    }
+
+    /// A fake `/sys` with the entries [`storage_pending`] reads.
+    struct FakeSys(tempfile::TempDir);
+
+    impl FakeSys {
+        fn new() -> FakeSys {
+            FakeSys(tempfile::tempdir().unwrap())
+        }
+        fn device(&self, bus: &str, name: &str, file: &str, value: &str, driver: bool) {
+            let dir = self
+                .0
+                .path()
+                .join("bus")
+                .join(bus)
+                .join("devices")
+                .join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), format!("{value}\n")).unwrap();
+            if driver {
+                std::fs::create_dir_all(dir.join("driver")).unwrap();
+            }
+        }
+        fn module(&self, name: &str, state: &str) {
+            let dir = self.0.path().join("module").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("initstate"), format!("{state}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn storage_probing_is_finished_only_when_every_controller_is_bound() {
+        let sys = FakeSys::new();
+        // q35: AHCI controller, a virtio-blk function, a NIC (class 0x02) and a bridge.
+        sys.device("pci", "0000:00:1f.2", "class", "0x010601", false);
+        sys.device("pci", "0000:04:00.0", "class", "0x010000", true);
+        sys.device("pci", "0000:01:00.0", "class", "0x020000", false);
+        sys.device("pci", "0000:00:00.0", "class", "0x060000", false);
+        sys.device("virtio", "virtio3", "device", "0x0008", false);
+        sys.device("virtio", "virtio1", "device", "0x0001", false); // a NIC: not storage
+        sys.module("ahci", "coming");
+        sys.module("ext4", "live");
+        assert_eq!(
+            storage_pending(sys.0.path()),
+            [
+                "PCI storage controller 0000:00:1f.2 has no driver yet",
+                "virtio storage device virtio3 has no driver yet",
+                "module ahci is loading",
+            ]
+        );
+        sys.device("pci", "0000:00:1f.2", "class", "0x010601", true);
+        sys.device("virtio", "virtio3", "device", "0x0008", true);
+        sys.module("ahci", "live");
+        assert!(storage_pending(sys.0.path()).is_empty());
+        // A machine without any of it (or no sysfs at all) has nothing to wait for.
+        assert!(storage_pending(Path::new("/nonexistent")).is_empty());
     }
 }

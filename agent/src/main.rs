@@ -210,7 +210,7 @@ async fn boot_network(
         let source = source.clone();
         // Probing block devices and mounting are blocking calls.
         tokio::task::spawn_blocking(move || {
-            bootconfig::read_source(&source, std::time::Duration::from_secs(3))
+            bootconfig::read_source(&source, std::time::Duration::from_secs(20))
         })
         .await
         .context("reading the boot configuration")??

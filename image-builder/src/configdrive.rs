@@ -1,9 +1,10 @@
-//! A Nova-style config drive (VFAT, label `config-2`) made with mtools, no mounts: what Nova
-//! attaches when `force_config_drive` is set, holding `openstack/latest/network_data.json`
-//! and `meta_data.json`.
+//! A Nova-style config drive, made without mounts: `openstack/latest/network_data.json` and
+//! `meta_data.json` in a filesystem labelled `config-2`, in either of Nova's two formats:
+//! ISO 9660 (`config_drive_format=iso9660`, Nova's default, made with genisoimage and the
+//! flags Nova passes it) or VFAT (`config_drive_format=vfat`, made with mtools).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::tools::{self, cmd, ToolError};
 
@@ -15,41 +16,89 @@ pub enum ConfigDriveError {
     Io(String, std::io::Error),
 }
 
-/// Writes a 2 MiB VFAT image at `image` with the two documents in `openstack/latest/`.
-pub fn make_vfat(
+/// Nova's two config drive formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriveFormat {
+    Iso9660,
+    Vfat,
+}
+
+impl DriveFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveFormat::Iso9660 => "iso9660",
+            DriveFormat::Vfat => "vfat",
+        }
+    }
+}
+
+/// Writes the config drive image at `image` with the two documents in `openstack/latest/`.
+pub fn make(
+    format: DriveFormat,
     image: &Path,
     network_data: &serde_json::Value,
     meta_data: &serde_json::Value,
 ) -> Result<(), ConfigDriveError> {
-    let dir = image.with_extension("files");
-    fs::create_dir_all(&dir).map_err(|e| ConfigDriveError::Io(dir.display().to_string(), e))?;
-    let nd = dir.join("network_data.json");
-    let md = dir.join("meta_data.json");
-    for (path, doc) in [(&nd, network_data), (&md, meta_data)] {
+    let tree = image.with_extension("files");
+    let latest = tree.join("openstack/latest");
+    let io = |e| ConfigDriveError::Io(tree.display().to_string(), e);
+    fs::create_dir_all(&latest).map_err(io)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, doc) in [
+        ("network_data.json", network_data),
+        ("meta_data.json", meta_data),
+    ] {
+        let path = latest.join(name);
         fs::write(
-            path,
+            &path,
             serde_json::to_vec_pretty(doc).expect("JSON serialises"),
         )
-        .map_err(|e| ConfigDriveError::Io(dir.display().to_string(), e))?;
+        .map_err(io)?;
+        files.push(path);
     }
     let _ = fs::remove_file(image);
-    tools::run(
-        cmd("mkfs.vfat", ["-C", "-n", "config-2"])
-            .arg(image)
-            .arg("2048"),
-    )?;
-    let mut mmd = cmd("mmd", ["-i"]);
-    mmd.arg(image)
-        .args(["::/openstack", "::/openstack/latest"])
-        .env("MTOOLS_SKIP_CHECK", "1");
-    tools::run(&mut mmd)?;
-    let mut mcopy = cmd("mcopy", ["-i"]);
-    mcopy
-        .arg(image)
-        .arg(&nd)
-        .arg(&md)
-        .arg("::/openstack/latest/")
-        .env("MTOOLS_SKIP_CHECK", "1");
-    tools::run(&mut mcopy)?;
+    match format {
+        DriveFormat::Iso9660 => {
+            // nova/virt/configdrive.py `_make_iso9660`: the same flags, so the guest sees the
+            // same Rock Ridge/Joliet volume.
+            tools::run(
+                cmd("genisoimage", ["-o"])
+                    .arg(image)
+                    .args([
+                        "-ldots",
+                        "-allow-lowercase",
+                        "-allow-multidot",
+                        "-l",
+                        "-publisher",
+                        "akanda-image verify",
+                        "-quiet",
+                        "-J",
+                        "-r",
+                        "-V",
+                        "config-2",
+                    ])
+                    .arg(&tree),
+            )?;
+        }
+        DriveFormat::Vfat => {
+            tools::run(
+                cmd("mkfs.vfat", ["-C", "-n", "config-2"])
+                    .arg(image)
+                    .arg("2048"),
+            )?;
+            let mut mmd = cmd("mmd", ["-i"]);
+            mmd.arg(image)
+                .args(["::/openstack", "::/openstack/latest"])
+                .env("MTOOLS_SKIP_CHECK", "1");
+            tools::run(&mut mmd)?;
+            let mut mcopy = cmd("mcopy", ["-i"]);
+            mcopy
+                .arg(image)
+                .args(&files)
+                .arg("::/openstack/latest/")
+                .env("MTOOLS_SKIP_CHECK", "1");
+            tools::run(&mut mcopy)?;
+        }
+    }
     Ok(())
 }

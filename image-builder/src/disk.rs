@@ -2,11 +2,19 @@
 //! (SeaBIOS) and UEFI (OVMF).
 //!
 //! Layout (512-byte sectors): p1 BIOS boot 1 MiB @2048 (GRUB core.img), p2 ESP 32 MiB FAT
-//! @4096 (standalone GRUB EFI binary), p3 ext4 root, then 1 MiB for the backup GPT. The root
-//! filesystem is written straight into the image file at its partition offset by
-//! `mkfs.ext4 -E offset= -d`; the ESP is built as a small FAT file with mtools and copied in.
-//! Each GRUB image carries its config embedded, so nothing GRUB-related lives in the root fs
-//! and there is no menu (timeout 0). See `../shared/spec/images-and-vms.md` §3.
+//! @4096 (systemd-boot, the kernel and the initramfs), p3 ext4 root, then 1 MiB for the
+//! backup GPT. The root filesystem is written straight into the image file at its partition
+//! offset by `mkfs.ext4 -E offset= -d`; the ESP is built as a small FAT file with mtools and
+//! copied in. See `../shared/spec/images-and-vms.md` §3.
+//!
+//! - BIOS: GRUB's core.img with its config embedded, so nothing GRUB-related lives in the
+//!   root fs and there is no menu (timeout 0). It loads `/vmlinuz` and `/initrd.img` from the
+//!   root filesystem.
+//! - UEFI: systemd-boot (timeout 0) starts the kernel's own EFI stub with the same command
+//!   line, from copies of the kernel and initramfs on the ESP. Not GRUB: GRUB 2.06's EFI heap
+//!   is a quarter of the VM's memory, and Debian's generic kernel needs 64 MiB of it to
+//!   unpack (`init_size`), so GRUB ran out of memory in a 256 MiB VM. The EFI stub allocates
+//!   that memory from the firmware instead.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -99,15 +107,38 @@ impl Ids {
 /// The kernel command line: serial console last so it is `/dev/console` (what OpenStack's
 /// console log shows); root by filesystem UUID, mounted read-write at once (no fsck pass, no
 /// remount: the agent can start before local-fs.target); `net.ifnames=0` so udev never
-/// renames a NIC while the agent renames it to `geN`.
+/// renames a NIC while the agent renames it to `geN`; `scsi_mod.scan=sync` so a SCSI host
+/// (virtio-scsi) has scanned its devices before its driver's module load returns, which is
+/// what lets the agent look for the config drive once, without a timed wait (see the `vm`
+/// element's `root.d/50-small-initramfs`).
 pub fn kernel_cmdline(ids: &Ids) -> String {
     format!(
-        "root=UUID={} rw console=tty0 console=ttyS0,115200n8 net.ifnames=0 panic=10",
+        "root=UUID={} rw console=tty0 console=ttyS0,115200n8 net.ifnames=0 scsi_mod.scan=sync panic=10",
         ids.root_uuid
     )
 }
 
-/// The GRUB config embedded in both GRUB images: no menu, serial console, straight to Linux.
+/// systemd-boot's files on the ESP: `loader/loader.conf` and the one boot entry.
+pub fn systemd_boot_files(ids: &Ids) -> [(&'static str, String); 2] {
+    [
+        (
+            "loader/loader.conf",
+            "timeout 0\ndefault akanda.conf\neditor no\nauto-entries no\nauto-firmware no\n".into(),
+        ),
+        (
+            "loader/entries/akanda.conf",
+            format!(
+                "title Akanda router\nlinux /vmlinuz\ninitrd /initrd.img\noptions {}\n",
+                kernel_cmdline(ids)
+            ),
+        ),
+    ]
+}
+
+/// systemd-boot's EFI binary on the build host (Debian package `systemd-boot-efi`).
+pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// The GRUB config embedded in the BIOS GRUB image: no menu, serial console, straight to Linux.
 pub fn grub_cfg(ids: &Ids) -> String {
     format!(
         "set timeout=0\n\
@@ -240,29 +271,35 @@ pub fn assemble(
     let cfg = work.join("grub.cfg");
     fs::write(&cfg, grub_cfg(ids)).map_err(io("write grub.cfg"))?;
 
-    // UEFI: GRUB with the config embedded (like core.img below; grub-mkstandalone would put
-    // it in a memdisk tar stamped with the build time, which breaks reproducibility), on a
-    // FAT ESP made with mtools.
-    let efi = work.join("BOOTX64.EFI");
-    let mut mkefi = cmd(
-        "grub-mkimage",
-        ["-O", "x86_64-efi", "-p", "/EFI/BOOT", "-c"],
-    );
-    mkefi
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&efi)
-        .args(GRUB_MODULES.split_whitespace())
-        .args(["fat", "efi_gop"]);
-    tools::run(&mut mkefi)?;
-    if let Some(epoch) = epoch {
-        // mcopy -m keeps this time in the FAT directory entry.
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
-        File::options()
-            .write(true)
-            .open(&efi)
-            .and_then(|f| f.set_modified(t))
-            .map_err(io("set the time of BOOTX64.EFI"))?;
+    // UEFI: systemd-boot, its config, and the kernel and initramfs, on a FAT ESP made with
+    // mtools. Every file gets the epoch's time (mcopy -m keeps it in the FAT entry).
+    let esp_files = work.join("esp");
+    let _ = fs::remove_dir_all(&esp_files);
+    let mut files: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    let mut put = |name: &'static str, bytes: &[u8]| -> Result<(), DiskError> {
+        let path = esp_files.join(name.replace('/', "_"));
+        fs::create_dir_all(&esp_files).map_err(io("create the ESP staging directory"))?;
+        fs::write(&path, bytes).map_err(io(format!("stage {name}")))?;
+        if let Some(epoch) = epoch {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(t))
+                .map_err(io(format!("set the time of {name}")))?;
+        }
+        files.push((path, name));
+        Ok(())
+    };
+    let boot_efi = fs::read(SYSTEMD_BOOT_EFI).map_err(io(SYSTEMD_BOOT_EFI))?;
+    put("EFI/BOOT/BOOTX64.EFI", &boot_efi)?;
+    for (name, text) in systemd_boot_files(ids) {
+        put(name, text.as_bytes())?;
+    }
+    for name in ["vmlinuz", "initrd.img"] {
+        let bytes =
+            fs::read(resolve_in(rootfs, name)).map_err(io(format!("read /{name} of the image")))?;
+        put(name, &bytes)?;
     }
     let esp = work.join("esp.img");
     let _ = fs::remove_file(&esp);
@@ -281,13 +318,19 @@ pub fn assemble(
         c.env("MTOOLS_SKIP_CHECK", "1");
     };
     let mut mmd = cmd("mmd", ["-i"]);
-    mmd.arg(&esp).args(["::/EFI", "::/EFI/BOOT"]);
+    mmd.arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"]);
     mtools_env(&mut mmd);
     tools::run(&mut mmd)?;
-    let mut mcopy = cmd("mcopy", ["-m", "-i"]);
-    mcopy.arg(&esp).arg(&efi).arg("::/EFI/BOOT/BOOTX64.EFI");
-    mtools_env(&mut mcopy);
-    tools::run(&mut mcopy)?;
+    for (path, name) in &files {
+        let mut mcopy = cmd("mcopy", ["-m", "-i"]);
+        mcopy.arg(&esp).arg(path).arg(format!("::/{name}"));
+        mtools_env(&mut mcopy);
+        tools::run(&mut mcopy)?;
+    }
+    let _ = fs::remove_dir_all(&esp_files);
+    let cfg = work.join("grub.cfg");
+    fs::write(&cfg, grub_cfg(ids)).map_err(io("write grub.cfg"))?;
 
     // BIOS: core.img with the embedded config into the BIOS boot partition.
     let core = work.join("core.img");
@@ -321,6 +364,22 @@ pub fn assemble(
     patch_bios_boot(&mut image, BIOS_START).map_err(io("patch the BIOS boot chain"))?;
     image.sync_all().map_err(io("sync the image"))?;
     Ok(())
+}
+
+/// `rootfs/NAME`, following symbolic links inside the tree: Debian's `/vmlinuz` is a link
+/// to `boot/vmlinuz-VERSION`, and an absolute link must not resolve on the build host.
+fn resolve_in(rootfs: &Path, name: &str) -> std::path::PathBuf {
+    let mut path = rootfs.join(name);
+    for _ in 0..8 {
+        let Ok(target) = fs::read_link(&path) else {
+            break;
+        };
+        path = match target.strip_prefix("/") {
+            Ok(abs) => rootfs.join(abs),
+            Err(_) => path.parent().unwrap_or(rootfs).join(target),
+        };
+    }
+    path
 }
 
 fn run_with_stdin(c: &mut Command, input: &str) -> Result<(), DiskError> {
@@ -391,6 +450,44 @@ mod tests {
         assert_eq!(&a.root_uuid[14..15], "4");
         assert_eq!(a.esp_volume_id.len(), 8);
         assert_ne!(Ids::random().root_uuid, Ids::random().root_uuid);
+    }
+
+    #[test]
+    fn systemd_boot_entry_has_the_same_command_line() {
+        let ids = Ids::derived("x");
+        let [(loader, conf), (entry, text)] = systemd_boot_files(&ids);
+        assert_eq!(loader, "loader/loader.conf");
+        assert!(
+            conf.starts_with("timeout 0\ndefault akanda.conf\n"),
+            "{conf}"
+        );
+        assert_eq!(entry, "loader/entries/akanda.conf");
+        assert!(
+            text.contains("linux /vmlinuz\ninitrd /initrd.img\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("options {}\n", kernel_cmdline(&ids))),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn links_resolve_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::write(root.join("boot/vmlinuz-6.1"), "kernel").unwrap();
+        std::os::unix::fs::symlink("boot/vmlinuz-6.1", root.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("/boot/vmlinuz-6.1", root.join("abs")).unwrap();
+        assert_eq!(
+            fs::read_to_string(resolve_in(root, "vmlinuz")).unwrap(),
+            "kernel"
+        );
+        assert_eq!(
+            fs::read_to_string(resolve_in(root, "abs")).unwrap(),
+            "kernel"
+        );
     }
 
     #[test]

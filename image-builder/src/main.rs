@@ -44,8 +44,8 @@ enum Command {
         /// Cache of debootstrap bases and .deb files; work directories go here too.
         #[arg(long, default_value = "/var/cache/akanda-image")]
         cache_dir: PathBuf,
-        /// Use this agent binary instead of building it (`cargo build --release -p akanda-agent`,
-        /// without LTO, in target/akanda-image).
+        /// The agent binary to install. Default: the akanda-agent beside this akanda-image
+        /// (target/release/ after `cargo build --release`, or the install prefix).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
         /// Minimum size of the root filesystem, MiB.

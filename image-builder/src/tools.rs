@@ -34,7 +34,10 @@ pub const BUILD_TOOLS: &[Tool] = &[
 pub const BUILD_FILES: &[(&str, &str)] = &[
     ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
     ("/usr/lib/grub/i386-pc/biosdisk.mod", "grub-pc-bin"),
-    ("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin"),
+    (
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        "systemd-boot-efi",
+    ),
 ];
 
 /// What `verify` needs on the host.

@@ -3,9 +3,10 @@
 //! for `active`.
 //!
 //! Properties: `disk_format` (from `qemu-img info`), `container_format=bare`,
-//! `hw_disk_bus=virtio`, `hw_vif_model=virtio`, `os_distro=debian`, `os_version`, and
-//! `min_disk`/`min_ram`. `hw_firmware_type` is not set: the image boots under BIOS and UEFI
-//! alike, and setting it would force one (pass `--uefi-only` for clouds that must boot UEFI).
+//! [`DEVICE_PROPERTIES`] (the devices Nova should give the VM), `os_distro=debian`,
+//! `os_version`, and `min_disk`/`min_ram`. `hw_firmware_type` and `hw_machine_type` are not
+//! set: the image boots under BIOS and UEFI, on pc and q35, and setting them would force one
+//! (pass `--uefi-only` for clouds that must boot UEFI).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,6 +18,18 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::tools;
+
+/// The devices Nova should present, as image properties: paravirtual disk and NICs, and the
+/// config drive CD-ROM behind virtio-scsi, which is the same device on every machine type
+/// (Nova would otherwise pick IDE on pc and SATA on q35, which the image reads too). A SCSI
+/// CD-ROM needs `hw_scsi_model=virtio-scsi`: libvirt's default SCSI controller is an emulated
+/// LSI card, whose driver the image does not carry.
+pub const DEVICE_PROPERTIES: [(&str, &str); 4] = [
+    ("hw_disk_bus", "virtio"),
+    ("hw_vif_model", "virtio"),
+    ("hw_cdrom_bus", "scsi"),
+    ("hw_scsi_model", "virtio-scsi"),
+];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UploadOptions {
@@ -385,11 +398,12 @@ pub fn upload(opts: &UploadOptions) -> Result<String, UploadError> {
         "visibility": opts.visibility,
         "min_disk": virtual_gib.max(1),
         "min_ram": 256,
-        "hw_disk_bus": "virtio",
-        "hw_vif_model": "virtio",
         "os_distro": "debian",
         "os_version": "12",
     });
+    for (k, v) in DEVICE_PROPERTIES {
+        record[k] = v.into();
+    }
     if opts.uefi_only {
         record["hw_firmware_type"] = "uefi".into();
     }
@@ -558,6 +572,18 @@ clouds:
             .unwrap_err()
             .to_string()
             .contains("project_name"));
+    }
+
+    #[test]
+    fn device_properties_name_a_scsi_controller_the_image_drives() {
+        let props: BTreeMap<_, _> = DEVICE_PROPERTIES.into_iter().collect();
+        // A SCSI CD-ROM without hw_scsi_model would get libvirt's LSI controller.
+        if props.get("hw_cdrom_bus") == Some(&"scsi") {
+            assert_eq!(props.get("hw_scsi_model"), Some(&"virtio-scsi"));
+        }
+        assert_eq!(props.get("hw_disk_bus"), Some(&"virtio"));
+        assert_eq!(props.get("hw_vif_model"), Some(&"virtio"));
+        assert!(!props.contains_key("hw_machine_type") && !props.contains_key("hw_firmware_type"));
     }
 
     #[test]

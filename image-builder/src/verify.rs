@@ -2,15 +2,23 @@
 //! `../shared/spec/images-and-vms.md` §1) and checks it from the outside, as an orchestrator
 //! and a tenant would.
 //!
+//! By default the VM is booted the way Nova's libvirt driver boots a guest on a current x86
+//! compute host: a q35 machine, virtio disk and NICs, and an ISO 9660 config drive on a SATA
+//! CD-ROM. `--machine`, `--config-drive-format`, `--cdrom-bus` and `--firmware` select the
+//! other ways Nova attaches things (see [`Attachment`]).
+//!
 //! Topology: three NICs, each a TAP device moved into its own network namespace after QEMU
 //! opened it: management (the orchestrator's side, `fdca:3ba5:a17a:acda::1/64`), external
-//! and tenant (`192.168.0.2/24`). A VFAT config drive gives the management NIC a static IPv6
-//! address (or, with `--dhcp`, there is no config drive and dnsmasq in the management
-//! namespace hands out an IPv4 lease).
+//! and tenant (`192.168.0.2/24`). The config drive (written as Nova writes it: `tap` links,
+//! static networks, a default route for every IPv4 subnet with a gateway) gives the
+//! management NIC a static IPv6 address. With `--dhcp` there is no config drive and dnsmasq
+//! in the management namespace hands out an IPv4 lease.
 //!
-//! Checks: `GET /v1/system/interfaces` lists the three NICs named `geN` with their MACs; a
-//! `PUT /v1/system/config` for them answers 200; the tenant namespace pings the address the
-//! config gave the router. Boot-to-ready is the time from QEMU's start to the first answer.
+//! Checks: the agent's log on the serial console names the device it read the config drive
+//! from; `GET /v1/system/interfaces` answers on the config drive's management address and
+//! lists the three NICs named `geN` with their MACs; a `PUT /v1/system/config` for them
+//! answers 200; the tenant namespace pings the address the config gave the router.
+//! Boot-to-ready is the time from QEMU's start to the first answer.
 
 use std::fmt;
 use std::fs;
@@ -34,12 +42,67 @@ pub enum Firmware {
     Uefi,
 }
 
+/// QEMU machine types, as Nova's `hw_machine_type` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// i440fx: IDE (PIIX) built in. Nova's default for x86 until 2023.
+    Pc,
+    /// ICH9: SATA (AHCI) built in, no IDE. Nova's default on current releases, and what
+    /// UEFI guests use.
+    Q35,
+}
+
+/// The bus of the CD-ROM holding an ISO 9660 config drive (Nova's `hw_cdrom_bus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CdromBus {
+    Ide,
+    Sata,
+    /// A SCSI CD-ROM behind a virtio-scsi controller (`hw_cdrom_bus=scsi`,
+    /// `hw_scsi_model=virtio-scsi`).
+    Scsi,
+}
+
+/// How the config drive reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// No config drive (`--dhcp`).
+    None,
+    /// ISO 9660 on a CD-ROM (Nova's default `config_drive_format`).
+    IsoCdrom(CdromBus),
+    /// VFAT on a virtio-blk disk (`config_drive_format=vfat`, `hw_disk_bus=virtio`).
+    VfatVirtio,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attachment::None => write!(f, "no config drive"),
+            Attachment::IsoCdrom(CdromBus::Ide) => write!(f, "ISO 9660 on an IDE CD-ROM"),
+            Attachment::IsoCdrom(CdromBus::Sata) => write!(f, "ISO 9660 on a SATA CD-ROM"),
+            Attachment::IsoCdrom(CdromBus::Scsi) => {
+                write!(f, "ISO 9660 on a SCSI CD-ROM (virtio-scsi)")
+            }
+            Attachment::VfatVirtio => write!(f, "VFAT on a virtio-blk disk"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyOptions {
     /// The image (qcow2 or raw). It is not modified: the VM writes to a throw-away overlay.
     pub image: PathBuf,
     #[arg(long, value_enum, default_value_t = Firmware::Bios)]
     pub firmware: Firmware,
+    #[arg(long, value_enum, default_value_t = Machine::Q35)]
+    pub machine: Machine,
+    /// The config drive's filesystem: iso9660 goes on a CD-ROM (`--cdrom-bus`), vfat on a
+    /// virtio-blk disk, as Nova attaches them.
+    #[arg(long, value_enum, default_value_t = configdrive::DriveFormat::Iso9660)]
+    pub config_drive_format: configdrive::DriveFormat,
+    /// The CD-ROM's bus for an ISO 9660 config drive. Default: Nova's for the machine type
+    /// (SATA on q35, IDE on pc).
+    #[arg(long, value_enum)]
+    pub cdrom_bus: Option<CdromBus>,
     /// No config drive: check the DHCP fallback (dnsmasq in the management namespace).
     #[arg(long)]
     pub dhcp: bool,
@@ -72,6 +135,8 @@ pub enum VerifyError {
     },
     #[error("{0} not found (install Debian's ovmf package)")]
     NoOvmf(String),
+    #[error("{0}")]
+    Options(String),
     #[error("{message}\n--- last lines of the serial console ({serial}) ---\n{tail}")]
     Check {
         message: String,
@@ -89,6 +154,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VerifyError {
 #[derive(Debug)]
 pub struct VerifyReport {
     pub firmware: Firmware,
+    pub machine: Machine,
+    pub attachment: Attachment,
+    /// The device the agent says it read the config drive from (`/dev/sr0`), with its
+    /// sysfs path, from the agent's own log line on the serial console.
+    pub config_drive_device: Option<String>,
     pub boot_to_ready: Duration,
     pub interfaces: Vec<(String, String)>,
     pub apply_ms: u128,
@@ -99,6 +169,10 @@ pub struct VerifyReport {
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "verify: OK ({:?})", self.firmware)?;
+        writeln!(f, "  machine {:?}, {}", self.machine, self.attachment)?;
+        if let Some(device) = &self.config_drive_device {
+            writeln!(f, "  the agent read the config drive from {device}")?;
+        }
         writeln!(
             f,
             "  boot-to-ready: {:.1} s (QEMU start to the agent's first answer at {})",
@@ -345,12 +419,117 @@ fn image_format(image: &Path) -> Result<String, VerifyError> {
     Ok(v["format"].as_str().unwrap_or("raw").to_string())
 }
 
+impl VerifyOptions {
+    /// The config drive attachment these options ask for, refused where the machine has no
+    /// such controller (q35 has no IDE).
+    pub fn attachment(&self) -> Result<Attachment, VerifyError> {
+        if self.dhcp {
+            return Ok(Attachment::None);
+        }
+        match self.config_drive_format {
+            configdrive::DriveFormat::Vfat => {
+                if self.cdrom_bus.is_some() {
+                    return Err(VerifyError::Options(
+                        "--cdrom-bus is for an iso9660 config drive; Nova attaches vfat as a \
+                         virtio-blk disk"
+                            .into(),
+                    ));
+                }
+                Ok(Attachment::VfatVirtio)
+            }
+            configdrive::DriveFormat::Iso9660 => {
+                let bus = self.cdrom_bus.unwrap_or(match self.machine {
+                    Machine::Q35 => CdromBus::Sata,
+                    Machine::Pc => CdromBus::Ide,
+                });
+                if bus == CdromBus::Ide && self.machine == Machine::Q35 {
+                    return Err(VerifyError::Options(
+                        "a q35 machine has no IDE controller (Nova uses SATA there)".into(),
+                    ));
+                }
+                Ok(Attachment::IsoCdrom(bus))
+            }
+        }
+    }
+}
+
+/// QEMU arguments that attach the config drive image `drive`.
+fn config_drive_args(attachment: Attachment, machine: Machine, drive: &Path) -> Vec<String> {
+    let d = drive.display();
+    let args = |v: &[String]| v.to_vec();
+    match attachment {
+        Attachment::None => Vec::new(),
+        Attachment::VfatVirtio => args(&[
+            "-drive".into(),
+            format!("file={d},if=none,id=cfg,format=raw,readonly=on"),
+            "-device".into(),
+            "virtio-blk-pci,drive=cfg".into(),
+        ]),
+        Attachment::IsoCdrom(bus) => {
+            let mut v = vec![
+                "-drive".to_string(),
+                format!("file={d},if=none,id=cfg,format=raw,media=cdrom,readonly=on"),
+            ];
+            match (bus, machine) {
+                // The built-in controller's first port: PIIX IDE on pc, ICH9 AHCI on q35.
+                (CdromBus::Ide, _) | (CdromBus::Sata, Machine::Q35) => {
+                    v.extend(["-device".into(), "ide-cd,drive=cfg,bus=ide.0".into()]);
+                }
+                // libvirt adds an AHCI controller to a pc machine for a SATA disk.
+                (CdromBus::Sata, Machine::Pc) => v.extend([
+                    "-device".into(),
+                    "ahci,id=sata0".into(),
+                    "-device".into(),
+                    "ide-cd,drive=cfg,bus=sata0.0".into(),
+                ]),
+                (CdromBus::Scsi, _) => v.extend([
+                    "-device".into(),
+                    "virtio-scsi-pci,id=scsi0".into(),
+                    "-device".into(),
+                    "scsi-cd,drive=cfg,bus=scsi0.0".into(),
+                ]),
+            }
+            v
+        }
+    }
+}
+
+/// The device named in the agent's `reading the config drive` log line on the serial console.
+fn config_drive_read_from(serial: &Path) -> Option<String> {
+    let text = String::from_utf8_lossy(&fs::read(serial).ok()?).replace('\r', "");
+    let line = text
+        .lines()
+        .find(|l| l.contains("reading the config drive"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let device = field("device=")?;
+    Some(match field("bus=") {
+        Some(bus) => format!("{device} ({bus})"),
+        None => device,
+    })
+}
+
 pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let attachment = opts.attachment()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(VerifyError::NotRoot);
     }
     tools::check(tools::VERIFY_TOOLS, &[])?;
+    if attachment != Attachment::None
+        && opts.config_drive_format == configdrive::DriveFormat::Iso9660
+    {
+        tools::check(
+            &[tools::Tool {
+                program: "genisoimage",
+                package: "genisoimage",
+            }],
+            &[],
+        )?;
+    }
     if opts.dhcp {
         tools::check(
             &[tools::Tool {
@@ -377,7 +556,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
         .tempdir()
         .map_err(io("create a work directory"))?;
     let w = work.path().to_path_buf();
-    let result = run(opts, &image, &w);
+    let result = run(opts, attachment, &image, &w);
     if opts.keep || result.is_err() {
         let kept = work.keep();
         eprintln!("verify: work directory kept: {}", kept.display());
@@ -385,7 +564,12 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     result
 }
 
-fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, VerifyError> {
+fn run(
+    opts: &VerifyOptions,
+    attachment: Attachment,
+    image: &Path,
+    w: &Path,
+) -> Result<VerifyReport, VerifyError> {
     let serial = w.join("serial.log");
     let fail = |message: String| VerifyError::Check {
         message,
@@ -405,11 +589,14 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
     let macs = [mac(1), mac(2), mac(3)];
     let mgmt_addr = "fdca:3ba5:a17a:acda::5";
     let config_drive = w.join("config-2.img");
-    if !opts.dhcp {
+    if attachment != Attachment::None {
+        // As Nova's libvirt driver writes it (tests/fixtures/nova-config-drive/): `tap` links,
+        // a static IPv6 management network, static IPv4 networks each with the default route
+        // Nova adds for a subnet with a gateway (which the agent must ignore).
         let links: Vec<Value> = macs
             .iter()
             .enumerate()
-            .map(|(i, m)| json!({"id": format!("tap{i}"), "type": "ovs", "ethernet_mac_address": m, "mtu": 1500}))
+            .map(|(i, m)| json!({"id": format!("tap{i}"), "vif_id": format!("vif-{i}"), "type": "tap", "ethernet_mac_address": m, "mtu": 1500}))
             .collect();
         let nd = json!({
             "links": links,
@@ -417,10 +604,14 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
                 {"id": "network0", "link": "tap0", "type": "ipv6", "ip_address": mgmt_addr,
                  "netmask": "ffff:ffff:ffff:ffff::", "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa",
                  "routes": [], "services": []},
-                {"id": "network1", "link": "tap1", "type": "ipv4_dhcp",
-                 "network_id": "a7c2a9b4-6c0c-4f3f-9d8a-2b9c1a0e0001"},
-                {"id": "network2", "link": "tap2", "type": "ipv4_dhcp",
-                 "network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf"}
+                {"id": "network1", "link": "tap1", "type": "ipv4", "ip_address": "172.16.77.2",
+                 "netmask": "255.255.255.0", "network_id": "a7c2a9b4-6c0c-4f3f-9d8a-2b9c1a0e0001",
+                 "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "172.16.77.1"}],
+                 "services": []},
+                {"id": "network2", "link": "tap2", "type": "ipv4", "ip_address": "192.168.0.1",
+                 "netmask": "255.255.255.0", "network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf",
+                 "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.168.0.1"}],
+                 "services": []}
             ],
             "services": []
         });
@@ -430,7 +621,7 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
             "project_id": "d22b149cee9b4eac8349c517eda00b89", "devices": [],
             "meta": {"akanda_mgmt_mac": macs[0]}
         });
-        configdrive::make_vfat(&config_drive, &nd, &md)?;
+        configdrive::make(opts.config_drive_format, &config_drive, &nd, &md)?;
     }
 
     let mgmt = Netns::new("mgmt")?;
@@ -446,7 +637,10 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
         "-accel",
         "tcg,tb-size=64",
         "-machine",
-        "q35",
+        match opts.machine {
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+        },
         "-nodefaults",
         "-display",
         "none",
@@ -466,14 +660,13 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
+    // The root disk is the boot device: without a boot index, SeaBIOS may try a VFAT config
+    // drive first and stop at its "not a bootable disk" stub.
     q.arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()));
-    if !opts.dhcp {
-        q.arg("-drive").arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            config_drive.display()
-        ));
-    }
+        .arg(format!("file={},if=none,id=root,format=qcow2", overlay.display()))
+        .arg("-device")
+        .arg("virtio-blk-pci,drive=root,bootindex=0");
+    q.args(config_drive_args(attachment, opts.machine, &config_drive));
     for (i, (tap, m)) in taps.iter().zip(&macs).enumerate() {
         q.arg("-netdev")
             .arg(format!("tap,id=n{i},ifname={tap},script=no,downscript=no"))
@@ -574,6 +767,14 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
         std::thread::sleep(Duration::from_millis(250));
     };
     let boot_to_ready = started.elapsed();
+    // The agent must have read the drive, and listen on the address it gave (the only
+    // address the management namespace can reach: it has no DHCP server then).
+    let config_drive_device = config_drive_read_from(&serial);
+    if attachment != Attachment::None && config_drive_device.is_none() {
+        return Err(fail(format!(
+            "the agent answered at {listen} but its log does not say it read the config drive ({attachment})"
+        )));
+    }
 
     // The agent names each NIC geN and reports its MAC.
     let doc: Value = serde_json::from_str(&interfaces).map_err(|e| {
@@ -650,6 +851,9 @@ fn run(opts: &VerifyOptions, image: &Path, w: &Path) -> Result<VerifyReport, Ver
     drop(vm);
     Ok(VerifyReport {
         firmware: opts.firmware,
+        machine: opts.machine,
+        attachment,
+        config_drive_device,
         boot_to_ready,
         interfaces: names.iter().cloned().zip(macs.iter().cloned()).collect(),
         apply_ms,
@@ -688,5 +892,100 @@ mod tests {
         let (a, b) = (mac(1), mac(2));
         assert_ne!(a, b);
         assert!(a.starts_with("52:54:"));
+    }
+
+    fn options(args: &[&str]) -> VerifyOptions {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            verify: VerifyOptions,
+        }
+        let argv = std::iter::once("verify")
+            .chain(args.iter().copied())
+            .chain(["img"]);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().verify
+    }
+
+    #[test]
+    fn default_attachment_is_novas_on_a_current_host() {
+        let o = options(&[]);
+        assert_eq!(o.machine, Machine::Q35);
+        assert_eq!(
+            o.attachment().unwrap(),
+            Attachment::IsoCdrom(CdromBus::Sata)
+        );
+        assert_eq!(
+            options(&["--machine", "pc"]).attachment().unwrap(),
+            Attachment::IsoCdrom(CdromBus::Ide)
+        );
+        assert_eq!(
+            options(&["--cdrom-bus", "scsi"]).attachment().unwrap(),
+            Attachment::IsoCdrom(CdromBus::Scsi)
+        );
+        assert_eq!(
+            options(&["--config-drive-format", "vfat"])
+                .attachment()
+                .unwrap(),
+            Attachment::VfatVirtio
+        );
+        assert_eq!(options(&["--dhcp"]).attachment().unwrap(), Attachment::None);
+        // q35 has no IDE; a vfat drive is a disk, not a CD-ROM.
+        assert!(options(&["--cdrom-bus", "ide"]).attachment().is_err());
+        assert!(
+            options(&["--config-drive-format", "vfat", "--cdrom-bus", "sata"])
+                .attachment()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn config_drive_devices_on_the_qemu_command_line() {
+        let d = Path::new("/w/cfg.img");
+        let joined = |a: Attachment, m: Machine| config_drive_args(a, m, d).join(" ");
+        let sata = joined(Attachment::IsoCdrom(CdromBus::Sata), Machine::Q35);
+        assert!(
+            sata.contains("media=cdrom") && sata.contains("ide-cd,drive=cfg,bus=ide.0"),
+            "{sata}"
+        );
+        let sata_pc = joined(Attachment::IsoCdrom(CdromBus::Sata), Machine::Pc);
+        assert!(
+            sata_pc.contains("ahci,id=sata0") && sata_pc.contains("bus=sata0.0"),
+            "{sata_pc}"
+        );
+        let scsi = joined(Attachment::IsoCdrom(CdromBus::Scsi), Machine::Q35);
+        assert!(
+            scsi.contains("virtio-scsi-pci") && scsi.contains("scsi-cd,drive=cfg"),
+            "{scsi}"
+        );
+        let vfat = joined(Attachment::VfatVirtio, Machine::Q35);
+        assert!(
+            vfat.contains("virtio-blk-pci,drive=cfg") && !vfat.contains("cdrom"),
+            "{vfat}"
+        );
+        assert!(config_drive_args(Attachment::None, Machine::Q35, d).is_empty());
+    }
+
+    #[test]
+    fn the_agents_config_drive_log_line_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("serial.log");
+        std::fs::write(
+            &serial,
+            "[  OK  ] Reached target\r\n2026-11-30T07:00:00Z  INFO akanda_agent::bootconfig: \
+             storage probing finished waited_ms=0\r\n2026-11-30T07:00:00Z  INFO \
+             akanda_agent::bootconfig: reading the config drive device=/dev/sr0 fs=Iso9660 \
+             bus=/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sr0\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config_drive_read_from(&serial).as_deref(),
+            Some("/dev/sr0 (/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sr0)")
+        );
+        std::fs::write(
+            &serial,
+            "no config drive (label config-2): DHCP on the first NIC\n",
+        )
+        .unwrap();
+        assert_eq!(config_drive_read_from(&serial), None);
     }
 }

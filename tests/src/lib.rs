@@ -578,6 +578,23 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// `target/release/NAME`: the optimised binary that goes into the image (built by
+/// `cargo build --release -p akanda-agent`, which `scripts/test` runs).
+pub fn release_bin(name: &str) -> PathBuf {
+    let debug = workspace_bin("akanda-image");
+    let target = debug
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/ has a parent");
+    let bin = target.join("release").join(name);
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --release -p {name}` first",
+        bin.display()
+    );
+    bin
+}
+
 /// A port in 20000..40000 that differs between processes (pid) and between
 /// calls in one process (counter). Namespaces isolate ports anyway; this
 /// only keeps logs and `ss` output unambiguous across parallel tests.

@@ -5,16 +5,21 @@
 //! 1. `akanda-image build` of the default image plus an element from a temporary
 //!    `--elements-path`; the element's install.d script must have run (in the chroot) and
 //!    its file must be in the image's ext4 root (read back with debugfs, no mount).
-//! 2. `akanda-image verify` under SeaBIOS with a config drive: NICs named geN with their MACs,
-//!    a PUT of a config for them, a tenant namespace pings the router.
-//! 3. `akanda-image verify --firmware uefi --dhcp`: the same image under OVMF, and the
-//!    no-config-drive fallback (DHCP from dnsmasq in the management namespace).
+//! 2. `akanda-image verify` with the config drive attached in each way an OpenStack compute
+//!    node attaches one: ISO 9660 on a SATA CD-ROM (q35, the default), on an IDE CD-ROM
+//!    (pc), on a SCSI CD-ROM behind virtio-scsi (under OVMF), and VFAT on a virtio-blk disk.
+//!    Each time the agent's own log line must name the device it read, and the agent must
+//!    answer on the config drive's management address (the management namespace runs no DHCP
+//!    server then, so a lease cannot be what answers); NICs named geN with their MACs, a PUT
+//!    of a config for them, a tenant namespace pings the router.
+//! 3. `akanda-image verify --firmware uefi --dhcp`: OVMF and the no-config-drive fallback
+//!    (DHCP from dnsmasq in the management namespace).
 //! 4. A failing element script: the error names the element, the phase, the script and the
 //!    tail of its output.
 //!
 //! The debootstrap base is cached in `$AKANDA_IMAGE_CACHE` (default `/var/cache/akanda-image`,
 //! the builder's own default), so only the first run on a machine pays for debootstrap.
-//! The builder runs `cargo build --release -p akanda-agent` itself.
+//! The image gets the release agent (`target/release/akanda-agent`, built by scripts/test).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -123,6 +128,8 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
         .arg(cache_dir())
         .arg("--elements-path")
         .arg(&elements)
+        .arg("--agent-bin")
+        .arg(akanda_tests::release_bin("akanda-agent"))
         .args(["--element", "akt-marker"]));
     assert!(out.status.success(), "build failed:\n{text}");
     assert!(text.contains("phase timings:"), "{text}");
@@ -143,16 +150,49 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
     );
     assert!(manifest.contains("\n/usr/local/sbin/akanda-agent f 755 0:0 "));
 
-    // 2. SeaBIOS, config drive.
-    let (out, text) = run(Command::new(image_bin()).arg("verify").arg(&image).args([
-        "--firmware",
-        "bios",
-        "--timeout",
-        "300",
-    ]));
-    assert!(out.status.success(), "verify (BIOS) failed:\n{text}");
-    assert!(text.contains("verify: OK (Bios)"), "{text}");
-    assert!(text.contains("tenant ping to 192.168.0.1: OK"), "{text}");
+    // 2. The config drive in each way a compute node attaches it.
+    let attachments: [(&[&str], &str, &str); 4] = [
+        (
+            &["--firmware", "bios"],
+            "machine Q35, ISO 9660 on a SATA CD-ROM",
+            "/dev/sr0 (",
+        ),
+        (
+            &["--firmware", "bios", "--machine", "pc"],
+            "machine Pc, ISO 9660 on an IDE CD-ROM",
+            "/dev/sr0 (",
+        ),
+        (
+            &["--firmware", "uefi", "--cdrom-bus", "scsi"],
+            "machine Q35, ISO 9660 on a SCSI CD-ROM (virtio-scsi)",
+            "/dev/sr0 (",
+        ),
+        (
+            &["--firmware", "bios", "--config-drive-format", "vfat"],
+            "machine Q35, VFAT on a virtio-blk disk",
+            "/dev/vdb (",
+        ),
+    ];
+    for (args, attachment, device) in attachments {
+        let (out, text) = run(Command::new(image_bin())
+            .arg("verify")
+            .arg(&image)
+            .args(args)
+            .args(["--timeout", "300"]));
+        assert!(out.status.success(), "verify {args:?} failed:\n{text}");
+        assert!(text.contains("verify: OK ("), "{text}");
+        assert!(text.contains(attachment), "{attachment}: {text}");
+        assert!(
+            text.contains(&format!("the agent read the config drive from {device}")),
+            "{attachment}: the agent's log must name the device: {text}"
+        );
+        // The config drive's static management address, not a lease.
+        assert!(
+            text.contains("at [fdca:3ba5:a17a:acda::5]:5000"),
+            "{attachment}: {text}"
+        );
+        assert!(text.contains("tenant ping to 192.168.0.1: OK"), "{text}");
+    }
 
     // 3. OVMF, no config drive: DHCP fallback.
     let (out, text) = run(Command::new(image_bin()).arg("verify").arg(&image).args([
