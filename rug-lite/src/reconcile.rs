@@ -155,6 +155,23 @@ impl<C: Cloud> Reconciler<C> {
 
         let snapshot = self.read_snapshot(router).await?;
         self.index.record(&snapshot, &own_ports);
+        // One server per router: keep the lowest id (so every pass keeps the same one) and
+        // delete extra ones (a crash between boot and the next look can leave two).
+        let mut live: Vec<&Server> = servers.iter().filter(|s| s.status != "DELETED").collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        for extra in live.iter().skip(1) {
+            tracing::warn!(router = %router_id, server = %extra.id, "deleting an extra server");
+            self.delete_server(&extra.id).await?;
+        }
+        let server = live.first().copied();
+        // One port of ours per network, chosen the same way on every pass.
+        let (own_ports, extra_ports) =
+            one_port_per_network(own_ports, server.map(|s| s.id.as_str()));
+        for p in &extra_ports {
+            tracing::warn!(router = %router_id, port = %p.id, network = %p.network_id, "deleting an extra port");
+            ignore_not_found(self.cloud.delete_port(&p.id).await)?;
+        }
+
         let mgmt_net = self.settings.management_network_id.clone();
         let management_port = match own_ports.iter().find(|p| p.network_id == mgmt_net) {
             Some(p) => p.clone(),
@@ -173,15 +190,7 @@ impl<C: Cloud> Reconciler<C> {
         });
         let required = builder::required_networks(&snapshot);
 
-        // One server per router: keep the oldest-created (lowest id is stable enough), delete
-        // extra ones (a crash between boot and the next look can leave two).
-        let mut live: Vec<&Server> = servers.iter().filter(|s| s.status != "DELETED").collect();
-        live.sort_by(|a, b| a.id.cmp(&b.id));
-        for extra in live.iter().skip(1) {
-            tracing::warn!(router = %router_id, server = %extra.id, "deleting an extra server");
-            self.delete_server(&extra.id).await?;
-        }
-        let Some(server) = live.first().copied() else {
+        let Some(server) = server else {
             if servers.iter().any(|s| s.status == "DELETED") {
                 // A replaced server is still going away; its ports stay ours to reuse.
                 return Ok(Step::Wait(self.settings.boot_poll));
@@ -507,6 +516,19 @@ impl<C: Cloud> Reconciler<C> {
         self.status.remove(router_id);
         Ok(Step::Deleted)
     }
+}
+
+/// Keeps one port per network: the one the server uses, else the lowest id. Returns (kept,
+/// extras).
+fn one_port_per_network(mut ports: Vec<Port>, server_id: Option<&str>) -> (Vec<Port>, Vec<Port>) {
+    ports.sort_by(|a, b| {
+        let unused = |p: &Port| Some(p.device_id.as_str()) != server_id;
+        (unused(a), &a.id).cmp(&(unused(b), &b.id))
+    });
+    let mut seen = BTreeSet::new();
+    ports
+        .into_iter()
+        .partition(|p| seen.insert(p.network_id.clone()))
 }
 
 fn ignore_not_found(r: Result<(), CloudError>) -> Result<(), CloudError> {

@@ -506,3 +506,56 @@ async fn driven_by_the_queue_a_create_event_converges() {
     stop_tx.send(()).unwrap();
     driver.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_ports_of_ours_on_one_network_are_reduced_to_the_attached_one() {
+    let cloud = world();
+    let r = reconciler(&cloud);
+    r.reconcile_router(R).await.unwrap();
+    cloud.activate_all();
+    r.reconcile_router(R).await.unwrap();
+    // A second tagged port on the tenant network, not attached (a leftover).
+    cloud.with(|s| {
+        s.ports.insert(
+            "port-0000-extra".into(),
+            Port {
+                id: "port-0000-extra".into(),
+                network_id: TEN.into(),
+                mac_address: "fa:16:3e:99:99:99".into(),
+                tags: ownership::tags_for(R).to_vec(),
+                fixed_ips: vec![FixedIp {
+                    subnet_id: "ten-v4".into(),
+                    ip_address: "10.0.0.99".into(),
+                }],
+                ..Port::default()
+            },
+        );
+    });
+    // Its id sorts first, but the attached one is kept.
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    assert_eq!(cloud.calls_matching("delete_port port-0000-extra").len(), 1);
+    assert!(cloud.calls_matching("attach_port").is_empty());
+    assert_eq!(own_ports(&cloud).len(), 3);
+}
+
+#[test]
+fn one_port_per_network_prefers_the_attached_then_the_lowest_id() {
+    let port = |id: &str, net: &str, dev: &str| Port {
+        id: id.into(),
+        network_id: net.into(),
+        device_id: dev.into(),
+        ..Port::default()
+    };
+    let (kept, extras) = one_port_per_network(
+        vec![
+            port("b", "n1", "srv"),
+            port("a", "n1", ""),
+            port("d", "n2", ""),
+            port("c", "n2", ""),
+        ],
+        Some("srv"),
+    );
+    let ids = |v: &[Port]| v.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&kept), ["b", "c"]);
+    assert_eq!(ids(&extras), ["a", "d"]);
+}
