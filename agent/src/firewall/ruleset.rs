@@ -3,24 +3,28 @@
 //! Two renderers consume it: `text` (nft syntax, for golden tests and debugging) and `batch`
 //! (an nftnl batch sent over netlink). Floating IPs live in two maps, so the number of rules
 //! grows with networks and tenant rules, never with floating IPs.
+//!
+//! [`build`] assembles the chains from named parts, each in its own module with its tests:
+//! `nat` (floating-IP maps, prerouting, postrouting), `input` (what reaches the router),
+//! `forward` (what the router routes, and label counters) and `tenant` (the config's anchors).
 
-use std::collections::BTreeMap;
+mod forward;
+mod input;
+mod nat;
+mod tenant;
+
 use std::net::IpAddr;
 
-use akanda_model::{
-    Action, Direction, Endpoint, Family as RuleFamily, FilterRule, NetworkType, Protocol,
-    RouterConfig,
-};
+use akanda_model::{FloatingIp, Network, NetworkType, RouterConfig};
 use ipnet::IpNet;
 
 pub const TABLE: &str = "akanda";
 /// Maps floating → fixed (inbound DNAT) and fixed → floating (outbound SNAT).
 pub const FIP_DNAT_MAP: &str = "fip_dnat";
 pub const FIP_SNAT_MAP: &str = "fip_snat";
-/// The metadata address tenants ask, redirected to the agent's proxy for that network.
+/// The metadata address tenants ask, redirected to the agent's proxy for that network (on
+/// the port [`crate::services::metadata::nic_port`] gives).
 pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
-/// The metadata proxy for NIC `geN` listens on `METADATA_BASE_PORT + N`.
-pub const METADATA_BASE_PORT: u16 = 9600;
 pub const SSH_PORT: u16 = 22;
 pub const BGP_PORT: u16 = 179;
 
@@ -161,6 +165,16 @@ impl Rule {
         self.comment = Some(c.into());
         self
     }
+
+    /// Jump to a regular chain: no counter (the chain's own rules count).
+    fn jump(chain: &str) -> Rule {
+        Rule {
+            matches: vec![],
+            counter: false,
+            verdict: Verdict::Jump(chain.into()),
+            comment: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -176,16 +190,41 @@ pub struct FirewallOptions {
     pub api_port: u16,
 }
 
-/// `geN` → N.
-pub fn ge_number(ifname: &str) -> u16 {
-    ifname
-        .strip_prefix("ge")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+/// The networks of a config, sorted by the role they play in the ruleset.
+struct Router<'a> {
+    external: Option<&'a Network>,
+    management: Option<&'a Network>,
+    /// Routed to the outside (SNAT) and reachable through floating IPs.
+    internals: Vec<&'a Network>,
+    /// Internal and isolated networks: the router serves them DHCP, DNS and metadata.
+    tenants: Vec<&'a Network>,
+    /// IPv4 only: Neutron has no IPv6 floating IPs (the model accepts v6 pairs but there is
+    /// no IPv6 NAT).
+    floating_ips: Vec<&'a FloatingIp>,
 }
 
-pub fn metadata_port(ifname: &str) -> u16 {
-    METADATA_BASE_PORT + ge_number(ifname)
+impl<'a> Router<'a> {
+    fn of(config: &'a RouterConfig) -> Router<'a> {
+        Router {
+            external: config.external_network(),
+            management: config.management_network(),
+            internals: config
+                .networks
+                .iter()
+                .filter(|n| n.network_type == NetworkType::Internal)
+                .collect(),
+            tenants: config
+                .networks
+                .iter()
+                .filter(|n| n.network_type.is_tenant())
+                .collect(),
+            floating_ips: config
+                .floating_ips
+                .iter()
+                .filter(|f| f.floating_ip.is_ipv4())
+                .collect(),
+        }
+    }
 }
 
 fn first_v4(addrs: &[IpNet]) -> Option<IpAddr> {
@@ -196,302 +235,89 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// Builds the whole ruleset of a config.
-pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
-    let ext = config.external_network();
-    let mgmt = config.management_network();
-    let internals: Vec<_> = config
-        .networks
-        .iter()
-        .filter(|n| n.network_type == NetworkType::Internal)
-        .collect();
-    let tenants: Vec<_> = config
-        .networks
-        .iter()
-        .filter(|n| n.network_type.is_tenant())
-        .collect();
-    let ext_v4 = ext.and_then(|e| first_v4(&e.addresses));
+/// Connection tracking's "part of a connection already let through".
+fn established() -> Match {
+    Match::CtState(vec![CtState::Established, CtState::Related])
+}
 
-    // Floating IPs: IPv4 only (Neutron has no IPv6 floating IPs; the model accepts v6 pairs
-    // but there is no IPv6 NAT).
-    let fips: Vec<_> = config
-        .floating_ips
-        .iter()
-        .filter(|f| f.floating_ip.is_ipv4())
-        .collect();
-    let mut sets = Vec::new();
-    if !fips.is_empty() {
-        sets.push(Set {
-            name: FIP_DNAT_MAP.into(),
-            key: Family::V4,
-            data: Some(Family::V4),
-            elements: fips
-                .iter()
-                .map(|f| (f.floating_ip, Some(f.fixed_ip)))
-                .collect(),
-        });
-        sets.push(Set {
-            name: FIP_SNAT_MAP.into(),
-            key: Family::V4,
-            data: Some(Family::V4),
-            elements: fips
-                .iter()
-                .map(|f| (f.fixed_ip, Some(f.floating_ip)))
-                .collect(),
-        });
-    }
-
-    // --- NAT ---------------------------------------------------------------------------
-    let v4 = Match::Proto(Family::V4);
-    let mut prerouting = Vec::new();
-    for net in &tenants {
-        // Metadata: tenant → 169.254.169.254:80 goes to this network's proxy on the router.
-        if let Some(gw) = first_v4(&net.addresses) {
-            prerouting.push(
-                Rule::new(
-                    vec![
-                        Match::Iif(net.ifname.clone()),
-                        v4.clone(),
-                        Match::Daddr(host(IpAddr::from(METADATA_ADDR))),
-                        Match::L4(L4::Tcp),
-                        Match::Dport(L4::Tcp, 80),
-                    ],
-                    Verdict::DnatTo(gw, metadata_port(&net.ifname)),
-                )
-                .comment(format!("metadata for {}", net.ifname)),
-            );
-        }
-    }
-    if !fips.is_empty() {
-        // Inbound to a floating IP, from outside or from a tenant (hairpin).
-        let mut from: Vec<&str> = internals.iter().map(|n| n.ifname.as_str()).collect();
-        if let Some(e) = ext {
-            from.insert(0, &e.ifname);
-        }
-        for ifname in from {
-            prerouting.push(
-                Rule::new(
-                    vec![Match::Iif(ifname.into()), v4.clone()],
-                    Verdict::DnatMap(FIP_DNAT_MAP.into()),
-                )
-                .comment("floating IPs"),
-            );
-        }
-    }
-
-    let mut postrouting = Vec::new();
-    // Hairpin: a tenant reaching another tenant through its floating IP. Its source becomes
-    // the router's, so the reply comes back through the router even within one subnet.
-    let hairpin_nets = if fips.is_empty() {
-        &[][..]
-    } else {
-        &internals[..]
+fn base_chain(
+    name: &str,
+    kind: ChainKind,
+    hook: Hook,
+    policy_drop: bool,
+    rules: Vec<Rule>,
+) -> Chain {
+    // NAT at the usual nft priorities (dstnat -100, srcnat 100); filters at 0.
+    let priority = match (kind, hook) {
+        (ChainKind::Nat, Hook::Prerouting) => -100,
+        (ChainKind::Nat, _) => 100,
+        (ChainKind::Filter, _) => 0,
     };
-    for net in hairpin_nets {
-        for subnet in net.subnets.iter().filter(|s| s.cidr.addr().is_ipv4()) {
-            postrouting.push(
-                Rule::new(
-                    vec![
-                        Match::OifNot(ext.map(|e| e.ifname.clone()).unwrap_or_default()),
-                        v4.clone(),
-                        Match::Saddr(subnet.cidr),
-                        Match::CtDnat,
-                    ],
-                    Verdict::Masquerade,
-                )
-                .comment("floating IP hairpin"),
-            );
-        }
-    }
-    if let Some(e) = ext {
-        if !fips.is_empty() {
-            postrouting.push(
-                Rule::new(
-                    vec![Match::Oif(e.ifname.clone()), v4.clone()],
-                    Verdict::SnatMap(FIP_SNAT_MAP.into()),
-                )
-                .comment("floating IPs"),
-            );
-        }
-        // Everything else from internal IPv4 subnets leaves with the router's address. No
-        // NAT between internal networks, none for IPv6.
-        if let Some(addr) = ext_v4 {
-            for net in &internals {
-                for subnet in net.subnets.iter().filter(|s| s.cidr.addr().is_ipv4()) {
-                    postrouting.push(
-                        Rule::new(
-                            vec![
-                                Match::Oif(e.ifname.clone()),
-                                v4.clone(),
-                                Match::Saddr(subnet.cidr),
-                            ],
-                            Verdict::SnatTo(addr),
-                        )
-                        .comment(format!("SNAT {}", net.ifname)),
-                    );
-                }
-            }
-        }
-    }
-
-    // --- filter: input -------------------------------------------------------------------
-    let established = Match::CtState(vec![CtState::Established, CtState::Related]);
-    let mut input = vec![
-        Rule::new(vec![Match::Iif("lo".into())], Verdict::Accept),
-        Rule::new(vec![established.clone()], Verdict::Accept),
-        Rule::new(vec![Match::CtState(vec![CtState::Invalid])], Verdict::Drop),
-        Rule::new(vec![Match::L4(L4::Icmp)], Verdict::Accept),
-        // Neighbour discovery, router solicitations, PMTU: IPv6 does not work without it.
-        Rule::new(vec![Match::L4(L4::Icmpv6)], Verdict::Accept),
-    ];
-    match mgmt {
-        Some(m) => {
-            for port in [opts.api_port, SSH_PORT] {
-                input.push(
-                    Rule::new(
-                        vec![
-                            Match::Iif(m.ifname.clone()),
-                            Match::L4(L4::Tcp),
-                            Match::Dport(L4::Tcp, port),
-                        ],
-                        Verdict::Accept,
-                    )
-                    .comment("management"),
-                );
-            }
-        }
-        // Without a management network, the API must stay reachable wherever it listens.
-        None => input.push(
-            Rule::new(
-                vec![Match::L4(L4::Tcp), Match::Dport(L4::Tcp, opts.api_port)],
-                Verdict::Accept,
-            )
-            .comment("agent API"),
-        ),
-    }
-    for net in &tenants {
-        let iif = || Match::Iif(net.ifname.clone());
-        let services: [(L4, u16, &str); 5] = [
-            (L4::Udp, 67, "DHCP"),
-            (L4::Udp, 547, "DHCPv6"),
-            (L4::Udp, 53, "DNS"),
-            (L4::Tcp, 53, "DNS"),
-            (L4::Tcp, metadata_port(&net.ifname), "metadata proxy"),
-        ];
-        for (l4, port, what) in services {
-            input.push(
-                Rule::new(
-                    vec![iif(), Match::L4(l4), Match::Dport(l4, port)],
-                    Verdict::Accept,
-                )
-                .comment(what),
-            );
-        }
-    }
-    if let Some(e) = ext {
-        input.push(
-            Rule::new(
-                vec![
-                    Match::Iif(e.ifname.clone()),
-                    Match::L4(L4::Tcp),
-                    Match::Dport(L4::Tcp, BGP_PORT),
-                ],
-                Verdict::Accept,
-            )
-            .comment("BGP"),
-        );
-    }
-    input.push(Rule::new(vec![], Verdict::Drop).comment("everything else"));
-
-    // --- filter: forward -----------------------------------------------------------------
-    let mut forward = Vec::new();
-    let has_labels = !config.labels.is_empty();
-    if has_labels {
-        forward.push(Rule {
-            matches: vec![],
-            counter: false,
-            verdict: Verdict::Jump("labels".into()),
-            comment: None,
-        });
-    }
-    forward.push(Rule::new(vec![established], Verdict::Accept));
-    forward.push(Rule::new(
-        vec![Match::CtState(vec![CtState::Invalid])],
-        Verdict::Drop,
-    ));
-    let tenant_rules = tenant_rules(config);
-    if !tenant_rules.is_empty() {
-        forward.push(Rule {
-            matches: vec![],
-            counter: false,
-            verdict: Verdict::Jump("tenant_rules".into()),
-            comment: None,
-        });
-    }
-    for net in &internals {
-        // Internal → external and internal ↔ internal; never into the management network.
-        let mut m = vec![Match::Iif(net.ifname.clone())];
-        if let Some(mg) = mgmt {
-            m.push(Match::OifNot(mg.ifname.clone()));
-        }
-        forward.push(Rule::new(m, Verdict::Accept).comment(format!("from {}", net.ifname)));
-    }
-    if let Some(e) = ext {
-        forward.push(
-            Rule::new(
-                vec![Match::Iif(e.ifname.clone()), Match::CtDnat],
-                Verdict::Accept,
-            )
-            .comment("to floating IPs"),
-        );
-    }
-    forward.push(Rule::new(vec![], Verdict::Drop).comment("everything else"));
-
-    let base = |kind, hook, priority, policy_drop| {
-        Some(BaseChain {
+    Chain {
+        name: name.into(),
+        base: Some(BaseChain {
             kind,
             hook,
             priority,
             policy_drop,
-        })
-    };
+        }),
+        rules,
+    }
+}
+
+/// Builds the whole ruleset of a config.
+pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
+    let router = Router::of(config);
+    let has_labels = !config.labels.is_empty();
+    let tenant_rules = tenant::rules(config);
     let mut chains = vec![
-        Chain {
-            name: "prerouting".into(),
-            base: base(ChainKind::Nat, Hook::Prerouting, -100, false),
-            rules: prerouting,
-        },
-        Chain {
-            name: "postrouting".into(),
-            base: base(ChainKind::Nat, Hook::Postrouting, 100, false),
-            rules: postrouting,
-        },
-        Chain {
-            name: "input".into(),
-            base: base(ChainKind::Filter, Hook::Input, 0, true),
-            rules: input,
-        },
-        Chain {
-            name: "forward".into(),
-            base: base(ChainKind::Filter, Hook::Forward, 0, true),
-            rules: forward,
-        },
+        base_chain(
+            "prerouting",
+            ChainKind::Nat,
+            Hook::Prerouting,
+            false,
+            nat::prerouting(&router),
+        ),
+        base_chain(
+            "postrouting",
+            ChainKind::Nat,
+            Hook::Postrouting,
+            false,
+            nat::postrouting(&router),
+        ),
+        base_chain(
+            "input",
+            ChainKind::Filter,
+            Hook::Input,
+            true,
+            input::rules(&router, opts),
+        ),
+        base_chain(
+            "forward",
+            ChainKind::Filter,
+            Hook::Forward,
+            true,
+            forward::rules(&router, has_labels, !tenant_rules.is_empty()),
+        ),
     ];
     if has_labels {
         chains.push(Chain {
-            name: "labels".into(),
+            name: forward::LABELS_CHAIN.into(),
             base: None,
-            rules: label_rules(&config.labels),
+            rules: forward::label_rules(&config.labels),
         });
     }
     if !tenant_rules.is_empty() {
         chains.push(Chain {
-            name: "tenant_rules".into(),
+            name: forward::TENANT_RULES_CHAIN.into(),
             base: None,
             rules: tenant_rules,
         });
     }
-    Ruleset { sets, chains }
+    Ruleset {
+        sets: nat::floating_ip_maps(&router),
+        chains,
+    }
 }
 
 /// The ruleset of a router that has no config yet (first boot, or a saved config that could
@@ -499,15 +325,8 @@ pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
 /// (the management NIC may be configured by DHCP) and ICMP reach the router. Astara's image
 /// accepted everything until the first push.
 pub fn bootstrap(opts: FirewallOptions) -> Ruleset {
-    let input = vec![
-        Rule::new(vec![Match::Iif("lo".into())], Verdict::Accept),
-        Rule::new(
-            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
-            Verdict::Accept,
-        ),
-        Rule::new(vec![Match::CtState(vec![CtState::Invalid])], Verdict::Drop),
-        Rule::new(vec![Match::L4(L4::Icmp)], Verdict::Accept),
-        Rule::new(vec![Match::L4(L4::Icmpv6)], Verdict::Accept),
+    let mut input = input::always_accepted();
+    input.extend([
         Rule::new(
             vec![Match::L4(L4::Tcp), Match::Dport(L4::Tcp, opts.api_port)],
             Verdict::Accept,
@@ -524,142 +343,90 @@ pub fn bootstrap(opts: FirewallOptions) -> Ruleset {
         )
         .comment("DHCPv6 client"),
         Rule::new(vec![], Verdict::Drop).comment("no config yet"),
-    ];
-    let base = |hook| {
-        Some(BaseChain {
-            kind: ChainKind::Filter,
-            hook,
-            priority: 0,
-            policy_drop: true,
-        })
-    };
+    ]);
     Ruleset {
         sets: Vec::new(),
         chains: vec![
-            Chain {
-                name: "input".into(),
-                base: base(Hook::Input),
-                rules: input,
-            },
-            Chain {
-                name: "forward".into(),
-                base: base(Hook::Forward),
-                rules: vec![Rule::new(vec![], Verdict::Drop).comment("no config yet")],
-            },
+            base_chain("input", ChainKind::Filter, Hook::Input, true, input),
+            base_chain(
+                "forward",
+                ChainKind::Filter,
+                Hook::Forward,
+                true,
+                vec![Rule::new(vec![], Verdict::Drop).comment("no config yet")],
+            ),
         ],
     }
 }
 
-/// Label counters (Astara's pf-era metering): traffic from and to each CIDR, counted and
-/// passed on.
-fn label_rules(labels: &BTreeMap<String, Vec<IpNet>>) -> Vec<Rule> {
-    let mut rules = Vec::new();
-    for (name, cidrs) in labels {
-        for cidr in cidrs {
-            let proto = Match::Proto(Family::of(cidr.addr()));
-            for (m, dir) in [(Match::Saddr(*cidr), "from"), (Match::Daddr(*cidr), "to")] {
-                rules.push(
-                    Rule::new(vec![proto.clone(), m], Verdict::Continue)
-                        .comment(format!("label {name} {dir} {cidr}")),
-                );
-            }
-        }
-    }
-    rules
-}
+/// Configs for the unit tests of each part: the golden `basic` router (management, external,
+/// one internal network, a floating IP, a label), edited as JSON before validation.
+#[cfg(test)]
+mod test_config {
+    use akanda_model::RouterConfig;
+    use serde_json::Value;
 
-/// Anchors → rules in document order; the first match decides (`pass` accepts, `block`
-/// drops); traffic no rule matches falls through to the router's own policy.
-fn tenant_rules(config: &RouterConfig) -> Vec<Rule> {
-    let mut rules = Vec::new();
-    for anchor in &config.anchors {
-        for (i, rule) in anchor.rules.iter().enumerate() {
-            let comment = format!("anchor {} rule {i}", anchor.name);
-            for r in expand_filter_rule(rule, &config.address_book) {
-                rules.push(r.comment(comment.clone()));
-            }
-        }
+    pub(super) fn basic_json() -> Value {
+        serde_json::from_str(include_str!("../../tests/golden/astara-router-basic.json"))
+            .expect("valid JSON")
     }
-    rules
-}
 
-fn endpoint_cidrs(
-    ep: &Option<Endpoint>,
-    book: &BTreeMap<String, Vec<IpNet>>,
-) -> Vec<Option<IpNet>> {
-    match ep {
-        None => vec![None],
-        Some(Endpoint::Cidr(c)) => vec![Some(*c)],
-        Some(Endpoint::AddressBook(name)) => book
-            .get(name)
-            .map(|v| v.iter().copied().map(Some).collect())
-            .unwrap_or_default(),
+    pub(super) fn parse(doc: &Value) -> RouterConfig {
+        akanda_model::parse(doc.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub(super) fn basic() -> RouterConfig {
+        parse(&basic_json())
+    }
+
+    /// The basic router with one network (by type) removed.
+    pub(super) fn without(network_type: &str) -> Value {
+        let mut doc = basic_json();
+        doc["networks"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["network_type"] != network_type);
+        doc
     }
 }
 
-/// One nft rule per (source CIDR, destination CIDR) pair of the same family.
-fn expand_filter_rule(rule: &FilterRule, book: &BTreeMap<String, Vec<IpNet>>) -> Vec<Rule> {
-    let verdict = match rule.action {
-        Action::Pass => Verdict::Accept,
-        Action::Block => Verdict::Drop,
-    };
-    let wanted_family = rule.family.map(|f| match f {
-        RuleFamily::Inet => Family::V4,
-        RuleFamily::Inet6 => Family::V6,
-    });
-    let mut out = Vec::new();
-    for src in endpoint_cidrs(&rule.source, book) {
-        for dst in endpoint_cidrs(&rule.destination, book) {
-            let fams: Vec<Family> = [src, dst]
-                .iter()
-                .flatten()
-                .map(|c| Family::of(c.addr()))
-                .collect();
-            if fams.windows(2).any(|w| w[0] != w[1]) {
-                continue;
-            }
-            let family = fams.first().copied().or(wanted_family);
-            if let (Some(w), Some(f)) = (wanted_family, family) {
-                if w != f {
-                    continue;
-                }
-            }
-            let mut m = Vec::new();
-            if let Some(ifname) = &rule.interface {
-                m.push(match rule.direction {
-                    Some(Direction::Out) => Match::Oif(ifname.clone()),
-                    _ => Match::Iif(ifname.clone()),
-                });
-            }
-            if let Some(ifname) = &rule.destination_interface {
-                m.push(Match::Oif(ifname.clone()));
-            }
-            if let Some(f) = family {
-                m.push(Match::Proto(f));
-            }
-            if let Some(s) = src {
-                m.push(Match::Saddr(s));
-            }
-            if let Some(d) = dst {
-                m.push(Match::Daddr(d));
-            }
-            let l4 = rule.protocol.map(|p| match (p, family) {
-                (Protocol::Tcp, _) => L4::Tcp,
-                (Protocol::Udp, _) => L4::Udp,
-                (Protocol::Icmp, Some(Family::V6)) => L4::Icmpv6,
-                (Protocol::Icmp, _) => L4::Icmp,
-            });
-            if let Some(l4) = l4 {
-                m.push(Match::L4(l4));
-                if let Some(p) = rule.source_port {
-                    m.push(Match::Sport(l4, p));
-                }
-                if let Some(p) = rule.destination_port {
-                    m.push(Match::Dport(l4, p));
-                }
-            }
-            out.push(Rule::new(m, verdict.clone()));
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_in_order_with_their_hooks() {
+        let rs = build(&test_config::basic(), FirewallOptions { api_port: 5000 });
+        let names: Vec<_> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["prerouting", "postrouting", "input", "forward", "labels"]
+        );
+        let prio: Vec<_> = rs
+            .chains
+            .iter()
+            .map(|c| c.base.map(|b| b.priority))
+            .collect();
+        assert_eq!(prio, [Some(-100), Some(100), Some(0), Some(0), None]);
+        let drop: Vec<_> = rs
+            .chains
+            .iter()
+            .filter_map(|c| c.base.map(|b| b.policy_drop))
+            .collect();
+        assert_eq!(drop, [false, false, true, true]);
     }
-    out
+
+    #[test]
+    fn bootstrap_forwards_nothing_and_opens_the_api() {
+        let rs = bootstrap(FirewallOptions { api_port: 5001 });
+        assert!(rs.sets.is_empty());
+        assert_eq!(rs.chains.len(), 2);
+        let input = &rs.chains[0].rules;
+        assert!(input
+            .iter()
+            .any(|r| r.matches.contains(&Match::Dport(L4::Tcp, 5001))));
+        assert_eq!(input.last().unwrap().verdict, Verdict::Drop);
+        assert_eq!(rs.chains[1].rules.len(), 1);
+        assert_eq!(rs.chains[1].rules[0].verdict, Verdict::Drop);
+    }
 }

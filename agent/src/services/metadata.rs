@@ -1,6 +1,6 @@
 //! The metadata proxy, inside the agent.
 //!
-//! One listener per tenant network (internal or isolated), on port `base + N` for NIC `geN`
+//! One listener per tenant network (internal or isolated), on port [`nic_port`] for NIC `geN`
 //! (Astara's 9600+N), bound to all addresses but with `SO_BINDTODEVICE geN`, so it only accepts
 //! connections that arrive on that NIC. The firewall redirects `169.254.169.254:80` arriving on
 //! `geN` to that port. The listener maps the client's source address to an instance through
@@ -79,6 +79,15 @@ pub struct NetworkMetadata {
     pub instances: HashMap<IpAddr, String>,
 }
 
+/// Astara's metadata ports: the proxy of NIC `geN` listens on `METADATA_BASE_PORT + N`.
+pub const METADATA_BASE_PORT: u16 = 9600;
+
+/// The metadata port of NIC `geN`, or `None` for a name that is not `geN`. The one definition
+/// of it: the proxy listens there and the firewall redirects `169.254.169.254:80` there.
+pub fn nic_port(ifname: &str) -> Option<u16> {
+    listen_port(METADATA_BASE_PORT, ifname)
+}
+
 /// The listener port of NIC `geN`: `base + N`. `None` for a name that is not `geN`.
 pub fn listen_port(base: u16, ifname: &str) -> Option<u16> {
     let n: u16 = ifname.strip_prefix("ge")?.parse().ok()?;
@@ -148,14 +157,13 @@ impl Drop for Listener {
 
 /// All metadata listeners.
 pub struct MetadataProxy {
-    base_port: u16,
     timeout: Duration,
     client: Client<HttpConnector, Incoming>,
     listeners: BTreeMap<String, Listener>,
 }
 
 impl MetadataProxy {
-    pub fn new(base_port: u16, timeout: Duration) -> MetadataProxy {
+    pub fn new(timeout: Duration) -> MetadataProxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -163,7 +171,6 @@ impl MetadataProxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         MetadataProxy {
-            base_port,
             timeout,
             client,
             listeners: BTreeMap::new(),
@@ -174,7 +181,7 @@ impl MetadataProxy {
     /// new instance maps and upstream for the others (no rebinding).
     pub fn apply(&mut self, config: &RouterConfig) -> Vec<ServicesError> {
         let mut errors = Vec::new();
-        let wanted = desired(config, self.base_port);
+        let wanted = desired(config, METADATA_BASE_PORT);
         self.listeners
             .retain(|ifname, l| wanted.get(ifname).is_some_and(|(port, _)| *port == l.port));
         for (ifname, (port, meta)) in wanted {

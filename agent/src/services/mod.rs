@@ -62,8 +62,6 @@ pub struct ServicesOptions {
     pub state_dir: PathBuf,
     pub dnsmasq: PathBuf,
     pub bird: PathBuf,
-    /// Metadata listener of `geN` is on `metadata_base_port + N`.
-    pub metadata_base_port: u16,
     /// How long the orchestrator gets to answer a metadata request (then 504).
     pub metadata_timeout: Duration,
     /// Call `sethostname(2)`. Off in tests that share the host's UTS namespace.
@@ -84,7 +82,6 @@ impl Default for ServicesOptions {
             state_dir: PathBuf::from("/var/lib/akanda-agent/services"),
             dnsmasq: PathBuf::from("dnsmasq"),
             bird: PathBuf::from("bird"),
-            metadata_base_port: 9600,
             metadata_timeout: Duration::from_secs(30),
             set_hostname: false,
             hostname_file: None,
@@ -123,7 +120,7 @@ impl Services {
                 opts.state_dir.clone(),
             ),
             bird: bird::Bird::new(opts.bird.clone(), &opts.run_dir),
-            metadata: metadata::MetadataProxy::new(opts.metadata_base_port, opts.metadata_timeout),
+            metadata: metadata::MetadataProxy::new(opts.metadata_timeout),
             hostname: None,
             opts,
         }
