@@ -56,7 +56,8 @@ pub(crate) struct PortSpec {
 pub(crate) struct Server {
     pub id: String,
     pub name: String,
-    /// Nova's status: BUILD, ACTIVE, ERROR, SHUTOFF, DELETED, …
+    /// Nova's status: BUILD, ACTIVE, ERROR, SHUTOFF, …; DELETED also while a delete is under
+    /// way (Nova's task state "deleting").
     pub status: String,
     pub tags: Vec<String>,
 }

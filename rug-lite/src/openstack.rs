@@ -336,10 +336,17 @@ fn one(service: Service, name: &str, found: Vec<Value>) -> CloudResult<String> {
 }
 
 fn server_from(v: &Value) -> CloudResult<Server> {
+    // A server being deleted keeps its status (ACTIVE…) until it is gone; its task state says
+    // it is going, which is what the reconciler needs (no second delete, no use).
+    let status = if v["OS-EXT-STS:task_state"] == "deleting" {
+        "DELETED"
+    } else {
+        v["status"].as_str().unwrap_or_default()
+    };
     Ok(Server {
         id: id_of(Service::Compute, v)?,
         name: v["name"].as_str().unwrap_or_default().to_string(),
-        status: v["status"].as_str().unwrap_or_default().to_string(),
+        status: status.to_string(),
         tags: v["tags"]
             .as_array()
             .map(|t| {
@@ -543,6 +550,22 @@ impl CertificateAuthority for HttpCloud {
             Some(ca) => ca.issue(router_id, address),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_being_deleted_reads_as_deleted() {
+        let going = json!({"id": "s", "name": "n", "status": "ACTIVE",
+            "OS-EXT-STS:task_state": "deleting", "tags": ["rug-lite"]});
+        assert_eq!(server_from(&going).unwrap().status, "DELETED");
+        let up = json!({"id": "s", "name": "n", "status": "ACTIVE",
+            "OS-EXT-STS:task_state": null, "tags": []});
+        let up = server_from(&up).unwrap();
+        assert_eq!((up.status.as_str(), up.tags.len()), ("ACTIVE", 0));
     }
 }
 
