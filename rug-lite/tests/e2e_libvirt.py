@@ -1,0 +1,161 @@
+"""rug-lite end to end on real Service Instances (bringup.sh MODE=libvirt).
+
+Runs `rug-lite serve` (plain HTTP to the appliances) against the rig, then drives Neutron only,
+and checks what rug-lite and the appliance do:
+
+  1. a router with a gateway and an interface -> ports, server, config pushed, `configured`,
+     and the agent's /v1/status config_hash equals the one `rug-lite router show` reports;
+  2. a tenant host on the internal network pings the router's address through the appliance;
+  3. a floating IP to the tenant host (an event) -> pushed; the host reaches the tenant host
+     through the floating IP (the tenant host's ICMP InEchos counter proves the DNAT);
+  4. the router deleted (events) -> server, then ports, deleted; `router list` empty.
+
+Prerequisites (as root):
+  sudo BASE=/var/tmp/akanda-openstack MODE=libvirt ../shared/openstack/bringup.sh
+  cargo build -p rug-lite; an Akanda image file (AKANDA_IMAGE, default akanda-router.qcow2)
+Run:
+  source ../shared/openstack/admin-openrc
+  /var/tmp/akanda-openstack/venv/bin/python rug-lite/tests/e2e_libvirt.py
+"""
+import json, os, subprocess, sys, tempfile, time, urllib.request
+
+import openstack
+
+SHARED = os.environ.get('SHARED', os.path.join(os.path.dirname(__file__), '../../../shared'))
+sys.path.insert(0, os.path.join(SHARED, 'openstack'))
+import l2wire  # noqa: E402
+
+BASE = os.environ.get('BASE', '/var/tmp/akanda-openstack')
+l2wire.BASE = BASE
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUG = os.environ.get('RUG_LITE', os.path.join(HERE, '../../target/debug/rug-lite'))
+IMAGE = os.environ.get('AKANDA_IMAGE', 'akanda-router.qcow2')
+T0 = time.time()
+c = openstack.connect()
+work = tempfile.mkdtemp(prefix='rug-lite-e2e-')
+failures = []
+
+
+def log(msg):
+    print(f'[{time.time() - T0:6.1f}s] {msg}', flush=True)
+
+
+def check(name, ok, detail=''):
+    log(f"{'PASS' if ok else 'FAIL'} {name} {detail}")
+    if not ok:
+        failures.append(name)
+    return ok
+
+
+def rug(*args):
+    out = subprocess.run([RUG, *args, '--config', conf], capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def wait(what, pred, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(2)
+    return None
+
+
+def in_echos(ns):
+    out = subprocess.run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/snmp'],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    names = next(l for l in out if l.startswith('Icmp:')).split()
+    values = [l for l in out if l.startswith('Icmp:')][1].split()
+    return int(values[names.index('InEchos')])
+
+
+# ---- topology -------------------------------------------------------------------------------
+img = c.image.find_image('akanda-router') or c.image.create_image(
+    name='akanda-router', filename=IMAGE, disk_format='qcow2', container_format='bare', wait=True)
+c.compute.find_flavor('akanda.si') or c.compute.create_flavor(name='akanda.si', vcpus=1, ram=512, disk=2)
+mgt = c.network.create_network(name='e2e-mgt')
+# A static IPv6 subnet: what the image configures from the config drive.
+c.network.create_subnet(network_id=mgt.id, ip_version=6, cidr='fdca:3ba5:a17a:acda::/64',
+                        gateway_ip=None, is_dhcp_enabled=False)
+ext = c.network.find_network('ext-net')
+net = c.network.create_network(name='e2e-tenant')
+sn = c.network.create_subnet(network_id=net.id, ip_version=4, cidr='10.78.0.0/24', gateway_ip='10.78.0.1')
+host = l2wire.host_addr(mgt.id)  # rug-lite finds its orchestrator address among these
+log(f"host on the management network: {host['addresses']}")
+
+conf = os.path.join(work, 'rug-lite.toml')
+with open(conf, 'w') as f:
+    f.write(f'''[appliance]
+image = "akanda-router"
+flavor = "akanda.si"
+management_network = "{mgt.id}"
+boot_timeout = "300s"
+[tls]
+insecure_http = true
+[resync]
+period = "600s"
+startup_spread = "1s"
+[admin]
+socket = "{work}/admin.sock"
+''')
+serve = subprocess.Popen([RUG, 'serve', '--config', conf], stdout=open(f'{work}/serve.log', 'w'),
+                         stderr=subprocess.STDOUT)
+try:
+    time.sleep(5)
+    # ---- 1. create: events only (resync period 600 s) ------------------------------------
+    router = c.network.create_router(name='e2e-router', external_gateway_info={'network_id': ext.id})
+    c.network.add_interface_to_router(router, subnet_id=sn.id)
+    t = time.time()
+    st = wait('configured', lambda: (lambda s: s if s and s['state'] == 'configured' else None)(
+        rug('router', 'show', router.id, '--json')), 300)
+    check('configured', st, f'after {time.time() - t:.0f} s')
+    if st:
+        with urllib.request.urlopen(f"http://[{st['management_address']}]:5000/v1/status", timeout=5) as r:
+            agent = json.load(r)
+        check('hash', agent['config_hash'] == st['config_hash'], agent['config_hash'][:12])
+
+    # ---- 2. a tenant host reaches the router -----------------------------------------------
+    th = l2wire.tenant_host('e2et1', net.id)
+    ping = subprocess.run(['ip', 'netns', 'exec', 'e2et1', 'ping', '-c', '3', '-W', '2', '10.78.0.1'],
+                          capture_output=True)
+    check('tenant pings router', ping.returncode == 0)
+
+    # ---- 3. a floating IP: event, push, DNAT -------------------------------------------------
+    before = rug('router', 'show', router.id, '--json')['config_hash']
+    port = next(p for p in c.network.ports(network_id=net.id) if p.id == th['port_id'])
+    fip = c.network.create_ip(floating_network_id=ext.id, port_id=port.id)
+    pushed = wait('fip pushed', lambda: (lambda s: s if s and s['state'] == 'configured'
+                                         and s['config_hash'] != before else None)(
+        rug('router', 'show', router.id, '--json')), 60)
+    check('floating IP pushed', pushed)
+    l2wire.host_addr(ext.id)
+    n0 = in_echos('e2et1')
+    ping = subprocess.run(['ping', '-c', '3', '-W', '2', fip.floating_ip_address], capture_output=True)
+    check('host reaches tenant via floating IP', ping.returncode == 0 and in_echos('e2et1') - n0 >= 3)
+
+    # ---- 4. delete: server, then ports -------------------------------------------------------
+    c.network.delete_ip(fip)
+    l2wire.tenant_host_del('e2et1')
+    c.network.remove_interface_from_router(router, subnet_id=sn.id)
+    c.network.delete_router(router)
+    gone = wait('gone', lambda: rug('router', 'list', '--json') == [], 120)
+    check('router forgotten', gone is not None)
+    left = list(c.compute.servers(tags='rug-lite')) + list(c.network.ports(tags='rug-lite'))
+    check('nothing of rug-lite left', not left, str([x.id for x in left]))
+finally:
+    serve.terminate()
+    serve.wait(30)
+    for hn in (ext.id, mgt.id):
+        try:
+            l2wire.host_addr_del(hn)
+        except Exception:
+            pass
+    for n in (net, mgt):
+        try:
+            c.network.delete_network(n)
+        except Exception as e:
+            log(f'cleanup: {e}')
+    log(f'serve log: {work}/serve.log')
+
+sys.exit(1 if failures else 0)
