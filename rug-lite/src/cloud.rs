@@ -211,6 +211,8 @@ pub(crate) mod tests {
         pub next_id: u32,
         /// Fail every call whose log line starts with one of these.
         pub fail: Vec<String>,
+        /// Hot-plug that the guest never sees: attach binds the port, no NIC appears.
+        pub attach_without_nic: bool,
     }
 
     #[derive(Default)]
@@ -505,11 +507,13 @@ pub(crate) mod tests {
                 let port = s.ports.get_mut(port_id).expect("attach an existing port");
                 port.device_id = server_id.into();
                 port.device_owner = "compute:nova".into();
-                s.servers
-                    .get_mut(server_id)
-                    .expect("attach to an existing server")
-                    .1
-                    .push(port_id.into());
+                if !s.attach_without_nic {
+                    s.servers
+                        .get_mut(server_id)
+                        .expect("attach to an existing server")
+                        .1
+                        .push(port_id.into());
+                }
                 Ok(())
             })
         }

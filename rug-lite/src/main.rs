@@ -189,6 +189,7 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
             },
             boot_poll: Duration::from_secs(5),
             hotplug_poll: Duration::from_secs(2),
+            hotplug_timeout: a.hotplug_timeout,
             max_boots: s.max_boots,
             max_pushes: s.max_pushes,
             max_probes: s.max_probes,

@@ -7,7 +7,8 @@
 //! BUILD ───────▶ wait (replace after boot_timeout)
 //! ERROR/other ─▶ delete (the next pass boots a new one)
 //! ACTIVE ──────▶ GET interfaces (unanswered past boot_timeout → replace)
-//!                ├─ create+tag missing data ports, attach unattached ones; delete stale ones
+//!                ├─ create+tag missing data ports, attach unattached ones (a NIC unseen after
+//!                │  hotplug_timeout → replace the server); delete stale ones
 //!                ├─ build the config, compare its hash with the appliance's
 //!                └─ PUT when they differ ──▶ configured (or wait for hot-plugged NICs)
 //! ```
@@ -47,6 +48,8 @@ pub(crate) struct ReconcileSettings {
     pub boot_poll: Duration,
     /// How soon to look again while hot-plugged NICs appear.
     pub hotplug_poll: Duration,
+    /// A hot-plugged NIC not seen by then: the server is replaced (it boots with every port).
+    pub hotplug_timeout: Duration,
     pub max_boots: usize,
     pub max_pushes: usize,
     pub max_probes: usize,
@@ -69,6 +72,8 @@ pub(crate) enum ReconcileError {
     NoManagementAddress(String),
     #[error("server {server} did not answer within {timeout:?}; deleted to be replaced")]
     Unanswered { server: String, timeout: Duration },
+    #[error("server {server} did not show its hot-plugged NICs within {timeout:?}; deleted to be replaced")]
+    HotplugTimeout { server: String, timeout: Duration },
     #[error("server {server} is {status}; deleted to be replaced")]
     ServerFailed { server: String, status: String },
 }
@@ -92,6 +97,8 @@ pub(crate) struct Reconciler<C: Cloud> {
     probes: Semaphore,
     /// Server id → since when its agent has not answered (boot or hang).
     unanswered_since: Mutex<HashMap<String, Instant>>,
+    /// Server id → since when a hot-plugged NIC has been awaited.
+    hotplug_since: Mutex<HashMap<String, Instant>>,
 }
 
 impl<C: Cloud> Reconcile for Reconciler<C> {
@@ -130,6 +137,7 @@ impl<C: Cloud> Reconciler<C> {
             status,
             index,
             unanswered_since: Mutex::new(HashMap::new()),
+            hotplug_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +264,23 @@ impl<C: Cloud> Reconciler<C> {
                     self.cloud.attach_port(&server.id, &p.id).await?;
                 }
             }
+        }
+        if hotplug_pending {
+            let since = *self
+                .hotplug_since
+                .lock()
+                .expect("lock")
+                .entry(server.id.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= self.settings.hotplug_timeout {
+                self.delete_server(&server.id).await?;
+                return Err(ReconcileError::HotplugTimeout {
+                    server: server.id.clone(),
+                    timeout: self.settings.hotplug_timeout,
+                });
+            }
+        } else {
+            self.hotplug_since.lock().expect("lock").remove(&server.id);
         }
         // Ports on networks the router left: deleting the port detaches it.
         for p in &own_ports {
@@ -488,6 +513,7 @@ impl<C: Cloud> Reconciler<C> {
             .lock()
             .expect("lock")
             .remove(server_id);
+        self.hotplug_since.lock().expect("lock").remove(server_id);
         ignore_not_found(self.cloud.delete_server(server_id).await)?;
         Ok(())
     }

@@ -28,6 +28,7 @@ pub(crate) fn settings() -> ReconcileSettings {
         },
         boot_poll: Duration::from_secs(5),
         hotplug_poll: Duration::from_secs(2),
+        hotplug_timeout: Duration::from_secs(60),
         max_boots: 2,
         max_pushes: 2,
         max_probes: 2,
@@ -558,4 +559,55 @@ fn one_port_per_network_prefers_the_attached_then_the_lowest_id() {
     let ids = |v: &[Port]| v.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&kept), ["b", "c"]);
     assert_eq!(ids(&extras), ["a", "d"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nic_that_never_appears_gets_the_server_replaced() {
+    let cloud = world();
+    let r = reconciler(&cloud);
+    r.reconcile_router(R).await.unwrap();
+    cloud.activate_all();
+    r.reconcile_router(R).await.unwrap();
+    // New interface; the hypervisor attaches the port but the guest never sees the NIC.
+    cloud.with(|s| {
+        s.attach_without_nic = true;
+        let p = router_port(
+            "if-new",
+            NEW,
+            "network:router_interface",
+            "new-v4",
+            "10.2.0.1",
+        );
+        s.ports.insert(p.id.clone(), p);
+    });
+    assert_eq!(
+        r.reconcile_router(R).await.unwrap(),
+        Step::Wait(Duration::from_secs(2))
+    );
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(
+        r.reconcile_router(R).await.unwrap(),
+        Step::Wait(Duration::from_secs(2))
+    );
+    assert_eq!(
+        cloud.calls_matching("attach_port").len(),
+        1,
+        "attached once"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let err = r.reconcile_router(R).await.unwrap_err();
+    assert!(
+        matches!(err, ReconcileError::HotplugTimeout { .. }),
+        "{err}"
+    );
+    assert_eq!(cloud.calls_matching("delete_server").len(), 1);
+    // The replacement boots with all four ports, the new one included.
+    cloud.finish_deletes();
+    cloud.with(|s| s.attach_without_nic = false);
+    r.reconcile_router(R).await.unwrap();
+    let booted_with = cloud.with(|s| s.servers.values().next().unwrap().1.len());
+    assert_eq!(booted_with, 4);
+    cloud.activate_all();
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    assert_eq!(r.status.get(R).unwrap().state, RouterState::Configured);
 }

@@ -44,6 +44,7 @@ const KEYS: &[(&str, &str, Kind, Option<&str>)] = &[
     ("appliance", "management_network", Kind::Text, None),
     ("appliance", "api_port", Kind::Integer, Some("5000")),
     ("appliance", "boot_timeout", Kind::Duration, Some("600s")),
+    ("appliance", "hotplug_timeout", Kind::Duration, Some("120s")),
     ("appliance", "orchestrator_address", Kind::Text, None),
     ("appliance", "metadata_port", Kind::Integer, Some("9697")),
     ("appliance", "asn", Kind::Integer, Some("64512")),
@@ -124,6 +125,8 @@ pub(crate) struct ApplianceSettings {
     pub management_network: String,
     pub api_port: u16,
     pub boot_timeout: Duration,
+    /// A hot-plugged NIC not seen by then gets the server replaced.
+    pub hotplug_timeout: Duration,
     /// Overrides the address found among the host's addresses in the management subnet.
     pub orchestrator_address: Option<IpAddr>,
     pub metadata_port: u16,
@@ -457,6 +460,7 @@ impl Layered {
                 management_network: self.required_text("appliance", "management_network")?,
                 api_port: self.integer("appliance", "api_port", 1, 65535)? as u16,
                 boot_timeout: self.duration("appliance", "boot_timeout")?,
+                hotplug_timeout: self.duration("appliance", "hotplug_timeout")?,
                 orchestrator_address,
                 metadata_port: self.integer("appliance", "metadata_port", 1, 65535)? as u16,
                 asn: self.integer("appliance", "asn", 1, u32::MAX as i64)? as u32,
@@ -577,6 +581,7 @@ period = "60s"
         assert_eq!(s.appliance.management_network, "env-management_network");
         assert_eq!(s.appliance.api_port, 5001);
         assert_eq!(s.appliance.boot_timeout, Duration::from_secs(42));
+        assert_eq!(s.appliance.hotplug_timeout, Duration::from_secs(42));
         assert_eq!(
             s.appliance.orchestrator_address,
             Some("fdca:3ba5:a17a:acda::1".parse().unwrap())
