@@ -247,7 +247,7 @@ pub fn assemble(
     }
     let mut sfdisk = cmd("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel"]);
     sfdisk.arg(raw);
-    run_with_stdin(&mut sfdisk, &sfdisk_script(ids, root_sectors))?;
+    tools::run_with_input(&mut sfdisk, sfdisk_script(ids, root_sectors).as_bytes())?;
 
     // Root filesystem, written at the partition offset. Reserved blocks are 1%: an appliance
     // has no users to reserve space from, but root-owned daemons still get a margin.
@@ -380,45 +380,6 @@ fn resolve_in(rootfs: &Path, name: &str) -> std::path::PathBuf {
         };
     }
     path
-}
-
-fn run_with_stdin(c: &mut Command, input: &str) -> Result<(), DiskError> {
-    use std::process::Stdio;
-    let program = c.get_program().to_string_lossy().into_owned();
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ToolError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())
-        .map_err(io(format!("write to {program}")))?;
-    let out = child
-        .wait_with_output()
-        .map_err(io(format!("wait for {program}")))?;
-    if !out.status.success() {
-        return Err(ToolError::Failed {
-            command: program,
-            status: out.status.to_string(),
-            tail: tools::tail(
-                &format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                30,
-            ),
-        }
-        .into());
-    }
-    Ok(())
 }
 
 /// `qemu-img convert` to the final format. qcow2 is compressed (zlib, which every QEMU and

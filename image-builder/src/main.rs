@@ -2,9 +2,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use akanda_image_builder::build::{self, BuildOptions, Format};
-use akanda_image_builder::{elements, upload, verify};
+use akanda_image_builder::{elements, locate, upload, verify};
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -24,15 +24,17 @@ enum Command {
         /// Output file.
         #[arg(short, long, default_value = "akanda-router.qcow2")]
         output: PathBuf,
-        #[arg(long, value_enum, default_value_t = Format::Qcow2)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Qcow2)]
+        format: FormatArg,
         /// Extra element to include (repeatable), on top of `akanda-router`.
         #[arg(long = "element")]
         elements: Vec<String>,
         /// Build only the given --element list, without the default `akanda-router`.
         #[arg(long)]
         no_default: bool,
-        /// Directory of elements, searched before the shipped ones (repeatable).
+        /// Directory of elements, searched first (repeatable). Then come $AKANDA_ELEMENTS_PATH
+        /// (colon-separated) and the shipped elements: PREFIX/share/akanda-image/elements for
+        /// PREFIX/bin/akanda-image, or the checkout's elements/ for target/PROFILE/akanda-image.
         #[arg(long = "elements-path")]
         elements_paths: Vec<PathBuf>,
         /// Debian release.
@@ -68,6 +70,22 @@ enum Command {
     Upload(upload::UploadOptions),
 }
 
+/// `--format`: clap's side of [`Format`], which the library keeps free of CLI types.
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Qcow2,
+    Raw,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Qcow2 => Format::Qcow2,
+            FormatArg::Raw => Format::Raw,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -92,7 +110,7 @@ fn main() -> ExitCode {
             keep_work,
         } => run_build(BuildOptions {
             output,
-            format,
+            format: format.into(),
             elements,
             no_default,
             elements_paths,
@@ -143,7 +161,7 @@ fn run_build(opts: BuildOptions) -> anyhow::Result<()> {
 }
 
 fn list_elements(extra: &[PathBuf]) -> anyhow::Result<()> {
-    let paths = build::elements_path(extra);
+    let paths = locate::elements_path(extra);
     let all = elements::discover(&paths).context("reading the elements path")?;
     for e in all.values() {
         let deps = if e.deps.is_empty() {

@@ -1,9 +1,11 @@
-//! Host tools: presence checks that name the Debian package to install, and running a
-//! command with its output kept for the error message.
+//! Host tools: presence checks that name the Debian package to install, and the one runner
+//! every subprocess of the builder goes through ([`run`], [`run_with_input`], [`stream`]): stdin
+//! closed unless fed, output kept so a failure can show its last lines.
 
 use std::ffi::OsStr;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 /// A host program and the Debian package that ships it.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,12 @@ pub enum ToolError {
         status: String,
         tail: String,
     },
+    #[error("{program}: cannot {what}: {source}")]
+    Io {
+        program: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Looks a program up in PATH, plus the sbin directories (root's tools live there and a
@@ -127,24 +135,136 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// Lines of output a failure shows.
+const FAILURE_TAIL_LINES: usize = 30;
+
 /// Runs a command with stdin closed; on failure the error carries the last 30 lines of its
 /// stdout and stderr. Returns stdout.
 pub fn run(cmd: &mut Command) -> Result<String, ToolError> {
+    let done = execute(cmd, None, None)?;
+    done.stdout_if_success(cmd)
+}
+
+/// [`run`], with `input` written to the command's stdin (sfdisk reads its script there).
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, ToolError> {
+    let done = execute(cmd, Some(input), None)?;
+    done.stdout_if_success(cmd)
+}
+
+/// A streamed command's end: its status and the last lines it printed.
+#[derive(Debug)]
+pub struct Streamed {
+    pub status: ExitStatus,
+    pub tail: String,
+}
+
+/// Runs a command with stdin closed and stdout and stderr merged into one stream, handing each
+/// line to `on_line` as it arrives (build log, progress line). A failing status is not an
+/// error here: the caller knows what the command was for, and says so.
+pub fn stream(
+    cmd: &mut Command,
+    tail_lines: usize,
+    mut on_line: impl FnMut(&str),
+) -> Result<Streamed, ToolError> {
+    let mut ring = std::collections::VecDeque::with_capacity(tail_lines + 1);
+    let mut each = |line: &str| {
+        on_line(line);
+        ring.push_back(line.to_string());
+        if ring.len() > tail_lines {
+            ring.pop_front();
+        }
+    };
+    let done = execute(cmd, None, Some(&mut each))?;
+    Ok(Streamed {
+        status: done.status,
+        tail: ring.into_iter().collect::<Vec<_>>().join("\n"),
+    })
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn stdout_if_success(self, cmd: &Command) -> Result<String, ToolError> {
+        if self.status.success() {
+            return Ok(self.stdout);
+        }
+        Err(ToolError::Failed {
+            command: describe(cmd),
+            status: self.status.to_string(),
+            tail: tail(
+                &format!("{}{}", self.stdout, self.stderr),
+                FAILURE_TAIL_LINES,
+            ),
+        })
+    }
+}
+
+/// The runner: spawns `cmd`, feeds `stdin` (or closes it), and either collects stdout and
+/// stderr apart or, with `on_line`, reads them merged line by line.
+fn execute(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    on_line: Option<&mut dyn FnMut(&str)>,
+) -> Result<Finished, ToolError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     tracing::debug!(command = %describe(cmd), "run");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ToolError::Spawn { program, source })?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
+    let failed = |what: &'static str| {
+        let program = program.clone();
+        move |source| ToolError::Io {
+            program,
+            what,
+            source,
+        }
+    };
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let Some(on_line) = on_line else {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ToolError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(input).map_err(failed("write its input"))?;
+            // Dropped here: the command sees the end of its input.
+        }
+        let out = child.wait_with_output().map_err(failed("wait for it"))?;
+        return Ok(Finished {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    };
+    let (reader, writer) = std::io::pipe().map_err(failed("create a pipe"))?;
+    let writer2 = writer.try_clone().map_err(failed("clone a pipe"))?;
+    let spawned = cmd.stdout(writer).stderr(writer2).spawn();
+    // The Command still holds the pipe's write ends: replace them so EOF arrives when the
+    // child exits.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = spawned.map_err(|source| ToolError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        on_line(&line);
     }
-    let both = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    Err(ToolError::Failed {
-        command: describe(cmd),
-        status: out.status.to_string(),
-        tail: tail(&both, 30),
+    let status = child.wait().map_err(failed("wait for it"))?;
+    Ok(Finished {
+        status,
+        stdout: String::new(),
+        stderr: String::new(),
     })
 }
 
@@ -192,5 +312,33 @@ mod tests {
         assert!(text.contains("exit status: 3"), "{text}");
         assert!(text.contains("line50") && text.contains("line21"), "{text}");
         assert!(!text.contains("line20\n"), "{text}");
+    }
+
+    #[test]
+    fn input_reaches_stdin() {
+        let out = run_with_input(&mut cmd("tr", ["a-z", "A-Z"]), b"sfdisk script\n").unwrap();
+        assert_eq!(out, "SFDISK SCRIPT\n");
+        let err = run_with_input(&mut cmd("sh", ["-c", "cat; exit 2"]), b"echoed\n").unwrap_err();
+        assert!(err.to_string().contains("echoed"), "{err}");
+    }
+
+    #[test]
+    fn stream_merges_output_in_order_and_keeps_the_tail() {
+        let mut seen = Vec::new();
+        let done = stream(
+            &mut cmd("sh", ["-c", "echo out1; echo err1 >&2; echo out2; exit 4"]),
+            2,
+            |l| seen.push(l.to_string()),
+        )
+        .unwrap();
+        assert_eq!(seen, ["out1", "err1", "out2"]);
+        assert_eq!(done.tail, "err1\nout2");
+        assert_eq!(done.status.code(), Some(4));
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let err = stream(&mut cmd("akanda-no-such-program", ["x"]), 5, |_| {}).unwrap_err();
+        assert!(matches!(err, ToolError::Spawn { .. }), "{err}");
     }
 }
