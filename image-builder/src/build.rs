@@ -1,7 +1,7 @@
 //! `akanda-image build`: elements → root tree → disk image.
 //!
 //! [`build`] runs a preflight (root, host tools, elements, free space, a work directory), then
-//! the [`pipeline`]: a list of named [`Step`]s over one [`Ctx`]. Each step is a few lines that
+//! the `pipeline`: a list of named `Step`s over one `Ctx`. Each step is a few lines that
 //! call into the modules doing the work: `locate` (the agent), `base` (the cached `root.d`
 //! tree), `phases` (element scripts), `tree` (copy, tidy, manifest), [`crate::disk`].
 
@@ -199,7 +199,7 @@ impl Ctx<'_> {
 
 /// One named step of the build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Find the agent binary that goes into the image.
     Agent,
     /// The `root.d` tree (debootstrap): from the cache, else built and cached.
@@ -217,7 +217,7 @@ pub enum Step {
 }
 
 /// The build after preflight, in order.
-pub fn pipeline() -> Vec<Step> {
+pub(crate) fn pipeline() -> Vec<Step> {
     let mut steps = vec![Step::Agent, Step::Base, Step::CopyBase];
     // root.d is the base's; the other phases run on its copy.
     steps.extend(
