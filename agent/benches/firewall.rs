@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use akanda_agent::firewall::{batch, build, nfnl, readback, ruleset, FirewallOptions};
+use akanda_agent::firewall::{batch, build, netfilter, ruleset, FirewallOptions};
 use akanda_tests::{in_netns, require_root, Netns};
 
 const RUNS: usize = 15;
@@ -51,7 +51,7 @@ fn main() {
                 let t = Instant::now();
                 let again = build(&cfg, opts);
                 assert!(again == rs);
-                assert!(nfnl::inet_table_exists(ruleset::TABLE).unwrap());
+                assert!(netfilter::inet_table_exists(ruleset::TABLE).unwrap());
                 noops.push(t.elapsed());
             }
             (median(builds), median(applies), median(noops))
@@ -62,7 +62,7 @@ fn main() {
                 let runs: Vec<Duration> = (0..RUNS)
                     .map(|_| {
                         let t = Instant::now();
-                        let text = readback::list_table(ruleset::TABLE).unwrap().unwrap();
+                        let text = netfilter::list_table(ruleset::TABLE).unwrap().unwrap();
                         assert!(text.contains("172.16.4.250 : 10.0.4.250"));
                         t.elapsed()
                     })

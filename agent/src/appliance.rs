@@ -320,7 +320,7 @@ impl Appliance {
         // Sessions through a floating IP that is gone or now points elsewhere must end
         // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive.
         let moved = moved_floating_ips(self.current.as_ref(), config);
-        match tokio::task::block_in_place(|| firewall::conntrack::delete_sessions_of(&moved)) {
+        match tokio::task::block_in_place(|| firewall::netfilter::delete_sessions_of(&moved)) {
             Ok(n) => {
                 self.last_conntrack_deleted = n;
                 lap(&mut self.phases, "conntrack");
@@ -360,7 +360,7 @@ impl Appliance {
     /// identical config performs no netfilter write).
     fn install_ruleset(&mut self, ruleset: &Ruleset) -> Result<(), String> {
         let table_present =
-            || firewall::nfnl::inet_table_exists(firewall::ruleset::TABLE).unwrap_or(false);
+            || firewall::netfilter::inet_table_exists(firewall::ruleset::TABLE).unwrap_or(false);
         if self.ruleset.as_ref() == Some(ruleset) && tokio::task::block_in_place(table_present) {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use akanda_agent::firewall::{batch, build, readback, ruleset, text, FirewallOptions, Ruleset};
+use akanda_agent::firewall::{batch, build, netfilter, ruleset, text, FirewallOptions, Ruleset};
 use akanda_model::RouterConfig;
 use akanda_tests::{conformance_json, in_netns, require_root, Netns};
 use serde_json::json;
@@ -118,12 +118,12 @@ fn readback_lists_the_live_table_with_counters() {
     }
     let ns = Netns::new("fwl");
     assert_eq!(
-        in_netns(&ns, || readback::list_table("akanda")).unwrap(),
+        in_netns(&ns, || netfilter::list_table("akanda")).unwrap(),
         None
     );
     let rs = build(&rich_config(), OPTS);
     in_netns(&ns, || batch::apply(&rs)).unwrap();
-    let live = in_netns(&ns, || readback::list_table("akanda"))
+    let live = in_netns(&ns, || netfilter::list_table("akanda"))
         .unwrap()
         .unwrap();
     assert!(live.contains("table inet akanda"), "{live}");
@@ -163,7 +163,7 @@ fn conntrack_sessions_of_an_address_are_deleted() {
         || a.sh("cat /proc/net/nf_conntrack 2>/dev/null || conntrack -L 2>/dev/null || true");
     let before = entries();
     let deleted = in_netns(&a, || {
-        akanda_agent::firewall::conntrack::delete_sessions_of(&BTreeSet::from([Ipv4Addr::new(
+        akanda_agent::firewall::netfilter::delete_sessions_of(&BTreeSet::from([Ipv4Addr::new(
             10, 88, 0, 2,
         )]))
     })

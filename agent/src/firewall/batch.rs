@@ -1,12 +1,12 @@
-//! The only user of nftnl/mnl: turns a [`Ruleset`] into one nf_tables batch and sends it.
+//! The only user of nftnl: turns a [`Ruleset`] into one nf_tables batch, which
+//! [`netfilter`] sends (socket, acknowledgements and libnftnl's raw calls live there).
 //!
 //! The batch is: add table, delete table, add table (so the table exists and is empty, in the
 //! same transaction), then maps with their elements, chains and rules. The kernel applies it
 //! atomically: the old ruleset stays in force until the whole batch commits, and a refused
 //! batch changes nothing. No other table is ever named.
 
-use std::ffi::{c_void, CString};
-use std::io;
+use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr::NonNull;
 
@@ -22,24 +22,16 @@ use nftnl::{
     Rule as NftRule, Table,
 };
 
+use super::netfilter::{self, ffi, NetfilterError};
 use super::ruleset::*;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("nf_tables refused the ruleset: {0}")]
-    Refused(io::Error),
-    #[error("nf_tables netlink socket: {0}")]
-    Socket(io::Error),
-    #[error("building the nf_tables batch: {0}")]
-    Build(String),
+fn cstring(s: &str) -> Result<CString, NetfilterError> {
+    CString::new(s).map_err(|_| NetfilterError::Build(format!("{s:?} contains a NUL byte")))
 }
 
-fn cstring(s: &str) -> Result<CString, BatchError> {
-    CString::new(s).map_err(|_| BatchError::Build(format!("{s:?} contains a NUL byte")))
-}
-
-/// Replaces table `inet akanda` with `rs`, atomically.
-pub fn apply(rs: &Ruleset) -> Result<(), BatchError> {
+/// Replaces table `inet akanda` with `rs`, atomically. A refused batch is
+/// [`NetfilterError::Refused`], with the kernel's errno.
+pub fn apply(rs: &Ruleset) -> Result<(), NetfilterError> {
     let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
@@ -84,122 +76,23 @@ pub fn apply(rs: &Ruleset) -> Result<(), BatchError> {
             batch.add(&nft_rule, MsgType::Add);
         }
     }
-    send(&batch.finalize())
+    netfilter::send_batch(&batch.finalize())
 }
 
 /// Removes table `inet akanda` (when no config is in force). A missing table is fine.
-pub fn delete_table() -> Result<(), BatchError> {
+pub fn delete_table() -> Result<(), NetfilterError> {
     let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
     // Add then delete: succeeds whether or not the table existed.
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
-    send(&batch.finalize())
+    netfilter::send_batch(&batch.finalize())
 }
 
 /// Elements per NEWSETELEM message. libnftnl packs a set's elements into one nested
 /// attribute, whose length field overflows past 64 KiB (about 1,800 map entries): the kernel
 /// then refuses the batch. Sending each chunk as its own message keeps every one small.
 const ELEMENTS_PER_MESSAGE: usize = 512;
-
-fn send(batch: &nftnl::FinalizedBatch) -> Result<(), BatchError> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(BatchError::Socket)?;
-    // The kernel queues one acknowledgement per message before we read any: size the
-    // receive buffer to the batch (as nft does), or 10,000 floating IPs overflow it (ENOBUFS).
-    let bytes: usize = batch.iter().map(|page| page.len()).sum();
-    set_buffer(
-        &socket,
-        libc::SO_RCVBUFFORCE,
-        libc::SO_RCVBUF,
-        (bytes * 2).max(1 << 20),
-    );
-    set_buffer(
-        &socket,
-        libc::SO_SNDBUFFORCE,
-        libc::SO_SNDBUF,
-        bytes.max(1 << 20),
-    );
-    let portid = socket.portid();
-    send_in_one_message(&socket, batch).map_err(BatchError::Socket)?;
-    let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
-    let mut expected = batch.sequence_numbers();
-    let mut first_error = None;
-    while !expected.is_empty() {
-        for message in socket.recv(&mut buffer[..]).map_err(BatchError::Socket)? {
-            let message = message.map_err(BatchError::Socket)?;
-            let Some(seq) = expected.next() else {
-                break;
-            };
-            // Keep reading the remaining acknowledgements after an error, so the socket is
-            // left clean; report the first error.
-            if let Err(e) = mnl::cb_run(message, seq, portid) {
-                first_error.get_or_insert(e);
-                expected = 0..0;
-                break;
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(BatchError::Refused(e)),
-        None => Ok(()),
-    }
-}
-
-/// Sets a socket buffer size, with the FORCE variant (needs CAP_NET_ADMIN, which the agent
-/// has) first and the plain option as the fallback.
-fn set_buffer(socket: &mnl::Socket, force: libc::c_int, plain: libc::c_int, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let size = bytes.min(i32::MAX as usize) as libc::c_int;
-    for option in [force, plain] {
-        // SAFETY: setsockopt on an open socket with a c_int value.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-}
-
-/// The kernel processes an nfnetlink batch only when BEGIN through END arrive in one
-/// message: send every page of the batch in a single sendmsg (mnl's `send_all` sends a
-/// message per page, which breaks batches larger than one page).
-fn send_in_one_message(socket: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut iov: Vec<libc::iovec> = batch
-        .iter()
-        .map(|page| libc::iovec {
-            iov_base: page.as_ptr() as *mut c_void,
-            iov_len: page.len(),
-        })
-        .collect();
-    let total: usize = iov.iter().map(|v| v.iov_len).sum();
-    // SAFETY: the iovecs point into the batch's pages, alive for this call; the zeroed
-    // sockaddr_nl addresses the kernel.
-    let sent = unsafe {
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        libc::sendmsg(socket.as_raw_fd(), &msg, 0)
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if sent as usize != total {
-        return Err(io::Error::other(format!("sent {sent} of {total} bytes")));
-    }
-    Ok(())
-}
 
 fn family_consts(f: Family) -> (u32, u32) {
     // nftables data types: ipv4_addr = 7, ipv6_addr = 8; lengths in bytes.
@@ -224,49 +117,21 @@ fn build_set<'a>(
     id: u32,
     table: &'a Table,
     elements: &[(IpAddr, Option<IpAddr>)],
-) -> Result<NftSet<'a, Ipv4Addr>, BatchError> {
+) -> Result<NftSet<'a, Ipv4Addr>, NetfilterError> {
     let name = cstring(&def.name)?;
     // The key type parameter only chooses KEY_TYPE/KEY_LEN; IPv6 keys are fixed up below.
     let set: NftSet<'a, Ipv4Addr> = NftSet::new_named(&name, id, table, ProtoFamily::Inet);
-    let raw = set.as_ptr().as_ptr();
-    let (key_type, key_len) = family_consts(def.key);
-    // SAFETY: `raw` is the live nftnl_set owned by `set`; attributes are plain integers and
-    // element data is copied by libnftnl.
-    unsafe {
-        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
-        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_LEN as u16, key_len);
-        if let Some(data) = def.data {
-            let (data_type, data_len) = family_consts(data);
-            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
-            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
-            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_LEN as u16, data_len);
-        }
-        for (key, value) in elements {
-            let elem = NonNull::new(sys::nftnl_set_elem_alloc())
-                .ok_or_else(|| BatchError::Build("out of memory".into()))?;
-            let k = ip_bytes(*key);
-            sys::nftnl_set_elem_set(
-                elem.as_ptr(),
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                k.as_ptr() as *const c_void,
-                k.len() as u32,
-            );
-            if let Some(v) = value {
-                let v = ip_bytes(*v);
-                sys::nftnl_set_elem_set(
-                    elem.as_ptr(),
-                    sys::NFTNL_SET_ELEM_DATA as u16,
-                    v.as_ptr() as *const c_void,
-                    v.len() as u32,
-                );
-            }
-            sys::nftnl_set_elem_add(raw, elem.as_ptr());
-        }
+    let data = def.data.map(family_consts);
+    ffi::set_types(&set, family_consts(def.key), data);
+    for (key, value) in elements {
+        let value = value.map(ip_bytes);
+        ffi::add_element(&set, &ip_bytes(*key), value.as_deref())
+            .map_err(|e| NetfilterError::Build(e.to_string()))?;
     }
     Ok(set)
 }
 
-fn build_chain<'a>(def: &Chain, table: &'a Table) -> Result<NftChain<'a>, BatchError> {
+fn build_chain<'a>(def: &Chain, table: &'a Table) -> Result<NftChain<'a>, NetfilterError> {
     let mut chain = NftChain::new(cstring(&def.name)?, table);
     if let Some(b) = &def.base {
         let hook = match b.hook {
@@ -297,26 +162,7 @@ struct MapLookup {
 
 impl Expression for MapLookup {
     fn to_expr(&self, _rule: &NftRule) -> NonNull<sys::nftnl_expr> {
-        // SAFETY: a freshly allocated expression, set with plain attributes; libnftnl copies
-        // the set name.
-        unsafe {
-            let expr = NonNull::new(sys::nftnl_expr_alloc(c"lookup".as_ptr()))
-                .expect("libnftnl could not allocate an expression");
-            let e = expr.as_ptr();
-            sys::nftnl_expr_set_u32(
-                e,
-                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
-            sys::nftnl_expr_set_u32(
-                e,
-                sys::NFTNL_EXPR_LOOKUP_DREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
-            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
-            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
-            expr
-        }
+        ffi::map_lookup(&self.set, self.set_id)
     }
 }
 
@@ -370,7 +216,7 @@ fn build_rule<'a>(
     def: &Rule,
     chain: &'a NftChain<'a>,
     set_ids: &[(&str, u32)],
-) -> Result<NftRule<'a>, BatchError> {
+) -> Result<NftRule<'a>, NetfilterError> {
     let mut rule = NftRule::new(chain);
     for m in &def.matches {
         match m {
@@ -427,12 +273,12 @@ fn build_rule<'a>(
     if def.counter {
         rule.add_expr(&Counter);
     }
-    let set_id = |name: &str| -> Result<(CString, u32), BatchError> {
+    let set_id = |name: &str| -> Result<(CString, u32), NetfilterError> {
         let id = set_ids
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, id)| *id)
-            .ok_or_else(|| BatchError::Build(format!("rule refers to unknown map {name}")))?;
+            .ok_or_else(|| NetfilterError::Build(format!("rule refers to unknown map {name}")))?;
         Ok((cstring(name)?, id))
     };
     let nat = |t: NatType, port: Option<Register>| Nat {
@@ -449,14 +295,14 @@ fn build_rule<'a>(
         Verdict::Jump(c) => rule.add_expr(&expr::Verdict::Jump { chain: cstring(c)? }),
         Verdict::SnatTo(ip) => {
             let IpAddr::V4(v4) = ip else {
-                return Err(BatchError::Build(format!("SNAT to non-IPv4 {ip}")));
+                return Err(NetfilterError::Build(format!("SNAT to non-IPv4 {ip}")));
             };
             rule.add_expr(&Immediate::new(*v4, Register::Reg1));
             rule.add_expr(&nat(NatType::SNat, None));
         }
         Verdict::DnatTo(ip, port) => {
             let IpAddr::V4(v4) = ip else {
-                return Err(BatchError::Build(format!("DNAT to non-IPv4 {ip}")));
+                return Err(NetfilterError::Build(format!("DNAT to non-IPv4 {ip}")));
             };
             rule.add_expr(&Immediate::new(*v4, Register::Reg1));
             rule.add_expr(&Immediate::new(port.to_be(), Register::Reg2));
@@ -478,7 +324,7 @@ fn build_rule<'a>(
     }
     if let Some(c) = &def.comment {
         rule.set_comment(cstring(c)?)
-            .map_err(|e| BatchError::Build(format!("comment {c:?}: {e}")))?;
+            .map_err(|e| NetfilterError::Build(format!("comment {c:?}: {e}")))?;
     }
     Ok(rule)
 }

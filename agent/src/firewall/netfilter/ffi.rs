@@ -1,0 +1,166 @@
+//! The firewall's only `unsafe` code, each block with the invariant it relies on:
+//!
+//! - libnftnl, for what nftnl's safe API lacks: a set's map flag, key and data types, its
+//!   elements with data, and the map `lookup` expression (source and destination register);
+//! - libnftables (the library behind `nft`, linked, not run), to list the live table.
+//!
+//! Every function here is safe to call; the rest of `firewall/` denies `unsafe_code`.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+use nftnl::nftnl_sys as sys;
+use nftnl::set::Set;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FfiError {
+    #[error("libnftnl could not allocate a set element")]
+    OutOfMemory,
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("libnftables could not create a context")]
+    NoContext,
+}
+
+/// Key and data types of a set: (nftables data type, length in bytes).
+pub(crate) type TypeLen = (u32, u32);
+
+/// Gives `set` its key type and length, and makes it a map with `data` values when given.
+pub(crate) fn set_types<K>(set: &Set<'_, K>, key: TypeLen, data: Option<TypeLen>) {
+    let raw = set.as_ptr().as_ptr();
+    // SAFETY: `raw` is the live nftnl_set owned by `set`, which outlives this call; each
+    // call stores a plain integer attribute in it, and nothing else holds a reference to
+    // the C object meanwhile (nftnl reads it only when the set is added to a batch).
+    unsafe {
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_TYPE as u16, key.0);
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_LEN as u16, key.1);
+        if let Some((data_type, data_len)) = data {
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DATA_LEN as u16, data_len);
+        }
+    }
+}
+
+/// Adds element `key` (with map value `data`) to `set`.
+pub(crate) fn add_element<K>(
+    set: &Set<'_, K>,
+    key: &[u8],
+    data: Option<&[u8]>,
+) -> Result<(), FfiError> {
+    let raw = set.as_ptr().as_ptr();
+    // SAFETY: a freshly allocated element (checked non-null) is given the key and data:
+    // libnftnl copies `len` bytes from each pointer, which point into the live slices `key`
+    // and `data` of exactly that length (an address: 4 or 16 bytes, under libnftnl's 64).
+    // `nftnl_set_elem_add` hands the element to the live set `raw` (see `set_types`), which
+    // frees it with itself: it is not used again here.
+    unsafe {
+        let elem = NonNull::new(sys::nftnl_set_elem_alloc()).ok_or(FfiError::OutOfMemory)?;
+        sys::nftnl_set_elem_set(
+            elem.as_ptr(),
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            key.as_ptr() as *const c_void,
+            key.len() as u32,
+        );
+        if let Some(v) = data {
+            sys::nftnl_set_elem_set(
+                elem.as_ptr(),
+                sys::NFTNL_SET_ELEM_DATA as u16,
+                v.as_ptr() as *const c_void,
+                v.len() as u32,
+            );
+        }
+        sys::nftnl_set_elem_add(raw, elem.as_ptr());
+    }
+    Ok(())
+}
+
+/// A `lookup` expression: register 1 looked up in map `set` (batch-local id `set_id`), the
+/// mapped value written to register 1. The caller (nftnl's `Expression::to_expr`) hands it
+/// to the rule, which owns and frees it.
+pub(crate) fn map_lookup(set: &CStr, set_id: u32) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
+    // integer attributes and the set name, which libnftnl copies out of the live `set`.
+    // Ownership goes to the caller.
+    unsafe {
+        let expr = NonNull::new(sys::nftnl_expr_alloc(c"lookup".as_ptr()))
+            .expect("libnftnl could not allocate an expression");
+        let e = expr.as_ptr();
+        sys::nftnl_expr_set_u32(
+            e,
+            sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+            libc::NFT_REG_1 as u32,
+        );
+        sys::nftnl_expr_set_u32(
+            e,
+            sys::NFTNL_EXPR_LOOKUP_DREG as u16,
+            libc::NFT_REG_1 as u32,
+        );
+        sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
+        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, set_id);
+        expr
+    }
+}
+
+#[repr(C)]
+struct NftCtx {
+    _private: [u8; 0],
+}
+
+#[link(name = "nftables")]
+extern "C" {
+    fn nft_ctx_new(flags: u32) -> *mut NftCtx;
+    fn nft_ctx_free(ctx: *mut NftCtx);
+    fn nft_ctx_buffer_output(ctx: *mut NftCtx) -> c_int;
+    fn nft_ctx_buffer_error(ctx: *mut NftCtx) -> c_int;
+    fn nft_ctx_get_output_buffer(ctx: *mut NftCtx) -> *const c_char;
+    fn nft_ctx_get_error_buffer(ctx: *mut NftCtx) -> *const c_char;
+    fn nft_ctx_output_set_flags(ctx: *mut NftCtx, flags: c_uint);
+    fn nft_run_cmd_from_buffer(ctx: *mut NftCtx, buf: *const c_char) -> c_int;
+}
+
+/// NFT_CTX_OUTPUT_HANDLE: show rule handles, useful when debugging a live router.
+const OUTPUT_HANDLE: c_uint = 1 << 3;
+
+/// What libnftables printed for one command.
+pub(crate) struct Listing {
+    /// The command succeeded.
+    pub(crate) ok: bool,
+    pub(crate) output: String,
+    pub(crate) error: String,
+}
+
+/// Runs one libnftables command (`list table inet akanda`) and returns what it printed.
+pub(crate) fn nft_list(command: &str) -> Result<Listing, FfiError> {
+    let cmd = CString::new(command).map_err(|_| FfiError::Nul(command.to_string()))?;
+    // SAFETY: the context is created (checked non-null), used and freed here, on this one
+    // thread, and never escapes. The output and error buffers it returns are NUL-terminated
+    // strings owned by the context, valid until it is freed: they are copied out (or are
+    // null, read as empty) before `nft_ctx_free`. `cmd` is a live NUL-terminated string.
+    unsafe {
+        let ctx = nft_ctx_new(0);
+        if ctx.is_null() {
+            return Err(FfiError::NoContext);
+        }
+        nft_ctx_buffer_output(ctx);
+        nft_ctx_buffer_error(ctx);
+        nft_ctx_output_set_flags(ctx, OUTPUT_HANDLE);
+        let rc = nft_run_cmd_from_buffer(ctx, cmd.as_ptr());
+        let text = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let output = text(nft_ctx_get_output_buffer(ctx));
+        let error = text(nft_ctx_get_error_buffer(ctx));
+        nft_ctx_free(ctx);
+        Ok(Listing {
+            ok: rc == 0,
+            output,
+            error,
+        })
+    }
+}
