@@ -14,6 +14,11 @@ use crate::tools;
 
 /// Lines of a failed script's output shown in the error (all of it is in the build log).
 const SCRIPT_TAIL_LINES: usize = 25;
+/// Where the elements' files are inside the tree during the chroot phases.
+const IN_TARGET_ELEMENTS: &str = "/tmp/in_target.d/elements";
+/// `bash -c` program: source every environment.d file given after the script (as
+/// diskimage-builder does), then run the script.
+const SOURCE_THEN_EXEC: &str = r#"set -e; s=$1; shift; for f in "$@"; do . "$f"; done; exec "$s""#;
 
 /// What every script's environment is made of.
 pub(crate) struct ScriptEnv<'a> {
@@ -93,51 +98,8 @@ impl ScriptEnv<'_> {
                 progress.message(&format!("{}/{phase}/{name}", e.name));
                 let _ = writeln!(log, "==> {}/{phase}/{name}", e.name);
                 let mut c = match place {
-                    Where::Outside => {
-                        let mut c = Command::new("bash");
-                        c.arg("-c")
-                            .arg(
-                                r#"set -e; s=$1; shift; for f in "$@"; do . "$f"; done; exec "$s""#,
-                            )
-                            .arg("bash")
-                            .arg(&script)
-                            .args(env_files.iter().map(|(_, f)| f));
-                        c.envs(self.common_env())
-                            .env("TARGET_ROOT", root)
-                            .env("TMP_HOOKS_PATH", root.join("tmp/in_target.d"))
-                            .env("ELEMENT_DIR", &e.dir)
-                            .env("AKANDA_BUILD_LOG", &self.log_path);
-                        c
-                    }
-                    Where::Chroot => {
-                        let inside = |el: &str, f: &Path| {
-                            let owner = self.elements.iter().find(|x| x.name == el).expect("known");
-                            Path::new("/tmp/in_target.d/elements")
-                                .join(el)
-                                .join(f.strip_prefix(&owner.dir).unwrap_or(f))
-                        };
-                        let mut c = Command::new("chroot");
-                        c.arg(root)
-                            .arg("/usr/bin/env")
-                            .arg("-i")
-                            .arg(
-                                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                            )
-                            .arg("HOME=/root");
-                        for (k, v) in self.common_env() {
-                            c.arg(format!("{k}={v}"));
-                        }
-                        c.arg(format!("ELEMENT_DIR=/tmp/in_target.d/elements/{}", e.name));
-                        c.arg("/bin/bash")
-                            .arg("-c")
-                            .arg(
-                                r#"set -e; s=$1; shift; for f in "$@"; do . "$f"; done; exec "$s""#,
-                            )
-                            .arg("bash")
-                            .arg(inside(&e.name, &script))
-                            .args(env_files.iter().map(|(el, f)| inside(el, f)));
-                        c
-                    }
+                    Where::Outside => self.outside_command(e, &script, &env_files, root),
+                    Where::Chroot => self.chroot_command(e, &script, &env_files, root),
                 };
                 let done = tools::stream(&mut c, SCRIPT_TAIL_LINES, |line| {
                     let _ = writeln!(log, "{line}");
@@ -157,6 +119,62 @@ impl ScriptEnv<'_> {
             }
         }
         Ok(count)
+    }
+
+    /// `bash` on the host, with the tree in `TARGET_ROOT`.
+    fn outside_command(
+        &self,
+        e: &Element,
+        script: &Path,
+        env_files: &[(String, PathBuf)],
+        root: &Path,
+    ) -> Command {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(SOURCE_THEN_EXEC)
+            .arg("bash")
+            .arg(script)
+            .args(env_files.iter().map(|(_, f)| f));
+        c.envs(self.common_env())
+            .env("TARGET_ROOT", root)
+            .env("TMP_HOOKS_PATH", root.join("tmp/in_target.d"))
+            .env("ELEMENT_DIR", &e.dir)
+            .env("AKANDA_BUILD_LOG", &self.log_path);
+        c
+    }
+
+    /// `bash` in `chroot root`, from a clean environment, with the element files at their
+    /// copies under `/tmp/in_target.d/elements`.
+    fn chroot_command(
+        &self,
+        e: &Element,
+        script: &Path,
+        env_files: &[(String, PathBuf)],
+        root: &Path,
+    ) -> Command {
+        let inside = |el: &str, f: &Path| {
+            let owner = self.elements.iter().find(|x| x.name == el).expect("known");
+            Path::new(IN_TARGET_ELEMENTS)
+                .join(el)
+                .join(f.strip_prefix(&owner.dir).unwrap_or(f))
+        };
+        let mut c = Command::new("chroot");
+        c.arg(root)
+            .arg("/usr/bin/env")
+            .arg("-i")
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("HOME=/root");
+        for (k, v) in self.common_env() {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(format!("ELEMENT_DIR={IN_TARGET_ELEMENTS}/{}", e.name));
+        c.arg("/bin/bash")
+            .arg("-c")
+            .arg(SOURCE_THEN_EXEC)
+            .arg("bash")
+            .arg(inside(&e.name, script))
+            .args(env_files.iter().map(|(el, f)| inside(el, f)));
+        c
     }
 }
 
@@ -202,5 +220,126 @@ impl ChrootSetup {
         }
         let _ = fs::remove_file(self.root.join("usr/sbin/policy-rc.d"));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::Format;
+
+    fn options() -> BuildOptions {
+        BuildOptions {
+            output: "out.qcow2".into(),
+            format: Format::Qcow2,
+            elements: vec![],
+            no_default: false,
+            elements_paths: vec![],
+            release: "bookworm".into(),
+            mirror: "http://m".into(),
+            cache_dir: "/cache".into(),
+            agent_bin: None,
+            min_root_mib: 1,
+            keep_work: false,
+        }
+    }
+
+    fn element(name: &str) -> Element {
+        Element {
+            name: name.into(),
+            dir: PathBuf::from("/els").join(name),
+            deps: vec![],
+            provides: vec![],
+            description: String::new(),
+        }
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn chroot_scripts_see_their_element_copies_and_a_clean_environment() {
+        let opts = options();
+        let elements = [element("os"), element("router")];
+        let env = ScriptEnv {
+            opts: &opts,
+            elements: &elements,
+            packages: "a b".into(),
+            agent_bin: "/bin/agent".into(),
+            epoch: Some(7),
+            log_path: "/cache/build.log".into(),
+        };
+        let env_files = [(
+            "os".to_string(),
+            PathBuf::from("/els/os/environment.d/10-x"),
+        )];
+        let c = env.chroot_command(
+            &elements[1],
+            Path::new("/els/router/install.d/50-y"),
+            &env_files,
+            Path::new("/work/rootfs"),
+        );
+        assert_eq!(c.get_program(), "chroot");
+        let a = args(&c);
+        assert_eq!(a[..3], ["/work/rootfs", "/usr/bin/env", "-i"]);
+        for want in [
+            "IMAGE_ELEMENT=os router",
+            "AKANDA_PACKAGES=a b",
+            "AKANDA_AGENT_BIN=/bin/agent",
+            "SOURCE_DATE_EPOCH=7",
+            "DIB_DEBOOTSTRAP_CACHE=/cache/debs",
+            "ELEMENT_DIR=/tmp/in_target.d/elements/router",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} not in {a:?}");
+        }
+        assert_eq!(
+            a[a.len() - 2..],
+            [
+                "/tmp/in_target.d/elements/router/install.d/50-y",
+                "/tmp/in_target.d/elements/os/environment.d/10-x"
+            ]
+        );
+    }
+
+    #[test]
+    fn outside_scripts_get_the_tree_in_target_root() {
+        let opts = options();
+        let elements = [element("os")];
+        let env = ScriptEnv {
+            opts: &opts,
+            elements: &elements,
+            packages: String::new(),
+            agent_bin: "/bin/agent".into(),
+            epoch: None,
+            log_path: "/cache/build.log".into(),
+        };
+        let c = env.outside_command(
+            &elements[0],
+            Path::new("/els/os/root.d/10-boot"),
+            &[],
+            Path::new("/base/rootfs"),
+        );
+        assert_eq!(c.get_program(), "bash");
+        assert_eq!(args(&c)[2..], ["bash", "/els/os/root.d/10-boot"]);
+        let envs: Vec<(String, String)> = c
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        for (k, v) in [
+            ("TARGET_ROOT", "/base/rootfs"),
+            ("TMP_HOOKS_PATH", "/base/rootfs/tmp/in_target.d"),
+            ("ELEMENT_DIR", "/els/os"),
+            ("AKANDA_BUILD_LOG", "/cache/build.log"),
+        ] {
+            assert!(envs.contains(&(k.into(), v.into())), "{k} in {envs:?}");
+        }
     }
 }
