@@ -5,6 +5,9 @@
 //! JSON, 415 not JSON, 404 unknown path or geN, 422 invalid config, 409 kernel refused (after
 //! rollback), 503 the appliance cannot do its part. PUTs are serialised, and an apply runs to
 //! its end even if the client goes away.
+//!
+//! `GET /` (an addition) reports the API version and the features of this agent. Every
+//! config change is logged with the verified peer (`tls::Peer`) and the config hash.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -19,26 +22,133 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::appliance::{Appliance, ApplyError, Shared};
+use crate::tls::Peer;
 
 /// Largest config accepted: 10,000 floating IPs and hundreds of ports fit well below this.
 const MAX_BODY: u64 = 32 * 1024 * 1024;
+
+/// The API version `GET /` reports: Astara's v1 appliance contract.
+pub const API_VERSION: &str = "v1";
+
+/// What `GET /` lists: the additions to Astara's contract this agent has. An orchestrator
+/// uses a feature only when it is listed (rug-lite treats a 404 on `GET /` as a plain Astara
+/// appliance, with none of them).
+pub const FEATURES: &[&str] = &[
+    // GET / itself.
+    "version-discovery",
+    // GET /v1/firewall/rules reads the live nf_tables table back.
+    "firewall-readback",
+    // GET /v1/status: apply records, netlink/netfilter counters, daemons.
+    "status",
+    // JSON errors naming every invalid field (422), never a 500.
+    "json-errors",
+    // Secrets (VPN pre-shared keys) are never returned.
+    "secret-redaction",
+    // The API can be served over mutual TLS (listed as "mutual-tls" in `tls` when it is).
+    "mutual-tls",
+];
+
+/// Every path the API serves and its methods: the OpenAPI document (`docs/openapi.yaml`) must
+/// list exactly these (a unit test checks it), and the live agent must answer each and refuse
+/// every other method with 405 and an `Allow` header (`tests/tests/openapi_root.rs`). `{x}` is
+/// one path segment. A trailing slash is accepted everywhere, as warp does.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
+    ("/v1/base", &["GET"]),
+    ("/v1/base/", &["GET"]),
+    ("/v1/system/interfaces", &["GET"]),
+    ("/v1/system/interface/{ifname}", &["GET"]),
+    ("/v1/system/config", &["GET", "PUT"]),
+    ("/v1/firewall/rules", &["GET"]),
+    ("/v1/status", &["GET"]),
+];
+
+/// The methods [`ROUTES`] gives `path`, or `None` for a path the API does not have.
+pub fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
+    let trimmed = match path {
+        "/" => "/",
+        p => p.strip_suffix('/').unwrap_or(p),
+    };
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    ROUTES.iter().find_map(|(template, methods)| {
+        let t: Vec<&str> = template.split('/').collect();
+        let matches = t.len() == segments.len()
+            && t.iter().zip(&segments).all(|(t, s)| {
+                if t.starts_with('{') {
+                    !s.is_empty()
+                } else {
+                    t == s
+                }
+            });
+        matches.then_some(*methods)
+    })
+}
+
+/// Who may use the API, decided at start (see docs/tls.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Mutual TLS: every connection's client certificate was verified in the handshake.
+    MutualTls,
+    /// Plain HTTP, explicitly allowed by the operator (`--insecure-http` or the config drive's
+    /// `meta.akanda_insecure_http`).
+    PlainHttp,
+    /// Plain HTTP without TLS material and without the operator's opt-in: the agent answers,
+    /// but refuses to show or change the config (403).
+    ReadOnly { why: String },
+}
 
 pub struct ApiState {
     appliance: Arc<tokio::sync::Mutex<Appliance>>,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
     started_at: String,
+    access: Access,
 }
 
 impl ApiState {
-    pub fn new(appliance: Arc<tokio::sync::Mutex<Appliance>>, shared: Arc<Mutex<Shared>>) -> Self {
+    pub fn new(
+        appliance: Arc<tokio::sync::Mutex<Appliance>>,
+        shared: Arc<Mutex<Shared>>,
+        access: Access,
+    ) -> Self {
         ApiState {
             appliance,
             shared,
             started: Instant::now(),
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            access,
         }
     }
+
+    /// 403 unless the config may be read or changed over this listener.
+    fn refused(&self) -> Option<Response> {
+        match &self.access {
+            Access::ReadOnly { why } => Some(error(
+                StatusCode::FORBIDDEN,
+                &format!("the configuration cannot be read or changed over plain HTTP: {why}"),
+                &[Problem::new(
+                    "meta.akanda_insecure_http",
+                    "plain HTTP was not allowed by the operator, and the config drive carries no TLS material (user_data akanda.tls)",
+                )],
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The version and features document of `GET /`.
+fn discovery(s: &ApiState) -> serde_json::Value {
+    json!({
+        "agent": "akanda-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": { "versions": [API_VERSION], "current": API_VERSION, "base": "/v1/" },
+        "features": FEATURES,
+        "tls": match &s.access {
+            Access::MutualTls => "mutual-tls",
+            Access::PlainHttp => "plain-http",
+            Access::ReadOnly { .. } => "plain-http-read-only",
+        },
+    })
 }
 
 #[derive(Serialize)]
@@ -68,7 +178,12 @@ pub fn routes(
     state: Arc<ApiState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_state = warp::any().map(move || state.clone());
+    let peer = warp::ext::optional::<Arc<Peer>>();
 
+    let root = warp::path::end()
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|s: Arc<ApiState>| ok_json(&discovery(&s)));
     let base = warp::path!("v1" / "base")
         .and(warp::get())
         .map(|| text("Akanda appliance API service is active".into()));
@@ -84,6 +199,9 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .map(|s: Arc<ApiState>| {
+            if let Some(refused) = s.refused() {
+                return refused;
+            }
             let shared = s.shared.lock().expect("status lock");
             let doc = shared.current.as_ref().map(|d| d.redacted());
             ok_json(&json!({ "configuration": doc.map(|d| json!(d)).unwrap_or(json!({})) }))
@@ -94,6 +212,7 @@ pub fn routes(
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with_state.clone())
+        .and(peer)
         .then(put_config);
     let firewall = warp::path!("v1" / "firewall" / "rules")
         .and(warp::get())
@@ -118,7 +237,9 @@ pub fn routes(
             ok_json(&body)
         });
 
-    base.or(interfaces)
+    root.or(base)
+        .unify()
+        .or(interfaces)
         .unify()
         .or(interface)
         .unify()
@@ -130,8 +251,35 @@ pub fn routes(
         .unify()
         .or(status)
         .unify()
+        .or(method_not_allowed())
+        .unify()
         .recover(rejection)
         .unify()
+}
+
+/// A known path with a method it does not have: 405 with the `Allow` header (RFC 9110).
+/// Anything else falls through to the other routes' rejection (404, 413, ...).
+fn method_not_allowed() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path::full().and(warp::method()).and_then(
+        |path: warp::path::FullPath, method: warp::http::Method| async move {
+            match allowed_methods(path.as_str()) {
+                Some(methods) if !methods.contains(&method.as_str()) => {
+                    let mut r = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        &format!("{method} is not allowed on this resource"),
+                        &[],
+                    );
+                    r.headers_mut().insert(
+                        warp::http::header::ALLOW,
+                        warp::http::HeaderValue::from_str(&methods.join(", "))
+                            .expect("method names are header values"),
+                    );
+                    Ok(r)
+                }
+                _ => Err(warp::reject::not_found()),
+            }
+        },
+    )
 }
 
 async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
@@ -200,7 +348,17 @@ pub fn is_json_content_type(value: &str) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-async fn put_config(content_type: Option<String>, body: Bytes, s: Arc<ApiState>) -> Response {
+async fn put_config(
+    content_type: Option<String>,
+    body: Bytes,
+    s: Arc<ApiState>,
+    peer: Option<Arc<Peer>>,
+) -> Response {
+    let who = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
+    if let Some(refused) = s.refused() {
+        tracing::warn!(peer = %who, "config change refused: plain HTTP was not allowed");
+        return refused;
+    }
     if !content_type.as_deref().is_some_and(is_json_content_type) {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -228,14 +386,22 @@ async fn put_config(content_type: Option<String>, body: Bytes, s: Arc<ApiState>)
     // The apply runs in its own task: a client that hangs up must not cancel a transaction
     // half-way. The lock serialises concurrent PUTs.
     let appliance = s.appliance.clone();
+    let hash = config.document.hash();
+    tracing::info!(peer = %who, config_hash = %hash, "config change requested");
     let task = tokio::spawn(async move {
         let mut appliance = appliance.lock_owned().await;
         let shown = config.document.redacted();
         appliance.apply(config).await.map(|()| shown)
     });
     match task.await {
-        Ok(Ok(doc)) => ok_json(&json!({ "configuration": doc })),
-        Ok(Err(e)) => apply_error(e),
+        Ok(Ok(doc)) => {
+            tracing::info!(peer = %who, config_hash = %hash, "config changed");
+            ok_json(&json!({ "configuration": doc }))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %who, config_hash = %hash, "config change failed");
+            apply_error(e)
+        }
         Err(join) => {
             tracing::error!(error = %join, "apply task failed");
             error(
@@ -288,6 +454,79 @@ fn status(s: &ApiState) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_methods_follow_the_route_table() {
+        assert_eq!(allowed_methods("/"), Some(&["GET"][..]));
+        assert_eq!(
+            allowed_methods("/v1/system/config/"),
+            Some(&["GET", "PUT"][..])
+        );
+        assert_eq!(
+            allowed_methods("/v1/system/interface/ge3"),
+            Some(&["GET"][..])
+        );
+        assert_eq!(allowed_methods("/v1/system/interface/"), None);
+        assert_eq!(allowed_methods("/v1/system/interface/ge3/x"), None);
+        assert_eq!(allowed_methods("/v2/status"), None);
+    }
+
+    /// docs/openapi.yaml documents exactly the routes served, and an error body for every
+    /// error status.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: serde_json::Value =
+            serde_norway::from_str(include_str!("../../docs/openapi.yaml")).expect("valid YAML");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().expect("paths");
+        let documented: std::collections::BTreeMap<String, Vec<String>> = paths
+            .iter()
+            .map(|(path, ops)| {
+                let mut methods: Vec<String> = ops
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| k.as_str() != "parameters")
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect();
+                methods.sort();
+                (path.clone(), methods)
+            })
+            .collect();
+        let served: std::collections::BTreeMap<String, Vec<String>> = ROUTES
+            .iter()
+            .map(|(p, m)| {
+                let mut m: Vec<String> = m.iter().map(|s| s.to_string()).collect();
+                m.sort();
+                (p.to_string(), m)
+            })
+            .collect();
+        assert_eq!(documented, served);
+        // Every error response has the JSON error body.
+        let responses = &doc["components"]["responses"];
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                for (code, resp) in op["responses"].as_object().unwrap() {
+                    if code.starts_with('2') {
+                        continue;
+                    }
+                    let name = resp["$ref"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("#/components/responses/"))
+                        .unwrap_or_else(|| panic!("{method} {path} {code}: not a shared response"));
+                    let schema = &responses[name]["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/Error",
+                        "{method} {path} {code}"
+                    );
+                }
+            }
+        }
+        // The features GET / reports are the ones the document shows.
+        let example =
+            &doc["components"]["schemas"]["Discovery"]["properties"]["features"]["example"];
+        assert_eq!(example, &serde_json::json!(FEATURES));
+    }
 
     #[test]
     fn json_content_types() {

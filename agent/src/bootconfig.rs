@@ -140,6 +140,11 @@ pub struct Management {
     /// Accept router advertisements (SLAAC) on the NIC although the box forwards.
     pub slaac: bool,
     pub port: u16,
+    /// `meta.akanda_insecure_http` is `true`: the operator allows plain HTTP when there is no
+    /// TLS material.
+    pub insecure_http: bool,
+    /// rug-lite's boot document from `user_data`, if there is one.
+    pub user_data: Option<UserData>,
 }
 
 impl Management {
@@ -153,6 +158,8 @@ impl Management {
             dhcp4: true,
             slaac: true,
             port: DEFAULT_API_PORT,
+            insecure_http: false,
+            user_data: None,
         }
     }
 
@@ -229,6 +236,17 @@ pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootCo
             }
         },
     };
+    let insecure_http = match meta_string(&md.meta, "akanda_insecure_http") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(invalid(
+                MD,
+                format!("meta.akanda_insecure_http {v:?} is neither \"true\" nor \"false\""),
+            ))
+        }
+    };
     let link = match meta_string(&md.meta, "akanda_mgmt_mac") {
         Some(mac) => {
             let wanted = parse_mac(&mac).ok_or_else(|| {
@@ -274,6 +292,8 @@ pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootCo
         dhcp4: false,
         slaac: false,
         port,
+        insecure_http,
+        user_data: None,
     };
     for net in nd.networks.iter().filter(|n| n.link == link.id) {
         match net.kind.as_str() {
@@ -339,6 +359,142 @@ pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootCo
         out.slaac = true;
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// user_data: rug-lite's boot document
+
+const UD: &str = "user_data";
+
+/// The appliance's TLS material: its server certificate and key, and the CA its clients'
+/// certificates must chain to. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootTls {
+    pub ca_cert: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+impl std::fmt::Debug for BootTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootTls")
+            .field("ca_cert", &format_args!("{} bytes", self.ca_cert.len()))
+            .field(
+                "server_cert",
+                &format_args!("{} bytes", self.server_cert.len()),
+            )
+            .field("server_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// rug-lite's boot document (`openstack/latest/user_data`):
+/// `{"akanda": {"version": 1, "router_id": "...", "management_address": "...",
+/// "tls": {"ca_cert": PEM, "server_cert": PEM, "server_key": PEM} | null}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserData {
+    pub router_id: Option<String>,
+    pub management_address: Option<IpAddr>,
+    /// `None`: `tls` is null or absent (a plain-HTTP lab).
+    pub tls: Option<BootTls>,
+}
+
+/// The only `akanda.version` this agent reads.
+pub const USER_DATA_VERSION: u64 = 1;
+
+/// Parses `user_data`. Pure. `Ok(None)` when it is empty or not ours (not JSON, or JSON
+/// without an `akanda` key: the image has no cloud-init, so other user_data is ignored). An
+/// `akanda` document with a wrong field is an error naming the field; it never quotes the key.
+pub fn parse_user_data(bytes: &[u8]) -> Result<Option<UserData>, BootConfigError> {
+    use serde_json::Value;
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let doc: Value = match serde_json::from_str(trimmed) {
+        Ok(v) => v,
+        // A JSON object that does not parse is a broken document of ours (truncated...).
+        Err(e) if trimmed.starts_with('{') => {
+            return Err(invalid(UD, format!("not valid JSON: {e}")))
+        }
+        Err(_) => {
+            tracing::warn!("user_data is not JSON: ignored (no TLS material from it)");
+            return Ok(None);
+        }
+    };
+    let Some(akanda) = doc.get("akanda") else {
+        tracing::warn!("user_data has no \"akanda\" key: ignored (no TLS material from it)");
+        return Ok(None);
+    };
+    let akanda = akanda
+        .as_object()
+        .ok_or_else(|| invalid(UD, "akanda: must be an object"))?;
+    match akanda.get("version").and_then(Value::as_u64) {
+        Some(USER_DATA_VERSION) => {}
+        Some(v) => {
+            return Err(invalid(
+                UD,
+                format!("akanda.version {v} is not supported (this agent reads version {USER_DATA_VERSION})"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                UD,
+                format!("akanda.version: must be the number {USER_DATA_VERSION}"),
+            ))
+        }
+    }
+    let optional_string = |key: &str| -> Result<Option<String>, BootConfigError> {
+        match akanda.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid(UD, format!("akanda.{key}: must be a string"))),
+        }
+    };
+    let router_id = optional_string("router_id")?;
+    let management_address = optional_string("management_address")?
+        .map(|a| {
+            a.parse::<IpAddr>().map_err(|_| {
+                invalid(
+                    UD,
+                    format!("akanda.management_address {a:?} is not an IP address"),
+                )
+            })
+        })
+        .transpose()?;
+    let tls = match akanda.get("tls") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(t)) => {
+            let field = |key: &str| -> Result<String, BootConfigError> {
+                match t.get(key) {
+                    Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+                    Some(Value::String(_)) => Err(invalid(UD, format!("akanda.tls.{key}: empty"))),
+                    None | Some(Value::Null) => {
+                        Err(invalid(UD, format!("akanda.tls.{key}: missing")))
+                    }
+                    Some(_) => Err(invalid(
+                        UD,
+                        format!("akanda.tls.{key}: must be a PEM string"),
+                    )),
+                }
+            };
+            let tls = BootTls {
+                ca_cert: field("ca_cert")?,
+                server_cert: field("server_cert")?,
+                server_key: field("server_key")?,
+            };
+            crate::tls::check_pem(&tls.server_cert, &tls.server_key, &tls.ca_cert)
+                .map_err(|e| invalid(UD, format!("akanda.tls: {e}")))?;
+            Some(tls)
+        }
+        Some(_) => return Err(invalid(UD, "akanda.tls: must be an object or null")),
+    };
+    Ok(Some(UserData {
+        router_id,
+        management_address,
+        tls,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,8 +575,9 @@ fn find_config_drives() -> Vec<(PathBuf, FsType)> {
     out
 }
 
-/// The two documents, read from a directory (a mounted or extracted config drive).
-fn read_dir_docs(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), BootConfigError> {
+/// network_data.json, meta_data.json and user_data (empty when absent), read from a
+/// directory (a mounted or extracted config drive).
+fn read_dir_docs(dir: &Path) -> Result<Docs, BootConfigError> {
     let read = |name: &str| {
         let path = dir.join("openstack/latest").join(name);
         std::fs::read(&path).map_err(|source| BootConfigError::Io {
@@ -439,10 +596,21 @@ fn read_dir_docs(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), BootConfigError> {
         }
         Err(e) => return Err(e),
     };
-    Ok((nd, md))
+    let ud = match read(UD) {
+        Ok(ud) => ud,
+        Err(BootConfigError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((nd, md, ud))
 }
 
-fn read_device(dev: &Path, fs: FsType) -> Result<(Vec<u8>, Vec<u8>), BootConfigError> {
+type Docs = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn read_device(dev: &Path, fs: FsType) -> Result<Docs, BootConfigError> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     let drive_err = |message: String| BootConfigError::Drive {
         device: dev.display().to_string(),
@@ -560,7 +728,7 @@ impl std::str::FromStr for Source {
 /// the kernel's storage probing ([`storage_pending`]); it is a safety net, not a guess: on a
 /// normal boot probing has finished before the agent starts.
 pub fn read_source(source: &Source, wait: Duration) -> Result<Management, BootConfigError> {
-    let (nd, md) = match source {
+    let (nd, md, ud) = match source {
         Source::Dir(dir) => read_dir_docs(dir)?,
         Source::Auto => {
             // Look once, after the kernel has finished probing the storage controllers: a
@@ -603,7 +771,22 @@ pub fn read_source(source: &Source, wait: Duration) -> Result<Management, BootCo
             }
         }
     };
-    parse(&nd, &md)
+    let mut management = parse(&nd, &md)?;
+    management.user_data = parse_user_data(&ud)?;
+    if let Some(ud) = &management.user_data {
+        tracing::info!(
+            router_id = ?ud.router_id,
+            management_address = ?ud.management_address,
+            tls = ud.tls.is_some(),
+            "user_data: akanda boot document"
+        );
+        if let Some(addr) = ud.management_address {
+            if !management.addresses.iter().any(|a| a.addr() == addr) {
+                tracing::warn!(%addr, "user_data's management_address is not a static address of the management NIC");
+            }
+        }
+    }
+    Ok(management)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,5 +1295,91 @@ mod tests {
         assert!(storage_pending(sys.0.path()).is_empty());
         // A machine without any of it (or no sysfs at all) has nothing to wait for.
         assert!(storage_pending(Path::new("/nonexistent")).is_empty());
+    }
+
+    /// rug-lite's user_data (rug-lite/src/bootdata.rs), with real PEMs.
+    fn user_data(tls: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({"akanda": {"version": 1, "router_id": "81a51c84-25a3-4180-8e1c-4d10e1aaebd3",
+            "management_address": "fdca:3ba5:a17a:acda::5", "tls": tls}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn material() -> (String, akanda_pki::Issued) {
+        use akanda_pki::{Ca, San, Validity};
+        let (ca, _) = Ca::generate("t", Validity::days(1)).unwrap();
+        let server = ca
+            .issue_server(
+                "r",
+                &[San::Ip("fdca:3ba5:a17a:acda::5".parse().unwrap())],
+                Validity::days(1),
+            )
+            .unwrap();
+        (ca.cert_pem().to_string(), server)
+    }
+
+    #[test]
+    fn user_data_carries_the_tls_material() {
+        let (ca, server) = material();
+        let ud = parse_user_data(&user_data(serde_json::json!({
+            "ca_cert": ca, "server_cert": server.cert_pem, "server_key": server.key_pem})))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            ud.router_id.as_deref(),
+            Some("81a51c84-25a3-4180-8e1c-4d10e1aaebd3")
+        );
+        assert_eq!(
+            ud.management_address,
+            Some("fdca:3ba5:a17a:acda::5".parse().unwrap())
+        );
+        let tls = ud.tls.as_ref().unwrap();
+        assert_eq!(tls.server_key, server.key_pem);
+        // Debug (and so any log of it) never shows the key.
+        assert!(!format!("{ud:?}").contains("PRIVATE KEY"), "{ud:?}");
+        // tls null: a plain-HTTP lab; no user_data or someone else's: nothing.
+        let plain = parse_user_data(&user_data(serde_json::Value::Null))
+            .unwrap()
+            .unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(parse_user_data(b"").unwrap(), None);
+        assert_eq!(parse_user_data(b"#!/bin/sh\necho hi\n").unwrap(), None);
+        assert_eq!(parse_user_data(br#"{"other": 1}"#).unwrap(), None);
+    }
+
+    #[test]
+    fn a_wrong_user_data_field_is_named_and_the_key_never_quoted() {
+        let (ca, server) = material();
+        let err = |ud: &[u8]| parse_user_data(ud).unwrap_err().to_string();
+        let e = err(&user_data(
+            serde_json::json!({"ca_cert": ca, "server_cert": server.cert_pem}),
+        ));
+        assert_eq!(e, "user_data: akanda.tls.server_key: missing");
+        let e = err(&user_data(serde_json::json!({
+            "ca_cert": ca, "server_cert": server.cert_pem, "server_key": "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n"})));
+        assert!(e.contains("server_key"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        let e = err(&user_data(serde_json::json!({
+            "ca_cert": "nope", "server_cert": server.cert_pem, "server_key": server.key_pem})));
+        assert!(e.contains("ca_cert"), "{e}");
+        let e = err(br#"{"akanda": {"version": 2}}"#);
+        assert!(e.contains("akanda.version 2 is not supported"), "{e}");
+        let e = err(br#"{"akanda": {"version": 1, "management_address": "x"}}"#);
+        assert!(e.contains("akanda.management_address"), "{e}");
+        let e = err(br#"{"akanda": {"version": 1, "tls": 5}}"#);
+        assert!(e.contains("akanda.tls"), "{e}");
+        assert!(err(br#"{"akanda": {"#).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn the_plain_http_opt_in_is_explicit() {
+        let nd = br#"{"links": [{"id": "l", "ethernet_mac_address": "52:54:00:0b:57:01"}], "networks": []}"#;
+        let md = |v: &str| format!(r#"{{"meta": {{"akanda_insecure_http": "{v}"}}}}"#);
+        assert!(parse(nd, md("true").as_bytes()).unwrap().insecure_http);
+        assert!(parse(nd, md("True").as_bytes()).unwrap().insecure_http);
+        assert!(!parse(nd, md("false").as_bytes()).unwrap().insecure_http);
+        assert!(!parse(nd, b"{}").unwrap().insecure_http);
+        let e = parse(nd, md("yes").as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("meta.akanda_insecure_http"), "{e}");
     }
 }

@@ -18,3 +18,4 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod sysctl;
+pub mod tls;

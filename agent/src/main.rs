@@ -3,10 +3,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use akanda_agent::api::{self, ApiState};
+use akanda_agent::api::{self, Access, ApiState};
 use akanda_agent::appliance::Appliance;
 use akanda_agent::server;
 use akanda_agent::store::StateDir;
+use akanda_agent::tls::{TlsFiles, TlsState};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -46,9 +47,23 @@ enum Command {
         /// Where the last good config and the NIC names are kept.
         #[arg(long, default_value = "/var/lib/akanda-agent")]
         state_dir: PathBuf,
-        /// Serve plain HTTP (no TLS). Required once TLS exists; accepted now.
+        /// Allow plain HTTP when no TLS material is given (labs only; a warning is logged at
+        /// every start). Without it the agent serves only mutual TLS, and with --boot-config
+        /// and no TLS material it refuses config changes unless the config drive's
+        /// `meta.akanda_insecure_http` is "true". See docs/tls.md.
         #[arg(long)]
         insecure_http: bool,
+        /// The server certificate (PEM, with its chain). With --tls-key and --client-ca: serve
+        /// mutual TLS only. The three files are re-read on SIGHUP and when they change.
+        #[arg(long, requires_all = ["tls_key", "client_ca"], value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The server certificate's private key (PEM).
+        #[arg(long, requires_all = ["tls_cert", "client_ca"], value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// The CA(s) client certificates must chain to (PEM); clients also need the
+        /// clientAuth usage and a current validity.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"], value_name = "FILE")]
+        client_ca: Option<PathBuf>,
     },
     /// Check a config file; prints every problem. Exit 0 valid, 1 invalid, 2 unreadable.
     Validate { file: PathBuf },
@@ -64,7 +79,18 @@ fn main() -> ExitCode {
             boot_config,
             state_dir,
             insecure_http,
+            tls_cert,
+            tls_key,
+            client_ca,
         } => {
+            let tls = match (tls_cert, tls_key, client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                _ => None,
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -76,7 +102,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(serve(listen, boot_config, state_dir, insecure_http)) {
+            match runtime.block_on(serve(listen, boot_config, state_dir, insecure_http, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -136,10 +162,11 @@ async fn serve(
     boot_config: Option<akanda_agent::bootconfig::Source>,
     state_dir: PathBuf,
     insecure_http: bool,
+    tls: Option<TlsFiles>,
 ) -> anyhow::Result<()> {
-    if !insecure_http {
-        tracing::warn!(
-            "TLS is not implemented yet: serving plain HTTP (pass --insecure-http to acknowledge)"
+    if tls.is_none() && boot_config.is_none() && !insecure_http {
+        anyhow::bail!(
+            "no TLS material: give --tls-cert, --tls-key and --client-ca, or --insecure-http to serve plain HTTP (labs only)"
         );
     }
     let state = StateDir::open(&state_dir)
@@ -153,6 +180,52 @@ async fn serve(
         Some(source) => Some(boot_network(source, listen.is_none()).await?),
         None => None,
     };
+    // Who may use the API: the command line's TLS files, else the config drive's, else plain
+    // HTTP where the operator allowed it, else nobody may change the config.
+    let (tls, access) = match (tls, boot.as_ref()) {
+        (Some(files), _) => (Some(files), Access::MutualTls),
+        (None, Some((_, wanted))) if wanted.user_data.as_ref().is_some_and(|u| u.tls.is_some()) => {
+            let material = wanted
+                .user_data
+                .as_ref()
+                .and_then(|u| u.tls.as_ref())
+                .expect("checked");
+            let files = tls_from_boot(&state_dir, material)
+                .context("writing the config drive's TLS material to the state directory")?;
+            (Some(files), Access::MutualTls)
+        }
+        (None, boot) => {
+            let meta_allows = boot.is_some_and(|(_, w)| w.insecure_http);
+            if insecure_http || meta_allows {
+                let by = if insecure_http {
+                    "--insecure-http"
+                } else {
+                    "meta.akanda_insecure_http=true"
+                };
+                tracing::warn!(
+                    allowed_by = by,
+                    "serving PLAIN HTTP: anyone on the management network can reconfigure this router (labs only; see docs/tls.md)"
+                );
+                (None, Access::PlainHttp)
+            } else {
+                let why = "the config drive carries no TLS material".to_string();
+                tracing::error!(
+                    "no TLS material and plain HTTP not allowed (meta.akanda_insecure_http or --insecure-http): serving plain HTTP READ-ONLY, config changes are refused"
+                );
+                (None, Access::ReadOnly { why })
+            }
+        }
+    };
+    let tls_state = match tls {
+        Some(files) => {
+            let state = TlsState::load(files.clone())
+                .with_context(|| format!("loading the TLS material ({})", files.cert.display()))?;
+            state.watch(std::time::Duration::from_secs(1));
+            Some(state)
+        }
+        None => None,
+    };
+    let boot = boot.map(|(network, _)| network);
     let api_port = match (listen, &boot) {
         (Some(listen), _) => listen.port(),
         (None, Some(boot)) => boot.port,
@@ -167,17 +240,18 @@ async fn serve(
     }
     let shared = appliance.shared.clone();
     let appliance = Arc::new(tokio::sync::Mutex::new(appliance));
-    let routes = api::routes(Arc::new(ApiState::new(appliance.clone(), shared)));
+    let scheme = if tls_state.is_some() { "https" } else { "http" };
+    let routes = api::routes(Arc::new(ApiState::new(appliance.clone(), shared, access)));
     match (listen, boot) {
         // With --boot-config too, `_boot` keeps the DHCP client (if any) running.
         (Some(listen), _boot) => {
             let listener =
                 server::bind(listen).with_context(|| format!("listening on {listen}"))?;
-            tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
-            server::serve(listener, routes, shutdown_signal()).await;
+            tracing::info!(%listen, scheme, version = env!("CARGO_PKG_VERSION"), "serving the API");
+            server::serve(listener, routes, shutdown_signal(), tls_state).await;
         }
         (None, Some(mut boot)) => {
-            tracing::info!(listen = ?boot.listen, version = env!("CARGO_PKG_VERSION"), "serving the API");
+            tracing::info!(listen = ?boot.listen, scheme, version = env!("CARGO_PKG_VERSION"), "serving the API");
             // One accept loop per management address; a signal stops them all.
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -186,9 +260,14 @@ async fn serve(
             });
             let loops = boot.listeners.drain(..).map(|listener| {
                 let mut stopped = stopped.clone();
-                server::serve(listener, routes.clone(), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
+                server::serve(
+                    listener,
+                    routes.clone(),
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                    tls_state.clone(),
+                )
             });
             futures::future::join_all(loops).await;
         }
@@ -200,11 +279,63 @@ async fn serve(
     Ok(())
 }
 
+/// Writes the config drive's TLS material to `STATE_DIR/tls/` (directory 0700, files 0600)
+/// and returns the files to serve from. The files are rewritten only when the drive's
+/// material differs from what was last written from it, so a certificate rotated in place
+/// (new files + SIGHUP) survives a reboot.
+fn tls_from_boot(
+    state_dir: &std::path::Path,
+    material: &akanda_agent::bootconfig::BootTls,
+) -> anyhow::Result<TlsFiles> {
+    use sha2::Digest;
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = state_dir.join("tls");
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| dir.display().to_string())?;
+    }
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: dir.join("client-ca.pem"),
+    };
+    let mut h = sha2::Sha256::new();
+    for part in [
+        &material.server_cert,
+        &material.server_key,
+        &material.ca_cert,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let drive_hash = hex::encode(h.finalize());
+    let marker = dir.join("from-config-drive.sha256");
+    let unchanged = std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == drive_hash)
+        && [&files.cert, &files.key, &files.client_ca]
+            .iter()
+            .all(|f| f.exists());
+    if unchanged {
+        tracing::info!(dir = %dir.display(), "TLS material: the config drive's is unchanged, serving the files in the state directory");
+    } else {
+        akanda_pki::write_private(&files.cert, material.server_cert.as_bytes())?;
+        akanda_pki::write_private(&files.key, material.server_key.as_bytes())?;
+        akanda_pki::write_private(&files.client_ca, material.ca_cert.as_bytes())?;
+        akanda_pki::write_private(&marker, drive_hash.as_bytes())?;
+        tracing::info!(dir = %dir.display(), "TLS material from the config drive written (0600)");
+    }
+    Ok(files)
+}
+
 /// Reads the boot configuration and configures the management NIC (`--boot-config`).
 async fn boot_network(
     source: &akanda_agent::bootconfig::Source,
     listen: bool,
-) -> anyhow::Result<akanda_agent::bootconfig::BootNetwork> {
+) -> anyhow::Result<(
+    akanda_agent::bootconfig::BootNetwork,
+    akanda_agent::bootconfig::Management,
+)> {
     use akanda_agent::bootconfig;
     let wanted = {
         let source = source.clone();
@@ -216,9 +347,10 @@ async fn boot_network(
         .context("reading the boot configuration")??
     };
     let nl = akanda_agent::netlink::Netlink::connect().context("netlink")?;
-    bootconfig::configure(&nl, &wanted, listen)
+    let network = bootconfig::configure(&nl, &wanted, listen)
         .await
-        .context("configuring the management NIC from the boot configuration")
+        .context("configuring the management NIC from the boot configuration")?;
+    Ok((network, wanted))
 }
 
 async fn shutdown_signal() {

@@ -1,10 +1,13 @@
 //! The HTTP listener: our own accept loop serving `warp::service(...)` through hyper-util, so
-//! TLS (a later issue) slots in as one more layer around each accepted stream.
+//! mutual TLS (`tls.rs`) is one more layer around each accepted stream, and handlers see the
+//! verified peer.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -13,6 +16,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use warp::reply::Response;
 use warp::Filter;
+
+use crate::tls::{Peer, TlsState};
 
 /// Binds with IP_FREEBIND, so the agent can listen on its management address even while the
 /// kernel is still running duplicate address detection on it.
@@ -30,13 +35,21 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` resolves. Connections already accepted finish on their own tasks.
-pub async fn serve<F>(listener: TcpListener, routes: F, shutdown: impl Future<Output = ()>)
-where
+///
+/// With `tls`, each connection first completes a mutual TLS handshake with the config in force
+/// when it was accepted (a rotation changes the next handshakes only); a refused client is
+/// dropped before any HTTP. Every request carries the connection's [`Peer`] in its extensions.
+pub async fn serve<F>(
+    listener: TcpListener,
+    routes: F,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<TlsState>>,
+) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -46,12 +59,65 @@ where
             },
             () = &mut shutdown => return,
         };
-        let service = TowerToHyperService::new(warp::service(routes.clone()));
+        let _ = stream.set_nodelay(true);
+        let inner = TowerToHyperService::new(warp::service(routes.clone()));
+        let tls = tls.as_ref().map(|t| t.config());
         tokio::spawn(async move {
-            let conn = Builder::new(TokioExecutor::new());
-            if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(TokioIo::new(stream), inner, Peer::plain(addr)).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(peer = %addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer =
+                        Peer::from_certificates(addr, stream.get_ref().1.peer_certificates());
+                    tracing::debug!(%peer, "TLS connection");
+                    serve_connection(TokioIo::new(stream), inner, peer).await
+                }
             }
         });
+    }
+}
+
+/// A client that opens a connection and sends nothing is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection<I, S>(io: I, inner: TowerToHyperService<S>, peer: Peer)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    TowerToHyperService<S>: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    <TowerToHyperService<S> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Future: Send + 'static,
+{
+    let addr = peer.addr;
+    let peer = Arc::new(peer);
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            hyper::service::Service::call(&inner, req)
+        });
+    let conn = Builder::new(TokioExecutor::new());
+    if let Err(e) = conn.serve_connection(io, service).await {
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
 }

@@ -20,6 +20,8 @@
 //!
 //! Root-only tests start with `if !require_root() { return; }`.
 
+pub mod tls;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
@@ -645,6 +647,29 @@ impl Agent {
         state_dir: Option<&Path>,
         extra_args: &[&str],
     ) -> Agent {
+        Agent::spawn_inner(bin, ns, listen, state_dir, true, extra_args)
+    }
+
+    /// Starts `akanda-agent serve --listen LISTEN --state-dir DIR` with mutual TLS (no
+    /// `--insecure-http`): `tls_args` are `--tls-cert F --tls-key F --client-ca F`
+    /// ([`tls::Pki::server_args`]) plus any others.
+    pub fn spawn_tls(
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        tls_args: &[&str],
+    ) -> Agent {
+        Agent::spawn_inner(&agent_bin(), ns, listen, state_dir, false, tls_args)
+    }
+
+    fn spawn_inner(
+        bin: &Path,
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        plain_http: bool,
+        extra_args: &[&str],
+    ) -> Agent {
         let tmp = tempfile::Builder::new()
             .prefix("akanda-agent-")
             .tempdir()
@@ -670,8 +695,10 @@ impl Agent {
             &listen_s,
             "--state-dir",
             &state_s,
-            "--insecure-http",
         ];
+        if plain_http {
+            args.push("--insecure-http");
+        }
         args.extend_from_slice(extra_args);
         let mut child = ns
             .command(&args)
@@ -863,6 +890,8 @@ pub struct Http {
     ns: String,
     base: String,
     timeout: Duration,
+    /// `--cacert`, `--cert`, `--key` for mutual TLS.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl Http {
@@ -872,7 +901,14 @@ impl Http {
             ns: ns.name.clone(),
             base: base_url.into().trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(30),
+            tls: None,
         }
+    }
+
+    /// Same client speaking mutual TLS: trusts `ca`, presents `cert`/`key`.
+    pub fn with_tls(mut self, ca: &Path, cert: &Path, key: &Path) -> Http {
+        self.tls = Some([ca.to_owned(), cert.to_owned(), key.to_owned()]);
+        self
     }
 
     /// Same client with another per-request time limit (default 30 s).
@@ -925,6 +961,14 @@ impl Http {
         .arg(&body_file)
         .arg("-D")
         .arg(&head_file);
+        if let Some([ca, cert, key]) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(ca)
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key);
+        }
         if let Some((content_type, _)) = body {
             cmd.args(["-H", &format!("Content-Type: {content_type}")])
                 // No "Expect: 100-continue" round trip for large bodies.
@@ -1208,7 +1252,12 @@ impl RouterLab {
     /// The geN the running agent gave the NIC with `mac` (from `GET /v1/system/interfaces`,
     /// as an orchestrator maps them).
     pub fn ifname_for(&self, mac: &str) -> String {
-        let resp = self.http().get("/v1/system/interfaces");
+        self.ifname_for_with(&self.http(), mac)
+    }
+
+    /// [`RouterLab::ifname_for`] through a given client (e.g. a mutual TLS one).
+    pub fn ifname_for_with(&self, http: &Http, mac: &str) -> String {
+        let resp = http.get("/v1/system/interfaces");
         assert_eq!(resp.status, 200, "{}", resp.body);
         resp.json()["interfaces"]
             .as_array()
@@ -1224,17 +1273,22 @@ impl RouterLab {
     /// The conformance config fitted to this lab (needs the agent running): its management,
     /// external and internal networks on the lab's NICs, plus t2's network 192.168.1.0/24.
     pub fn fitted_config(&self) -> Value {
+        self.fitted_config_with(&self.http())
+    }
+
+    /// [`RouterLab::fitted_config`] through a given client (e.g. a mutual TLS one).
+    pub fn fitted_config_with(&self, http: &Http) -> Value {
         let mut config = self.config();
         let macs = Self::ROUTER_MACS;
         for (i, mac) in macs.iter().take(3).enumerate() {
-            config["networks"][i]["interface"]["ifname"] = json!(self.ifname_for(mac));
+            config["networks"][i]["interface"]["ifname"] = json!(self.ifname_for_with(http, mac));
         }
         config["networks"].as_array_mut().unwrap().push(json!({
             "network_id": "5f0c1d2e-0000-4000-8000-000000000002",
             "network_type": "internal",
             "v4_conf_service": "static",
             "v6_conf_service": "static",
-            "interface": {"ifname": self.ifname_for(macs[3]), "addresses": ["192.168.1.1/24"]},
+            "interface": {"ifname": self.ifname_for_with(http, macs[3]), "addresses": ["192.168.1.1/24"]},
             "subnets": [{"id": "t2-subnet", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1",
                          "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
             "allocations": []
@@ -1357,6 +1411,7 @@ mod tests {
             ns: "x".into(),
             base: "http://[fdca::1]:20000".into(),
             timeout: Duration::from_secs(1),
+            tls: None,
         };
         assert_eq!(h.url("/v1/status"), "http://[fdca::1]:20000/v1/status");
         assert_eq!(h.url("v1/status"), "http://[fdca::1]:20000/v1/status");
