@@ -7,7 +7,8 @@
 //!    its file must be in the image's ext4 root (read back with debugfs, no mount).
 //! 2. `akanda-image verify` with the config drive attached in each way an OpenStack compute
 //!    node attaches one: ISO 9660 on a SATA CD-ROM (q35, the default), on an IDE CD-ROM
-//!    (pc), on a SCSI CD-ROM behind virtio-scsi (under OVMF), and VFAT on a virtio-blk disk.
+//!    (pc, under SeaBIOS and OVMF), on a SCSI CD-ROM behind virtio-scsi (under OVMF), and VFAT
+//!    on a virtio-blk disk.
 //!    Each time the agent's own log line must name the device it read, and the agent must
 //!    answer on the config drive's management address (the management namespace runs no DHCP
 //!    server then, so a lease cannot be what answers); NICs named geN with their MACs, a PUT
@@ -151,7 +152,7 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
     assert!(manifest.contains("\n/usr/local/sbin/akanda-agent f 755 0:0 "));
 
     // 2. The config drive in each way a compute node attaches it.
-    let attachments: [(&[&str], &str, &str); 4] = [
+    let attachments: [(&[&str], &str, &str); 5] = [
         (
             &["--firmware", "bios"],
             "machine Q35, ISO 9660 on a SATA CD-ROM",
@@ -159,6 +160,12 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
         ),
         (
             &["--firmware", "bios", "--machine", "pc"],
+            "machine Pc, ISO 9660 on an IDE CD-ROM",
+            "/dev/sr0 (",
+        ),
+        // OVMF leaves the PIIX IDE channels disabled: the vm element's initramfs enables them.
+        (
+            &["--firmware", "uefi", "--machine", "pc"],
             "machine Pc, ISO 9660 on an IDE CD-ROM",
             "/dev/sr0 (",
         ),
