@@ -21,7 +21,10 @@ use super::{exchange, NetfilterError, NfnlSocket, Operation, Outcome};
 const CTA_ZONE: u16 = 18;
 
 fn ipv4(inner: ConntrackMessage) -> NetfilterMessage {
-    NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), inner)
+    NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+        inner,
+    )
 }
 
 /// The IPv4 destination of a tuple (`CTA_TUPLE_IP` / `CTA_IP_V4_DST`).
@@ -37,7 +40,10 @@ fn tuple_dst(tuple: &[Tuple]) -> Option<Ipv4Addr> {
 
 /// What identifies `entry` for a delete when its original or reply destination is in
 /// `addrs`: its original tuple and zone. `None` for entries to keep.
-fn doomed_key(entry: &[ConntrackAttribute], addrs: &BTreeSet<Ipv4Addr>) -> Option<Vec<ConntrackAttribute>> {
+fn doomed_key(
+    entry: &[ConntrackAttribute],
+    addrs: &BTreeSet<Ipv4Addr>,
+) -> Option<Vec<ConntrackAttribute>> {
     let hit = entry.iter().any(|a| match a {
         ConntrackAttribute::CtaTupleOrig(t) | ConntrackAttribute::CtaTupleReply(t) => {
             tuple_dst(t).is_some_and(|d| addrs.contains(&d))
@@ -97,8 +103,11 @@ pub fn delete_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<usize, Netfilter
             doomed.push(key);
         }
     })?;
-    if let Outcome::Refused(errno) = outcome {
-        return Err(NetfilterError::Refused { op, errno });
+    match outcome {
+        // ENOENT ends the dump as well: nothing (more) to look at.
+        Outcome::Complete => {}
+        Outcome::Refused(errno) if errno == libc::ENOENT => {}
+        Outcome::Refused(errno) => return Err(NetfilterError::Refused { op, errno }),
     }
     let op = Operation::ConntrackDelete;
     for key in &doomed {
@@ -110,7 +119,10 @@ pub fn delete_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<usize, Netfilter
             Outcome::Refused(errno) => return Err(NetfilterError::Refused { op, errno }),
         }
     }
-    debug!(deleted = doomed.len(), "conntrack entries of moved floating IPs deleted");
+    debug!(
+        deleted = doomed.len(),
+        "conntrack entries of moved floating IPs deleted"
+    );
     Ok(doomed.len())
 }
 
@@ -150,9 +162,9 @@ mod tests {
 
     #[test]
     fn message_header_is_well_formed() {
-        let delete = ipv4(ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(
-            tuple([10, 0, 0, 1], [10, 0, 0, 2]),
-        )]));
+        let delete = ipv4(ConntrackMessage::Delete(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple([10, 0, 0, 1], [10, 0, 0, 2])),
+        ]));
         let m = super::super::frame(NLM_F_ACK, 9, delete);
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
