@@ -36,7 +36,9 @@ use tracing::debug;
 pub const RTPROT_AKANDA: u8 = 44;
 
 /// The main routing table (`RT_TABLE_MAIN`).
-pub const TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+pub const TABLE_MAIN: u32 = akanda_model::MAIN_ROUTE_TABLE;
+// The model's constant is the kernel's RT_TABLE_MAIN.
+const _: () = assert!(TABLE_MAIN == RouteHeader::RT_TABLE_MAIN as u32);
 
 /// `ARPHRD_ETHER`, the `link_type` of Ethernet-like links (veth, virtio, ...).
 pub const ARPHRD_ETHER: u16 = 1;
@@ -593,27 +595,12 @@ fn route_scope(route: &Route, intent: RouteIntent) -> RouteScope {
 
 /// `fa:16:3e:00:00:01`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    akanda_model::MacAddr(*mac).to_string()
 }
 
-/// Parses `fa:16:3e:00:00:01` (either case); `None` for anything else.
+/// Parses a MAC as the model does ([`akanda_model::MacAddr`]); `None` for anything else.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    match parts.next() {
-        Some(_) => None,
-        None => Some(mac),
-    }
+    s.parse::<akanda_model::MacAddr>().ok().map(|m| m.0)
 }
 
 #[cfg(test)]
@@ -627,12 +614,13 @@ mod tests {
         assert_eq!(format_mac(&mac), "fa:16:3e:00:00:01");
         assert_eq!(parse_mac("fa:16:3e:00:00:01"), Some(mac));
         assert_eq!(parse_mac("FA:16:3E:00:00:01"), Some(mac));
+        // One spelling rule for the whole project (the model's): dashes too.
+        assert_eq!(parse_mac("fa-16-3e-00-00-01"), Some(mac));
         for bad in [
             "",
             "fa:16:3e:00:00",
             "fa:16:3e:00:00:01:02",
             "fa:16:3e:00:00:1",
-            "fa-16-3e-00-00-01",
             "fa:16:3e:00:00:0g",
             "+a:16:3e:00:00:01",
         ] {

@@ -166,11 +166,11 @@ pub async fn name_nics(nl: &Netlink, records_path: &Path) -> Result<Vec<Nic>, Na
     Ok(out)
 }
 
-/// `ge12` → 12 (for numeric ordering: ge2 before ge10).
+/// `ge12` → 12 (for numeric ordering: ge2 before ge10); names that are not `geN` last.
 pub fn ge_number(ifname: &str) -> u32 {
     ifname
-        .strip_prefix("ge")
-        .and_then(|n| n.parse().ok())
+        .parse::<akanda_model::NicName>()
+        .map(|n| u32::from(n.index()))
         .unwrap_or(u32::MAX)
 }
 

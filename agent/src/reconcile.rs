@@ -13,7 +13,7 @@ use crate::desired::{is_ipv6_link_local, DesiredLink, DesiredRoute, DesiredState
 use crate::netlink::{Address, Link, Netlink, NetlinkError, Route, RTPROT_AKANDA};
 
 /// The main routing table.
-const MAIN_TABLE: u32 = 254;
+const MAIN_TABLE: u32 = akanda_model::MAIN_ROUTE_TABLE;
 
 const EEXIST: i32 = libc::EEXIST;
 const ESRCH: i32 = libc::ESRCH;

@@ -7,11 +7,13 @@
 
 pub mod config;
 pub mod document;
+mod domain;
 mod problem;
 mod validate;
 
 pub use config::*;
 pub use document::Document;
+pub use domain::{MacAddr, MacAddrError, NicName, NicNameError, MAIN_ROUTE_TABLE};
 pub use problem::Problem;
 pub use validate::{is_allocation_hostname, normalise_mac, validate};
 

@@ -991,13 +991,7 @@ impl Validator {
 }
 
 fn is_ge_name(s: &str) -> bool {
-    let Some(n) = s.strip_prefix("ge") else {
-        return false;
-    };
-    !n.is_empty()
-        && n.len() <= 4
-        && n.bytes().all(|b| b.is_ascii_digit())
-        && (n == "0" || !n.starts_with('0'))
+    s.parse::<crate::NicName>().is_ok()
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. Used for the
@@ -1050,15 +1044,7 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
-/// `FA-16-3E-00-00-01` or `fa:16:3e:00:00:01` → `fa:16:3e:00:00:01`.
+/// `FA-16-3E-00-00-01` or `fa:16:3e:00:00:01` → `fa:16:3e:00:00:01` (see [`crate::MacAddr`]).
 pub fn normalise_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6
-        || !parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(parts.join(":").to_ascii_lowercase())
+    s.parse::<crate::MacAddr>().ok().map(|m| m.to_string())
 }

@@ -90,8 +90,8 @@ pub fn nic_port(ifname: &str) -> Option<u16> {
 
 /// The listener port of NIC `geN`: `base + N`. `None` for a name that is not `geN`.
 pub fn listen_port(base: u16, ifname: &str) -> Option<u16> {
-    let n: u16 = ifname.strip_prefix("ge")?.parse().ok()?;
-    base.checked_add(n)
+    let nic: akanda_model::NicName = ifname.parse().ok()?;
+    base.checked_add(nic.index())
 }
 
 /// The upstream base URI: `http://1.2.3.4:9697` or `http://[fdca::1]:9697`.
