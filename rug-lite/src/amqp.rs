@@ -117,7 +117,8 @@ async fn consume(
 #[cfg(test)]
 mod tests {
     //! Against a real RabbitMQ (the rig's: `RUG_LITE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F`);
-    //! without that variable the test says so and checks nothing.
+    //! without that variable the test says so and checks nothing, unless
+    //! `RUG_LITE_RIG_REQUIRED=1` (set by `scripts/rig-test`): then it fails.
 
     use super::*;
     use lapin::options::BasicPublishOptions;
@@ -162,6 +163,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn consumes_from_the_neutron_exchange_and_survives_a_connection_loss() {
         let Ok(url) = std::env::var("RUG_LITE_TEST_AMQP_URL") else {
+            assert!(
+                std::env::var_os("RUG_LITE_RIG_REQUIRED").is_none(),
+                "RUG_LITE_RIG_REQUIRED is set but RUG_LITE_TEST_AMQP_URL is not"
+            );
             eprintln!("skipped: RUG_LITE_TEST_AMQP_URL is not set (a RabbitMQ such as the bringup.sh rig's)");
             return;
         };

@@ -1,6 +1,8 @@
 //! rug-lite: Akanda's orchestrator for small clouds. See README.md for the design.
 
 mod admin;
+#[cfg(test)]
+mod agent_tls_root_tests;
 mod amqp;
 mod appliance;
 mod bootdata;
@@ -8,6 +10,8 @@ mod builder;
 mod cloud;
 mod events;
 mod hostaddr;
+#[cfg(test)]
+mod hypervisor_stand_in;
 mod index;
 mod ingest;
 mod keystone;

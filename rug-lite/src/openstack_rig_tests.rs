@@ -1,6 +1,7 @@
 //! `HttpCloud` against a real OpenStack (`../shared/openstack/bringup.sh`, MODE=full): run with
 //! the rig's admin credentials in the environment (`source ../shared/openstack/admin-openrc`).
-//! Without `OS_AUTH_URL` the test says so and passes without checking anything.
+//! Without `OS_AUTH_URL` the test says so and passes without checking anything, unless
+//! `RUG_LITE_RIG_REQUIRED=1` (set by `scripts/rig-test`): then a missing rig is a failure.
 
 use super::*;
 use crate::ownership;
@@ -9,6 +10,10 @@ use std::time::Instant;
 fn rig() -> Option<HttpCloud> {
     let Some(creds) = keystone::from_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     else {
+        assert!(
+            std::env::var_os("RUG_LITE_RIG_REQUIRED").is_none(),
+            "RUG_LITE_RIG_REQUIRED is set but OS_AUTH_URL is not"
+        );
         eprintln!("skipped: OS_AUTH_URL is not set (source ../shared/openstack/admin-openrc against a running bringup.sh rig)");
         return None;
     };
