@@ -1,5 +1,5 @@
-//! A Nova-style config drive, made without mounts: `openstack/latest/network_data.json` and
-//! `meta_data.json` in a filesystem labelled `config-2`, in either of Nova's two formats:
+//! A Nova-style config drive, made without mounts: `openstack/latest/network_data.json`,
+//! `meta_data.json` and (if given) `user_data` in a filesystem labelled `config-2`, in either of Nova's two formats:
 //! ISO 9660 (`config_drive_format=iso9660`, Nova's default, made with genisoimage and the
 //! flags Nova passes it) or VFAT (`config_drive_format=vfat`, made with mtools).
 
@@ -32,12 +32,14 @@ impl DriveFormat {
     }
 }
 
-/// Writes the config drive image at `image` with the two documents in `openstack/latest/`.
+/// Writes the config drive image at `image` with the documents in `openstack/latest/`:
+/// `user_data` is written as is, as Nova writes the server's user data.
 pub fn make(
     format: DriveFormat,
     image: &Path,
     network_data: &serde_json::Value,
     meta_data: &serde_json::Value,
+    user_data: Option<&str>,
 ) -> Result<(), ConfigDriveError> {
     let tree = image.with_extension("files");
     let latest = tree.join("openstack/latest");
@@ -54,6 +56,11 @@ pub fn make(
             serde_json::to_vec_pretty(doc).expect("JSON serialises"),
         )
         .map_err(io)?;
+        files.push(path);
+    }
+    if let Some(ud) = user_data {
+        let path = latest.join("user_data");
+        fs::write(&path, ud).map_err(io)?;
         files.push(path);
     }
     let _ = fs::remove_file(image);

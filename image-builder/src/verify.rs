@@ -11,13 +11,16 @@
 //! opened it: management (the orchestrator's side, `fdca:3ba5:a17a:acda::1/64`), external
 //! and tenant (`192.168.0.2/24`). The config drive (written as Nova writes it: `tap` links,
 //! static networks, a default route for every IPv4 subnet with a gateway) gives the
-//! management NIC a static IPv6 address. With `--dhcp` there is no config drive and dnsmasq
-//! in the management namespace hands out an IPv4 lease.
+//! management NIC a static IPv6 address, and its `user_data` is rug-lite's boot document
+//! with TLS material made for the run (akanda-pki): the agent must then serve mutual TLS only.
+//! With `--dhcp` there is no config drive and dnsmasq in the management namespace hands out an
+//! IPv4 lease; without TLS material or the plain-HTTP opt-in the agent must refuse the PUT.
 //!
 //! Checks: the agent's log on the serial console names the device it read the config drive
 //! from; `GET /v1/system/interfaces` answers on the config drive's management address and
-//! lists the three NICs named `geN` with their MACs; a `PUT /v1/system/config` for them
-//! answers 200; the tenant namespace pings the address the config gave the router.
+//! lists the three NICs named `geN` with their MACs, over mutual TLS; plain HTTP and a TLS
+//! client without a certificate get no answer; a `PUT /v1/system/config` for them answers
+//! 200; the tenant namespace pings the address the config gave the router.
 //! Boot-to-ready is the time from QEMU's start to the first answer.
 
 use std::fmt;
@@ -27,6 +30,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -162,8 +166,13 @@ pub struct VerifyReport {
     pub boot_to_ready: Duration,
     pub interfaces: Vec<(String, String)>,
     pub apply_ms: u128,
-    pub pinged: String,
+    /// The address the tenant pinged after the PUT; `None` when config changes were (rightly)
+    /// refused: no config drive, so no TLS material and no plain-HTTP opt-in.
+    pub pinged: Option<String>,
     pub listen: String,
+    /// Mutual TLS: the agent proved the verify CA's certificate for its address, and refused
+    /// plain HTTP and a client without a certificate.
+    pub mutual_tls: bool,
 }
 
 impl fmt::Display for VerifyReport {
@@ -182,8 +191,22 @@ impl fmt::Display for VerifyReport {
         for (ifname, mac) in &self.interfaces {
             writeln!(f, "  {ifname} {mac}")?;
         }
-        writeln!(f, "  PUT /v1/system/config: 200 in {} ms", self.apply_ms)?;
-        write!(f, "  tenant ping to {}: OK", self.pinged)
+        if self.mutual_tls {
+            writeln!(
+                f,
+                "  mutual TLS: server certificate verified; plain HTTP and a client without a certificate refused"
+            )?;
+        }
+        match &self.pinged {
+            Some(pinged) => {
+                writeln!(f, "  PUT /v1/system/config: 200 in {} ms", self.apply_ms)?;
+                write!(f, "  tenant ping to {pinged}: OK")
+            }
+            None => write!(
+                f,
+                "  PUT /v1/system/config: 403, as it must be without TLS material or the plain-HTTP opt-in"
+            ),
+        }
     }
 }
 
@@ -266,17 +289,91 @@ struct Response {
     body: String,
 }
 
+/// Mutual TLS material for one verify run, made at run time (akanda-pki): the CA, the
+/// appliance's server certificate (its management address and router as SANs), and the
+/// orchestrator's client certificate.
+struct VerifyPki {
+    user_data: String,
+    /// Trusts the CA, presents the client certificate.
+    client: Arc<rustls::ClientConfig>,
+    /// Trusts the CA, presents no certificate.
+    anonymous: Arc<rustls::ClientConfig>,
+}
+
+const VERIFY_ROUTER_ID: &str = "6f0b1c2d-3e4f-4a6b-8c8d-9e0f1a2b3c4d";
+
+impl VerifyPki {
+    fn new(mgmt_addr: IpAddr) -> Result<VerifyPki, String> {
+        use akanda_pki::{Ca, San, Validity};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let e = |e: akanda_pki::PkiError| e.to_string();
+        let (ca, _) = Ca::generate("akanda-image verify CA", Validity::days(1)).map_err(e)?;
+        let server = ca
+            .issue_server(
+                &format!("akanda router {VERIFY_ROUTER_ID}"),
+                &[
+                    San::Ip(mgmt_addr),
+                    San::Dns(akanda_pki::router_dns_name(VERIFY_ROUTER_ID)),
+                ],
+                Validity::days(1),
+            )
+            .map_err(e)?;
+        let client = ca
+            .issue_client("akanda-image verify", Validity::days(1))
+            .map_err(e)?;
+        // Exactly what rug-lite writes (rug-lite/src/bootdata.rs).
+        let user_data = serde_json::to_string_pretty(&json!({"akanda": {
+            "version": 1, "router_id": VERIFY_ROUTER_ID,
+            "management_address": mgmt_addr.to_string(),
+            "tls": {"ca_cert": ca.cert_pem(), "server_cert": server.cert_pem,
+                    "server_key": server.key_pem}}}))
+        .expect("JSON");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let builder = || {
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_root_certificates(roots.clone()))
+                .map_err(|e| e.to_string())
+        };
+        let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key =
+            PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(VerifyPki {
+            user_data,
+            client: Arc::new(
+                builder()?
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?,
+            ),
+            anonymous: Arc::new(builder()?.with_no_client_auth()),
+        })
+    }
+}
+
+/// One request per connection; over mutual TLS when `tls` is given (the server is verified
+/// against the verify CA and must name the address connected to).
 fn http(
     ns: &Netns,
     method: &str,
     addr: SocketAddr,
     path: &str,
     body: Option<String>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> std::io::Result<Response> {
     let method = method.to_string();
     let path = path.to_string();
+    let tls = tls.cloned();
     ns.within(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let host = match addr.ip() {
             IpAddr::V6(_) => format!("[{}]:{}", addr.ip(), addr.port()),
@@ -288,9 +385,28 @@ fn http(
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        match tls {
+            None => {
+                let mut s = s;
+                s.write_all(req.as_bytes())?;
+                s.read_to_end(&mut raw)?;
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let conn =
+                    rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+                let mut s = rustls::StreamOwned::new(conn, s);
+                s.write_all(req.as_bytes())?;
+                s.flush()?;
+                match s.read_to_end(&mut raw) {
+                    Ok(_) => {}
+                    // hyper may close without close_notify after `Connection: close`.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let text = String::from_utf8_lossy(&raw).into_owned();
         let status = text
             .split_whitespace()
@@ -589,7 +705,15 @@ fn run(
     let macs = [mac(1), mac(2), mac(3)];
     let mgmt_addr = "fdca:3ba5:a17a:acda::5";
     let config_drive = w.join("config-2.img");
-    if attachment != Attachment::None {
+    let pki = if attachment != Attachment::None {
+        Some(
+            VerifyPki::new(mgmt_addr.parse().expect("valid"))
+                .map_err(|e| fail(format!("making the verify PKI: {e}")))?,
+        )
+    } else {
+        None
+    };
+    if let Some(pki) = &pki {
         // As Nova's libvirt driver writes it (tests/fixtures/nova-config-drive/): `tap` links,
         // a static IPv6 management network, static IPv4 networks each with the default route
         // Nova adds for a subnet with a gateway (which the agent must ignore).
@@ -621,7 +745,13 @@ fn run(
             "project_id": "d22b149cee9b4eac8349c517eda00b89", "devices": [],
             "meta": {"akanda_mgmt_mac": macs[0]}
         });
-        configdrive::make(opts.config_drive_format, &config_drive, &nd, &md)?;
+        configdrive::make(
+            opts.config_drive_format,
+            &config_drive,
+            &nd,
+            &md,
+            Some(&pki.user_data),
+        )?;
     }
 
     let mgmt = Netns::new("mgmt")?;
@@ -663,7 +793,10 @@ fn run(
     // The root disk is the boot device: without a boot index, SeaBIOS may try a VFAT config
     // drive first and stop at its "not a bootable disk" stub.
     q.arg("-drive")
-        .arg(format!("file={},if=none,id=root,format=qcow2", overlay.display()))
+        .arg(format!(
+            "file={},if=none,id=root,format=qcow2",
+            overlay.display()
+        ))
         .arg("-device")
         .arg("virtio-blk-pci,drive=root,bootindex=0");
     q.args(config_drive_args(attachment, opts.machine, &config_drive));
@@ -756,7 +889,8 @@ fn run(
             Some(SocketAddr::new(mgmt_addr.parse().expect("valid"), 5000))
         };
         if let Some(addr) = target {
-            match http(&mgmt, "GET", addr, "/v1/system/interfaces", None) {
+            let tls = pki.as_ref().map(|p| &p.client);
+            match http(&mgmt, "GET", addr, "/v1/system/interfaces", None, tls) {
                 Ok(r) if r.status == 200 => break (addr, r.body),
                 Ok(r) => last_error = format!("HTTP {}: {}", r.status, r.body),
                 Err(e) => last_error = e.to_string(),
@@ -814,10 +948,56 @@ fn run(
         _ => None,
     };
     let config = router_config(&names, lease.as_deref()).to_string();
+
+    // Mutual TLS only: plain HTTP and a client without a certificate get no answer.
+    if let Some(pki) = &pki {
+        if let Ok(r) = http(&mgmt, "GET", listen, "/v1/system/interfaces", None, None) {
+            return Err(fail(format!(
+                "the agent answered plain HTTP with {} although the config drive carries TLS material",
+                r.status
+            )));
+        }
+        if let Ok(r) = http(
+            &mgmt,
+            "GET",
+            listen,
+            "/v1/system/interfaces",
+            None,
+            Some(&pki.anonymous),
+        ) {
+            return Err(fail(format!(
+                "the agent answered a client without a certificate with {}",
+                r.status
+            )));
+        }
+    }
+    let tls = pki.as_ref().map(|p| &p.client);
     let t = Instant::now();
-    let put = http(&mgmt, "PUT", listen, "/v1/system/config", Some(config))
+    let put = http(&mgmt, "PUT", listen, "/v1/system/config", Some(config), tls)
         .map_err(|e| fail(format!("PUT /v1/system/config: {e}")))?;
     let apply_ms = t.elapsed().as_millis();
+    if pki.is_none() {
+        // No config drive: no TLS material and no operator opt-in, so no config change.
+        if put.status != 403 {
+            return Err(fail(format!(
+                "without a config drive the agent must refuse config changes over plain HTTP (403), it answered {}: {}",
+                put.status, put.body
+            )));
+        }
+        drop(vm);
+        return Ok(VerifyReport {
+            firmware: opts.firmware,
+            machine: opts.machine,
+            attachment,
+            config_drive_device,
+            boot_to_ready,
+            interfaces: names.iter().cloned().zip(macs.iter().cloned()).collect(),
+            apply_ms,
+            pinged: None,
+            listen: listen.to_string(),
+            mutual_tls: false,
+        });
+    }
     if put.status != 200 {
         return Err(fail(format!(
             "PUT /v1/system/config answered {}: {}",
@@ -857,8 +1037,9 @@ fn run(
         boot_to_ready,
         interfaces: names.iter().cloned().zip(macs.iter().cloned()).collect(),
         apply_ms,
-        pinged: target.into(),
+        pinged: Some(target.into()),
         listen: listen.to_string(),
+        mutual_tls: true,
     })
 }
 

@@ -659,7 +659,18 @@ impl Agent {
         state_dir: Option<&Path>,
         tls_args: &[&str],
     ) -> Agent {
-        Agent::spawn_inner(&agent_bin(), ns, listen, state_dir, false, tls_args)
+        Agent::spawn_tls_program(&agent_bin(), ns, listen, state_dir, tls_args)
+    }
+
+    /// [`Agent::spawn_tls`] with another executable (e.g. the release build).
+    pub fn spawn_tls_program(
+        bin: &Path,
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        tls_args: &[&str],
+    ) -> Agent {
+        Agent::spawn_inner(bin, ns, listen, state_dir, false, tls_args)
     }
 
     fn spawn_inner(

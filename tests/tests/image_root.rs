@@ -11,10 +11,12 @@
 //!    on a virtio-blk disk.
 //!    Each time the agent's own log line must name the device it read, and the agent must
 //!    answer on the config drive's management address (the management namespace runs no DHCP
-//!    server then, so a lease cannot be what answers); NICs named geN with their MACs, a PUT
-//!    of a config for them, a tenant namespace pings the router.
+//!    server then, so a lease cannot be what answers), over mutual TLS only (the config drive's
+//!    user_data carries the TLS material; plain HTTP must fail); NICs named geN with their
+//!    MACs, a PUT of a config for them, a tenant namespace pings the router.
 //! 3. `akanda-image verify --firmware uefi --dhcp`: OVMF and the no-config-drive fallback
-//!    (DHCP from dnsmasq in the management namespace).
+//!    (DHCP from dnsmasq in the management namespace); without TLS material or the plain-HTTP
+//!    opt-in the agent must refuse the PUT (403).
 //! 4. A failing element script: the error names the element, the phase, the script and the
 //!    tail of its output.
 //!
@@ -199,6 +201,11 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
             "{attachment}: {text}"
         );
         assert!(text.contains("tenant ping to 192.168.0.1: OK"), "{text}");
+        // The config drive carried TLS material: mutual TLS only, plain HTTP refused.
+        assert!(
+            text.contains("mutual TLS: server certificate verified; plain HTTP and a client without a certificate refused"),
+            "{attachment}: {text}"
+        );
     }
 
     // 3. OVMF, no config drive: DHCP fallback.
@@ -215,6 +222,8 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
         text.contains("10.99.0."),
         "listens on the DHCP lease: {text}"
     );
+    // No config drive: no TLS material and no opt-in, so the image refuses config changes.
+    assert!(text.contains("PUT /v1/system/config: 403"), "{text}");
 
     // 4. A failing element script is reported with its name, phase and output.
     let broken = work.path().join("broken.qcow2");
