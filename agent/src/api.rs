@@ -420,17 +420,29 @@ fn apply_error(e: ApplyError) -> Response {
             "the config does not fit this appliance",
             &problems,
         ),
-        ApplyError::Kernel { failed, rollback } => {
-            let (message, details) = match rollback {
-                Ok(()) => (
-                    format!("the kernel refused the config; the previous state was restored: {failed}"),
-                    vec![Problem::new("", failed)],
-                ),
-                Err(rb) => (
-                    format!("the kernel refused the config and restoring the previous state failed: {failed}"),
-                    vec![Problem::new("", failed), Problem::new("", format!("rollback: {rb}"))],
-                ),
+        ApplyError::Failed {
+            phase,
+            cause,
+            rollback,
+        } => {
+            let refusal = phase.refusal();
+            let (message, mut details) = if rollback.is_complete() {
+                (
+                    format!("{refusal}; the previous state was restored: {cause}"),
+                    vec![Problem::new("", cause)],
+                )
+            } else {
+                (
+                    format!("{refusal} and restoring the previous state failed: {cause}"),
+                    vec![Problem::new("", cause)],
+                )
             };
+            details.extend(
+                rollback
+                    .failed
+                    .iter()
+                    .map(|(phase, e)| Problem::new("", format!("rollback of {phase}: {e}"))),
+            );
             error(StatusCode::CONFLICT, &message, &details)
         }
         ApplyError::Unavailable(msg) => error(StatusCode::SERVICE_UNAVAILABLE, &msg, &[]),

@@ -1,9 +1,12 @@
 //! The single owner of the appliance's state: applies configs as transactions.
 //!
-//! Apply = name NICs → check the config's interfaces exist → forwarding sysctls → read the
-//! kernel → plan and write links/addresses → plan and write routes → persist. If any kernel
-//! write or the persist fails, the links and routes the apply touched are put back as they
-//! were read before it began, and the previous config stays current.
+//! Apply = preflight (name NICs, check the config's interfaces exist, forwarding sysctls,
+//! read the kernel), then the [`Phase`]s in order: links/addresses/routes, the ruleset,
+//! conntrack, the services, persist. Each phase records in a journal how to undo itself
+//! (before it starts when it can half-happen, after it succeeds when it is atomic). When a
+//! phase fails, the journal is unwound in reverse, and the error names the phase, the cause
+//! and what the rollback itself achieved. A new phase (VPN, HA) is one more step in
+//! [`Appliance::run_phases`] and, if it changes anything, one more [`Undo`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -20,21 +23,85 @@ use crate::services::{Services, ServicesOptions};
 use crate::store::StateDir;
 use crate::sysctl;
 
+/// The phases of an apply that change the box, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    LinksAddressesRoutes,
+    Ruleset,
+    Conntrack,
+    Services,
+    Persist,
+}
+
+impl Phase {
+    /// The phase's name, as in `/v1/status` `last_apply.phases_ms`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::LinksAddressesRoutes => "links_addresses_routes",
+            Phase::Ruleset => "ruleset",
+            Phase::Conntrack => "conntrack",
+            Phase::Services => "services",
+            Phase::Persist => "persist",
+        }
+    }
+
+    /// Who refused, in words for an operator.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Phase::LinksAddressesRoutes | Phase::Ruleset | Phase::Conntrack => {
+                "the kernel refused the config"
+            }
+            Phase::Services => "a service could not be configured",
+            Phase::Persist => "the config could not be saved",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What unwinding the journal achieved: the phases put back, and those that could not be.
+#[derive(Debug, Default)]
+pub struct Rollback {
+    pub restored: Vec<Phase>,
+    pub failed: Vec<(Phase, String)>,
+}
+
+impl Rollback {
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
 /// Why an apply failed. Every variant leaves the previous config in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The config names NICs this appliance does not have.
     #[error("the config does not fit this appliance")]
     DoesNotFit(Vec<Problem>),
-    /// The kernel refused a change; `rollback` says whether the previous state was restored.
-    #[error("{failed}")]
-    Kernel {
-        failed: String,
-        rollback: Result<(), String>,
+    /// A phase failed; `rollback` says what was restored.
+    #[error("{cause}")]
+    Failed {
+        phase: Phase,
+        cause: String,
+        rollback: Rollback,
     },
     /// The appliance could not do its part (netlink socket, state directory, sysctls).
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// How to undo one phase of the journal.
+enum Undo {
+    /// Put the links, addresses and routes the apply touched back as read before it began.
+    Kernel,
+    /// Reinstall the ruleset that was in the kernel (None: delete the agent's table).
+    Ruleset(Option<Ruleset>),
+    /// Bring the services back to the previous config.
+    Services,
 }
 
 /// What `/v1/status` shows of the last apply.
@@ -299,61 +366,115 @@ impl Appliance {
         }
 
         let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
-        let mut clock = Instant::now();
-        let mut lap = |phases: &mut std::collections::BTreeMap<&'static str, f64>, name| {
-            let now = Instant::now();
-            phases.insert(name, ((now - clock).as_secs_f64() * 1e6).round() / 1e3);
-            clock = now;
-        };
+        // The first phase's time includes reading the kernel.
+        let clock = Instant::now();
         let before = KernelState::read(&self.nl).await.map_err(unavailable)?;
         let desired = desired_state(config, self.current.as_ref());
-        if let Err(failed) = self.write_state(&desired, &before).await {
-            return Err(self.roll_back(&desired, &before, failed).await);
+        let mut journal = Vec::new();
+        if let Err((phase, cause)) = self
+            .run_phases(config, &desired, &before, &mut journal, clock)
+            .await
+        {
+            tracing::warn!(%phase, %cause, "apply failed; restoring the previous state");
+            let rollback = self.unwind(journal, &desired, &before).await;
+            return Err(ApplyError::Failed {
+                phase,
+                cause,
+                rollback,
+            });
         }
-        lap(&mut self.phases, "links_addresses_routes");
+        Ok(())
+    }
+
+    /// The phases that change the box, each journaling its undo.
+    async fn run_phases(
+        &mut self,
+        config: &RouterConfig,
+        desired: &DesiredState,
+        before: &KernelState,
+        journal: &mut Vec<(Phase, Undo)>,
+        mut clock: Instant,
+    ) -> Result<(), (Phase, String)> {
+        let mut lap = |phases: &mut std::collections::BTreeMap<&'static str, f64>, phase: Phase| {
+            let now = Instant::now();
+            phases.insert(
+                phase.name(),
+                ((now - clock).as_secs_f64() * 1e6).round() / 1e3,
+            );
+            clock = now;
+        };
+        // Many netlink writes: may half-happen, so the undo is journaled first.
+        journal.push((Phase::LinksAddressesRoutes, Undo::Kernel));
+        self.write_state(desired, before)
+            .await
+            .map_err(|e| (Phase::LinksAddressesRoutes, e))?;
+        lap(&mut self.phases, Phase::LinksAddressesRoutes);
+
+        // One atomic batch: only a batch that went in needs undoing.
         let previous_ruleset = self.ruleset.clone();
         let ruleset = firewall::build(config, self.firewall);
-        if let Err(failed) = self.install_ruleset(&ruleset) {
-            return Err(self.roll_back(&desired, &before, failed).await);
-        }
-        lap(&mut self.phases, "ruleset");
+        self.install_ruleset(&ruleset)
+            .map_err(|e| (Phase::Ruleset, e))?;
+        journal.push((Phase::Ruleset, Undo::Ruleset(previous_ruleset)));
+        lap(&mut self.phases, Phase::Ruleset);
+
         // Sessions through a floating IP that is gone or now points elsewhere must end
-        // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive.
+        // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive. Ended
+        // sessions are not undone: their NAT is being rolled back with the ruleset anyway.
         let moved = moved_floating_ips(self.current.as_ref(), config);
-        match tokio::task::block_in_place(|| firewall::netfilter::delete_sessions_of(&moved)) {
-            Ok(n) => {
-                self.last_conntrack_deleted = n;
-                lap(&mut self.phases, "conntrack");
-            }
-            Err(e) => {
-                let failed = e.to_string();
-                self.restore_ruleset(previous_ruleset);
-                return Err(self.roll_back(&desired, &before, failed).await);
-            }
-        }
-        if let Err(e) = self.services.apply(config).await {
-            let failed = format!("services: {e}");
-            self.restore_services().await;
-            self.restore_ruleset(previous_ruleset);
-            return Err(self.roll_back(&desired, &before, failed).await);
-        }
-        lap(&mut self.phases, "services");
-        self.announce_new_external_addresses(config, &desired, &before);
+        self.last_conntrack_deleted =
+            tokio::task::block_in_place(|| firewall::netfilter::delete_sessions_of(&moved))
+                .map_err(|e| (Phase::Conntrack, e.to_string()))?;
+        lap(&mut self.phases, Phase::Conntrack);
+
+        // Several daemons: may half-happen.
+        journal.push((Phase::Services, Undo::Services));
+        self.services
+            .apply(config)
+            .await
+            .map_err(|e| (Phase::Services, format!("services: {e}")))?;
+        lap(&mut self.phases, Phase::Services);
+        self.announce_new_external_addresses(config, desired, before);
+
         let unchanged = self
             .current
             .as_ref()
             .is_some_and(|c| c.document == config.document);
-        if unchanged {
-            return Ok(());
+        if !unchanged {
+            self.state
+                .save_config(&config.document.to_canonical_json())
+                .map_err(|e| {
+                    let path = self.state.path().display();
+                    (Phase::Persist, format!("saving the config to {path}: {e}"))
+                })?;
+            lap(&mut self.phases, Phase::Persist);
         }
-        if let Err(e) = self.state.save_config(&config.document.to_canonical_json()) {
-            let failed = format!("saving the config to {}: {e}", self.state.path().display());
-            self.restore_services().await;
-            self.restore_ruleset(previous_ruleset);
-            return Err(self.roll_back(&desired, &before, failed).await);
-        }
-        lap(&mut self.phases, "persist");
         Ok(())
+    }
+
+    /// Undoes the journal in reverse: exactly what ran, last first.
+    async fn unwind(
+        &mut self,
+        journal: Vec<(Phase, Undo)>,
+        attempted: &DesiredState,
+        before: &KernelState,
+    ) -> Rollback {
+        let mut outcome = Rollback::default();
+        for (phase, undo) in journal.into_iter().rev() {
+            let result = match undo {
+                Undo::Services => self.restore_services().await,
+                Undo::Ruleset(previous) => self.restore_ruleset(previous),
+                Undo::Kernel => self.restore_kernel(attempted, before).await,
+            };
+            match result {
+                Ok(()) => outcome.restored.push(phase),
+                Err(e) => {
+                    tracing::error!(%phase, error = %e, "rollback failed: the box may be half-configured");
+                    outcome.failed.push((phase, e));
+                }
+            }
+        }
+        outcome
     }
 
     /// Installs `ruleset` in one atomic batch, unless the kernel already has exactly it (an
@@ -372,11 +493,14 @@ impl Appliance {
     }
 
     /// Puts the services back as the previous config had them.
-    async fn restore_services(&mut self) {
-        if let Some(previous) = self.current.clone() {
-            if let Err(e) = self.services.apply(&previous).await {
-                tracing::error!(error = %e, "restoring the previous services failed");
-            }
+    async fn restore_services(&mut self) -> Result<(), String> {
+        match self.current.clone() {
+            Some(previous) => self
+                .services
+                .apply(&previous)
+                .await
+                .map_err(|e| format!("restoring the previous services: {e}")),
+            None => Ok(()),
         }
     }
 
@@ -408,19 +532,18 @@ impl Appliance {
     }
 
     /// Puts the previous ruleset back after a later step of the apply failed.
-    fn restore_ruleset(&mut self, previous: Option<Ruleset>) {
+    fn restore_ruleset(&mut self, previous: Option<Ruleset>) -> Result<(), String> {
         if self.ruleset == previous {
-            return;
+            return Ok(());
         }
         self.netfilter_batches += 1;
-        let result = tokio::task::block_in_place(|| match &previous {
+        tokio::task::block_in_place(|| match &previous {
             Some(rs) => firewall::batch::apply(rs),
             None => firewall::batch::delete_table(),
-        });
-        match result {
-            Ok(()) => self.ruleset = previous,
-            Err(e) => tracing::error!(error = %e, "restoring the previous ruleset failed"),
-        }
+        })
+        .map_err(|e| format!("restoring the previous ruleset: {e}"))?;
+        self.ruleset = previous;
+        Ok(())
     }
 
     /// Brings the kernel to `desired`, starting from `actual`. Returns what failed.
@@ -449,25 +572,17 @@ impl Appliance {
             .map_err(|e| e.to_string())
     }
 
-    async fn roll_back(
+    /// Brings the links, addresses and routes the apply touched back to `before`.
+    async fn restore_kernel(
         &self,
         attempted: &DesiredState,
         before: &KernelState,
-        failed: String,
-    ) -> ApplyError {
-        tracing::warn!(%failed, "apply failed; restoring the previous state");
+    ) -> Result<(), String> {
         let previous = before.as_desired(attempted.links.keys().map(String::as_str));
-        let rollback = async {
-            let now = KernelState::read(&self.nl)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.write_state(&previous, &now).await
-        }
-        .await;
-        if let Err(e) = &rollback {
-            tracing::error!(error = %e, "rollback failed: the kernel may be half-configured");
-        }
-        ApplyError::Kernel { failed, rollback }
+        let now = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.write_state(&previous, &now).await
     }
 }
 
