@@ -144,7 +144,10 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(40);
-    let bin = release_bin("akanda-agent");
+    // AKANDA_AGENT_BIN names another build (e.g. a copy of the release agent).
+    let bin = std::env::var_os("AKANDA_AGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| release_bin("akanda-agent"));
     let lab = RouterLab::new("btls");
     let addr = lab.listen_addr();
     let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());

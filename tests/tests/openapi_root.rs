@@ -6,7 +6,7 @@
 //!   check but `positive_data_acceptance` (the config's validation, CIDRs and references
 //!   between fields, is not expressible in JSON Schema, so a schema-valid random config is
 //!   rightly refused with 422): no 5xx, no status, content type, header or schema violation.
-//!   The number of examples is bounded by `AKANDA_SCHEMATHESIS_EXAMPLES` (default 25 per
+//!   The number of examples is bounded by `AKANDA_SCHEMATHESIS_EXAMPLES` (default 100 per
 //!   operation). schemathesis is found as `$AKANDA_SCHEMATHESIS`, `/opt/schemathesis/bin/
 //!   schemathesis` (what scripts/install-deps installs) or on PATH; without it the test fails
 //!   unless `AKANDA_SKIP_SCHEMATHESIS=1`.
@@ -145,7 +145,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation_over_mutual_tls() 
         }
         panic!("schemathesis is not installed: run scripts/install-deps (or set AKANDA_SKIP_SCHEMATHESIS=1)");
     };
-    let examples = std::env::var("AKANDA_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let examples = std::env::var("AKANDA_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "100".into());
     let lab = RouterLab::new("fuzz");
     let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
     let (agent, _https) = start(&lab, &pki);

@@ -167,10 +167,24 @@ fn only_the_orchestrators_certificate_passes_the_handshake() {
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
 
     // A config change over TLS is logged with who made it and the resulting hash.
+    // It carries a VPN pre-shared key: never returned, never logged, stored 0600.
     let https = curl(&lab, &pki);
-    let config = lab.fitted_config_with(&https);
+    let mut config = lab.fitted_config_with(&https);
+    let psk = "tls-test-psk-6d1f0b";
+    config["vpn"] =
+        json!({"ipsec": [{"id": "v1", "ipsec_connections": [{"id": "c1", "psk": psk}]}]});
     let r = https.put_json("/v1/system/config", &config);
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(psk), "{}", r.body);
+    let shown = https.get("/v1/system/config");
+    assert!(!shown.body.contains(psk), "{}", shown.body);
+    assert!(shown.body.contains("***"), "{}", shown.body);
+    let saved = lab.state_dir().join("config.json");
+    assert!(std::fs::read_to_string(&saved).unwrap().contains(psk));
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let hash = https.get("/v1/status").json()["config_hash"]
         .as_str()
         .unwrap()
@@ -182,8 +196,9 @@ fn only_the_orchestrators_certificate_passes_the_handshake() {
         .unwrap_or_else(|| panic!("no config change logged\n{log}"));
     assert!(line.contains("CN=rug-lite"), "{line}");
     assert!(line.contains(&hash), "{line}");
-    // No key material in the log, ever.
+    // No key material and no pre-shared key in the log, ever.
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+    assert!(!log.contains(psk), "{log}");
 }
 
 #[test]
