@@ -177,6 +177,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation_over_mutual_tls() 
         .arg("har")
         .arg("--report-dir")
         .arg(report.path())
+        // Its cache (.schemathesis/) goes to the temp dir, not the checkout.
+        .current_dir(report.path())
         .env("SCHEMATHESIS_HOOKS", "")
         .env("NO_COLOR", "1")
         .output()
