@@ -34,6 +34,30 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// `[::]:port` (dual stack; `0.0.0.0:port` where IPv6 is off) with `SO_BINDTODEVICE ifname`:
+/// every address of that NIC and no other NIC's. The one device-bound binder: the API on a
+/// DHCP-configured management NIC and each NIC's metadata proxy use it.
+pub fn bind_to_device(ifname: &str, port: u16, backlog: i32) -> io::Result<TcpListener> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let (socket, addr) = match Socket::new(Domain::IPV6, Type::STREAM, None) {
+        Ok(s) => {
+            s.set_only_v6(false)?;
+            (s, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => (
+            Socket::new(Domain::IPV4, Type::STREAM, None)?,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+        ),
+        Err(e) => return Err(e),
+    };
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(ifname.as_bytes()))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Serves until `shutdown` resolves. Connections already accepted finish on their own tasks.
 ///
 /// With `tls`, each connection first completes a mutual TLS handshake with the config in force

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -250,26 +250,9 @@ impl MetadataProxy {
     }
 }
 
-/// `[::]:port` (dual stack; `0.0.0.0:port` where IPv6 is off) with `SO_BINDTODEVICE ifname`.
+/// The NIC's listener (see [`crate::server::bind_to_device`]).
 fn bind(ifname: &str, port: u16) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let (socket, addr) = match Socket::new(Domain::IPV6, Type::STREAM, None) {
-        Ok(s) => {
-            s.set_only_v6(false)?;
-            (s, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => (
-            Socket::new(Domain::IPV4, Type::STREAM, None)?,
-            SocketAddr::from(([0, 0, 0, 0], port)),
-        ),
-        Err(e) => return Err(e),
-    };
-    socket.set_reuse_address(true)?;
-    socket.bind_device(Some(ifname.as_bytes()))?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    TcpListener::from_std(socket.into())
+    crate::server::bind_to_device(ifname, port, 128)
 }
 
 async fn serve(
