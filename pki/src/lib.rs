@@ -453,6 +453,15 @@ pub fn describe(pem_text: &str, source: &str) -> Result<Vec<CertInfo>, PkiError>
     Ok(out)
 }
 
+/// The end of a DER certificate's validity (e.g. the certificate a peer presented in a TLS
+/// handshake), to re-issue it before it expires.
+pub fn not_after_der(der: &[u8]) -> Result<OffsetDateTime, PkiError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::Parse("DER certificate".into(), e.to_string()))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,6 +522,21 @@ mod tests {
             San::Ip("::1".parse().unwrap())
         );
         assert!(Ca::from_pem(ca.cert_pem(), "junk").is_err());
+    }
+
+    #[test]
+    fn not_after_from_der() {
+        let (ca, _) = Ca::generate("test CA", Validity::days(10)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let issued = ca
+            .issue_server("r", &[], Validity::between(now, now + Duration::days(3)))
+            .unwrap();
+        let pem = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes())
+            .unwrap()
+            .1;
+        let end = not_after_der(&pem.contents).unwrap();
+        assert!((end - (now + Duration::days(3))).abs() < Duration::seconds(2));
+        assert!(not_after_der(b"junk").is_err());
     }
 
     #[test]

@@ -107,6 +107,9 @@ impl Appliance for StandInCloud {
     ) -> Result<(), ApplianceError> {
         self.agent.put_config(target, document).await
     }
+    fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<std::time::SystemTime> {
+        self.agent.certificate_expiry(target)
+    }
 }
 
 impl CertificateAuthority for StandInCloud {
@@ -226,6 +229,15 @@ async fn rug_lite_configures_the_real_agent_over_mutual_tls_root() {
     let held = fresh.config_hash(&target).await.unwrap();
     assert_eq!(held, s.config_hash);
     assert!(held.is_some());
+    // The certificate the agent presents is the one from its user_data: 30 days by default,
+    // noted by the client so that the reconciler can renew it.
+    let left = fresh
+        .certificate_expiry(&target)
+        .expect("noted from the handshake")
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    assert!(left > 29 * day && left <= 30 * day, "{left:?}");
     // And the kernel of the guest has the router's addresses from that config.
     let addrs = guest.addresses();
     for a in ["203.0.113.5", "10.0.0.1"] {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use akanda_model::Document;
 use serde_json::Value;
@@ -19,6 +19,8 @@ enum Transport {
         identity: ClientIdentity,
         timeout: Duration,
         clients: Mutex<HashMap<(String, IpAddr, u16), reqwest::Client>>,
+        /// The end of validity of the certificate each appliance last presented.
+        expiry: Mutex<HashMap<(String, IpAddr, u16), SystemTime>>,
     },
 }
 
@@ -46,6 +48,7 @@ impl AgentClient {
                 identity,
                 timeout,
                 clients: Mutex::new(HashMap::new()),
+                expiry: Mutex::new(HashMap::new()),
             },
         }
     }
@@ -64,6 +67,7 @@ impl AgentClient {
                 identity,
                 timeout,
                 clients,
+                ..
             } => {
                 // The URL names the router, so TLS checks the router's DNS SAN; `resolve`
                 // sends it to the management address, which the verifier checks too.
@@ -80,6 +84,8 @@ impl AgentClient {
                 let config = identity.config_for(target.address).map_err(|e| setup(&e))?;
                 let client = reqwest::Client::builder()
                     .use_preconfigured_tls(config)
+                    // The peer certificate, to renew it before it expires.
+                    .tls_info(true)
                     .resolve(&name, socket)
                     .timeout(*timeout)
                     .no_proxy()
@@ -91,14 +97,41 @@ impl AgentClient {
         }
     }
 
+    /// When the certificate the appliance presented on its last answer stops being valid
+    /// (None over plain HTTP, or before any answer).
+    pub(crate) fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<SystemTime> {
+        match &self.transport {
+            Transport::Plain(_) => None,
+            Transport::Mutual { expiry, .. } => expiry
+                .lock()
+                .expect("expiry lock")
+                .get(&(target.router_id.clone(), target.address, target.port))
+                .copied(),
+        }
+    }
+
     async fn send(
         &self,
+        target: &ApplianceTarget,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, Value), ApplianceError> {
         let response = request
             .send()
             .await
             .map_err(|e| ApplianceError::Unreachable(chain(&e)))?;
+        if let Transport::Mutual { expiry, .. } = &self.transport {
+            let not_after = response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|info| info.peer_certificate())
+                .and_then(|der| akanda_pki::not_after_der(der).ok());
+            if let Some(t) = not_after {
+                expiry.lock().expect("expiry lock").insert(
+                    (target.router_id.clone(), target.address, target.port),
+                    t.into(),
+                );
+            }
+        }
         let status = response.status();
         let text = response
             .text()
@@ -127,7 +160,7 @@ impl AgentClient {
         target: &ApplianceTarget,
     ) -> Result<BTreeMap<String, String>, ApplianceError> {
         let (http, url) = self.endpoint(target, "/v1/system/interfaces")?;
-        let (status, body) = self.send(http.get(url)).await?;
+        let (status, body) = self.send(target, http.get(url)).await?;
         if !status.is_success() {
             return Err(Self::refused(status, &body));
         }
@@ -146,7 +179,7 @@ impl AgentClient {
         target: &ApplianceTarget,
     ) -> Result<Option<String>, ApplianceError> {
         let (http, url) = self.endpoint(target, "/v1/status")?;
-        let (status, body) = self.send(http.get(url)).await?;
+        let (status, body) = self.send(target, http.get(url)).await?;
         if !status.is_success() {
             return Err(Self::refused(status, &body));
         }
@@ -164,7 +197,7 @@ impl AgentClient {
             .put(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(document.to_canonical_json());
-        let (status, body) = self.send(request).await?;
+        let (status, body) = self.send(target, request).await?;
         if status.is_success() {
             Ok(())
         } else {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use akanda_model::Document;
 
@@ -156,6 +157,9 @@ pub(crate) trait Appliance: Send + Sync {
         target: &ApplianceTarget,
         document: &Document,
     ) -> impl Future<Output = Result<(), ApplianceError>> + Send;
+    /// The end of validity of the server certificate the appliance presented when it last
+    /// answered; None over plain HTTP.
+    fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<SystemTime>;
 }
 
 /// TLS material for one appliance, issued from `[tls]`.
@@ -213,6 +217,8 @@ pub(crate) mod tests {
         pub fail: Vec<String>,
         /// Hot-plug that the guest never sees: attach binds the port, no NIC appears.
         pub attach_without_nic: bool,
+        /// What every appliance's certificate says about its end of validity.
+        pub certificate_expiry: Option<SystemTime>,
     }
 
     #[derive(Default)]
@@ -567,6 +573,9 @@ pub(crate) mod tests {
                 agent.pushes += 1;
                 Ok(())
             })
+        }
+        fn certificate_expiry(&self, _target: &ApplianceTarget) -> Option<SystemTime> {
+            self.with(|s| s.certificate_expiry)
         }
     }
 

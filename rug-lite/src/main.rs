@@ -111,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
     let credentials = keystone::credentials(settings.openstack_cloud.as_deref())?;
     let appliance_timeout = Duration::from_secs(30);
+    let mut cert_renew_before = tls::DEFAULT_RENEW_BEFORE;
     let (agent, ca) = match &settings.tls {
         settings::TlsSettings::InsecureHttp => {
             tracing::warn!(
@@ -120,11 +121,23 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("appliance HTTP client: {e}"))?;
             (agent, None)
         }
-        settings::TlsSettings::Mutual { ca_cert, ca_key } => {
-            let ca = tls::Ca::load(ca_cert, ca_key).context("[tls] ca_cert / ca_key")?;
+        settings::TlsSettings::Mutual {
+            ca_cert,
+            ca_key,
+            server_cert_lifetime,
+            renew_before,
+        } => {
+            let ca = tls::Ca::load(ca_cert, ca_key)
+                .context("[tls] ca_cert / ca_key")?
+                .with_server_lifetime(*server_cert_lifetime);
             let (cert, key) = ca.issue_client()?;
             let identity = tls::ClientIdentity::new(ca.ca_cert_pem(), &cert, &key)?;
-            tracing::warn!("mutual TLS to the appliances: the agent in this tree does not serve TLS yet, so its appliances will not answer");
+            cert_renew_before = *renew_before;
+            tracing::info!(
+                server_cert_lifetime = %humantime::format_duration(*server_cert_lifetime),
+                renew_before = %humantime::format_duration(*renew_before),
+                "mutual TLS to the appliances"
+            );
             (
                 appliance::AgentClient::mutual_tls(identity, appliance_timeout),
                 Some(ca),
@@ -194,6 +207,7 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
             boot_poll: Duration::from_secs(5),
             hotplug_poll: Duration::from_secs(2),
             hotplug_timeout: a.hotplug_timeout,
+            cert_renew_before,
             max_boots: s.max_boots,
             max_pushes: s.max_pushes,
             max_probes: s.max_probes,

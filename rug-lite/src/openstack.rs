@@ -541,6 +541,9 @@ impl Appliance for HttpCloud {
     ) -> Result<(), ApplianceError> {
         self.agent.put_config(target, document).await
     }
+    fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<std::time::SystemTime> {
+        self.agent.certificate_expiry(target)
+    }
 }
 
 /// The CA from `[tls]`; with plain HTTP (`insecure_http`) no TLS material is issued.

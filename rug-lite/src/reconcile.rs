@@ -50,6 +50,9 @@ pub(crate) struct ReconcileSettings {
     pub hotplug_poll: Duration,
     /// A hot-plugged NIC not seen by then: the server is replaced (it boots with every port).
     pub hotplug_timeout: Duration,
+    /// An appliance whose certificate has less than this left is replaced (the new server is
+    /// booted with a new certificate).
+    pub cert_renew_before: Duration,
     pub max_boots: usize,
     pub max_pushes: usize,
     pub max_probes: usize,
@@ -246,6 +249,30 @@ impl<C: Cloud> Reconciler<C> {
             .lock()
             .expect("lock")
             .remove(&server.id);
+        // A certificate about to expire: replace the appliance, which boots with a new one.
+        if let Some(not_after) = self.cloud.certificate_expiry(&target) {
+            let left = not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if left < self.settings.cert_renew_before {
+                tracing::warn!(
+                    router = %router_id,
+                    server = %server.id,
+                    not_after = %rfc3339(not_after),
+                    "the appliance's certificate expires within renew_before: replacing the server (it boots with a new certificate)"
+                );
+                self.delete_server(&server.id).await?;
+                self.status.update(router_id, |s| {
+                    s.state = RouterState::Booting;
+                    s.last_error = Some(format!(
+                        "certificate of server {} expires at {}: replaced",
+                        server.id,
+                        rfc3339(not_after)
+                    ));
+                });
+                return Ok(Step::Wait(self.settings.boot_poll));
+            }
+        }
         let nics: BTreeMap<String, String> = nics
             .into_iter()
             .map(|(mac, name)| (normalise_mac(&mac), name))

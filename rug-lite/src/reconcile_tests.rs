@@ -29,6 +29,7 @@ pub(crate) fn settings() -> ReconcileSettings {
         boot_poll: Duration::from_secs(5),
         hotplug_poll: Duration::from_secs(2),
         hotplug_timeout: Duration::from_secs(60),
+        cert_renew_before: Duration::from_secs(14 * 86_400),
         max_boots: 2,
         max_pushes: 2,
         max_probes: 2,
@@ -397,6 +398,56 @@ async fn a_server_that_never_answers_is_replaced_after_the_boot_timeout() {
     assert_eq!(cloud.calls_matching("create_port").len(), 3, "ports reused");
     cloud.activate_all();
     assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_appliance_whose_certificate_expires_soon_is_replaced_with_a_new_one() {
+    let cloud = world();
+    let r = reconciler(&cloud);
+    r.reconcile_router(R).await.unwrap();
+    cloud.activate_all();
+    let day = Duration::from_secs(86_400);
+    // 15 days left, renew_before is 14: nothing happens.
+    cloud.with(|s| s.certificate_expiry = Some(SystemTime::now() + 15 * day));
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    assert!(cloud.calls_matching("delete_server").is_empty());
+    let first = r.status.get(R).unwrap().server_id.unwrap();
+
+    // 13 days left: the server is deleted, to be booted again with a new certificate.
+    cloud.with(|s| s.certificate_expiry = Some(SystemTime::now() + 13 * day));
+    assert_eq!(
+        r.reconcile_router(R).await.unwrap(),
+        Step::Wait(Duration::from_secs(5))
+    );
+    assert_eq!(
+        cloud.calls_matching("delete_server"),
+        [format!("delete_server {first}")]
+    );
+    let status = r.status.get(R).unwrap();
+    assert_eq!(status.state, RouterState::Booting);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("certificate"),
+        "{status:?}"
+    );
+    cloud.finish_deletes();
+    cloud.with(|s| s.certificate_expiry = Some(SystemTime::now() + 30 * day));
+    r.reconcile_router(R).await.unwrap();
+    let second = r.status.get(R).unwrap().server_id.unwrap();
+    assert_ne!(first, second);
+    let address = r.status.get(R).unwrap().management_address.unwrap();
+    assert_eq!(
+        cloud.calls_matching(&format!("issue {R} {address}")).len(),
+        2,
+        "a new certificate for the same router and address"
+    );
+    assert_eq!(cloud.calls_matching("create_port").len(), 3, "ports reused");
+    cloud.activate_all();
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    assert_eq!(r.status.get(R).unwrap().last_error, None);
 }
 
 #[tokio::test(start_paused = true)]

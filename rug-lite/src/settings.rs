@@ -52,6 +52,13 @@ const KEYS: &[(&str, &str, Kind, Option<&str>)] = &[
     ("tls", "ca_cert", Kind::Text, None),
     ("tls", "ca_key", Kind::Text, None),
     ("tls", "insecure_http", Kind::Bool, Some("false")),
+    (
+        "tls",
+        "server_cert_lifetime",
+        Kind::Duration,
+        Some("30days"),
+    ),
+    ("tls", "renew_before", Kind::Duration, Some("14days")),
     ("resync", "period", Kind::Duration, Some("60s")),
     ("resync", "startup_spread", Kind::Duration, Some("10s")),
     ("admin", "socket", Kind::Text, Some(DEFAULT_ADMIN_SOCKET)),
@@ -139,6 +146,10 @@ pub(crate) enum TlsSettings {
     Mutual {
         ca_cert: PathBuf,
         ca_key: PathBuf,
+        /// Appliance server certificates live this long (Nova admins can read `user_data`).
+        server_cert_lifetime: Duration,
+        /// An appliance whose certificate has less than this left is replaced.
+        renew_before: Duration,
     },
     /// Labs only: plain HTTP to the appliances.
     InsecureHttp,
@@ -400,9 +411,25 @@ impl Layered {
         let tls = if self.boolean("tls", "insecure_http")? {
             TlsSettings::InsecureHttp
         } else {
+            let server_cert_lifetime = self.duration("tls", "server_cert_lifetime")?;
+            let renew_before = self.duration("tls", "renew_before")?;
+            if renew_before >= server_cert_lifetime {
+                let (_, origin) = self.raw("tls", "renew_before").expect("has a default");
+                return Err(Self::invalid(
+                    "tls",
+                    "renew_before",
+                    &origin,
+                    format!(
+                        "must be shorter than tls.server_cert_lifetime ({}), or every appliance would be replaced at once",
+                        humantime::format_duration(server_cert_lifetime)
+                    ),
+                ));
+            }
             TlsSettings::Mutual {
                 ca_cert: self.required_text("tls", "ca_cert")?.into(),
                 ca_key: self.required_text("tls", "ca_key")?.into(),
+                server_cert_lifetime,
+                renew_before,
             }
         };
         let url = self.required_text("amqp", "url")?;
@@ -538,6 +565,23 @@ period = "60s"
         assert_eq!(s.openstack_cloud.as_deref(), Some("devstack-admin"));
         assert_eq!(s.appliance.boot_timeout, Duration::from_secs(600));
         assert_eq!(s.appliance.api_port, 5000);
+        assert_eq!(
+            s.tls,
+            TlsSettings::Mutual {
+                ca_cert: "/etc/rug-lite/ca.pem".into(),
+                ca_key: "/etc/rug-lite/ca.key".into(),
+                server_cert_lifetime: Duration::from_secs(30 * 86_400),
+                renew_before: Duration::from_secs(14 * 86_400),
+            }
+        );
+        let err = load(MINIMAL, &[("RUG_LITE_TLS_RENEW_BEFORE", "30days")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.renew_before (from RUG_LITE_TLS_RENEW_BEFORE)")
+                && err.contains("shorter than tls.server_cert_lifetime"),
+            "{err}"
+        );
         assert_eq!(s.appliance.orchestrator_address, None);
         assert_eq!(s.resync_period, Duration::from_secs(60));
         assert_eq!(s.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
@@ -560,6 +604,7 @@ period = "60s"
                     ("appliance", "metadata_port", _) => "9698".into(),
                     ("scheduler", "max_debounce", _) => "50s".into(),
                     ("scheduler", "backoff_max", _) => "50m".into(),
+                    ("tls", "server_cert_lifetime", _) => "2days".into(),
                     (_, _, Kind::Integer) => "7".into(),
                     (_, _, Kind::Bool) => "true".into(),
                     (_, _, Kind::Duration) => "42s".into(),
@@ -621,7 +666,9 @@ period = "60s"
             s.tls,
             TlsSettings::Mutual {
                 ca_cert: "env-ca_cert".into(),
-                ca_key: "env-ca_key".into()
+                ca_key: "env-ca_key".into(),
+                server_cert_lifetime: Duration::from_secs(2 * 86_400),
+                renew_before: Duration::from_secs(42),
             }
         );
     }

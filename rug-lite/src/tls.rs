@@ -1,4 +1,5 @@
-//! Mutual TLS between rug-lite and the appliances, from one CA (`[tls] ca_cert`, `ca_key`):
+//! Mutual TLS between rug-lite and the appliances, from one CA (`[tls] ca_cert`, `ca_key`),
+//! with the workspace's one CA implementation, `akanda-pki`:
 //!
 //! - each appliance gets a server certificate naming its management address (IP SAN) and its
 //!   router (DNS SAN `<router id>.router.akanda`), issued before its server exists (both are
@@ -8,13 +9,20 @@
 //!   address it connected to. A certificate of another router, or of this router at another
 //!   address, is refused.
 //!
-//! Certificates keep rcgen's default validity; rotation comes with appliance replacement.
+//! **Lifetimes.** Nova admins can read a server's `user_data`, so server certificates are
+//! short-lived: `[tls] server_cert_lifetime` (30 days by default, Octavia's
+//! `cert_validity_time`). The agent client notes the end of validity of the certificate each
+//! appliance presents; when less than `[tls] renew_before` (14 days, Octavia's
+//! `cert_expiry_buffer`) is left, the reconciler replaces the appliance, and the new server is
+//! booted with a new certificate (the agent has no API to install one in place). rug-lite's
+//! own client certificate is issued at each start, for a year (`akanda_pki::DEFAULT_CLIENT_DAYS`).
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use rcgen::{DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use akanda_pki::{San, Validity};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -29,24 +37,38 @@ pub(crate) enum TlsError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("issuing a certificate: {0}")]
-    Issue(String),
+    Issue(#[from] akanda_pki::PkiError),
     #[error("TLS client setup: {0}")]
     Setup(String),
 }
 
 /// The DNS name that identifies a router's appliance in its certificate.
-pub(crate) fn router_dns_name(router_id: &str) -> String {
-    format!("{}.router.akanda", router_id.to_ascii_lowercase())
-}
+pub(crate) use akanda_pki::router_dns_name;
+
+/// Default server certificate lifetime (`[tls] server_cert_lifetime`).
+pub(crate) const DEFAULT_SERVER_LIFETIME: Duration =
+    Duration::from_secs(akanda_pki::DEFAULT_SERVER_DAYS as u64 * 86_400);
+/// Default renewal margin (`[tls] renew_before`).
+pub(crate) const DEFAULT_RENEW_BEFORE: Duration =
+    Duration::from_secs(akanda_pki::ROTATE_BEFORE_DAYS as u64 * 86_400);
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// From an hour ago (clock skew between rug-lite and a fresh VM) for `lifetime`.
+fn window(lifetime: Duration) -> Validity {
+    let now = SystemTime::now();
+    Validity::between(
+        (now - Duration::from_secs(3600)).into(),
+        (now + lifetime).into(),
+    )
+}
+
 /// The CA loaded from `[tls]`.
 pub(crate) struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    ca_cert_pem: String,
+    inner: akanda_pki::Ca,
+    server_lifetime: Duration,
 }
 
 impl Ca {
@@ -65,67 +87,46 @@ impl Ca {
     }
 
     pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, TlsError> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::Issue(e.to_string()))?;
-        let issuer =
-            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| TlsError::Issue(e.to_string()))?;
         Ok(Ca {
-            issuer,
-            ca_cert_pem: cert_pem.to_string(),
+            inner: akanda_pki::Ca::from_pem(cert_pem, key_pem)?,
+            server_lifetime: DEFAULT_SERVER_LIFETIME,
         })
     }
 
+    /// Server certificates issued from now on live this long.
+    pub(crate) fn with_server_lifetime(mut self, lifetime: Duration) -> Ca {
+        self.server_lifetime = lifetime;
+        self
+    }
+
     pub(crate) fn ca_cert_pem(&self) -> &str {
-        &self.ca_cert_pem
+        self.inner.cert_pem()
     }
 
-    fn issue(
-        &self,
-        common_name: &str,
-        sans: Vec<SanType>,
-        usage: ExtendedKeyUsagePurpose,
-    ) -> Result<(String, String), TlsError> {
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.subject_alt_names = sans;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| TlsError::Issue(e.to_string()))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| TlsError::Issue(e.to_string()))?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-
-    /// An appliance's server certificate.
+    /// An appliance's server certificate (`serverAuth`), for `server_lifetime`.
     pub(crate) fn issue_server(
         &self,
         router_id: &str,
         address: IpAddr,
     ) -> Result<TlsMaterial, TlsError> {
-        let dns = router_dns_name(router_id)
-            .try_into()
-            .map_err(|e: rcgen::Error| TlsError::Issue(e.to_string()))?;
-        let (cert, key) = self.issue(
+        let issued = self.inner.issue_server(
             &format!("akanda router {router_id}"),
-            vec![SanType::DnsName(dns), SanType::IpAddress(address)],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[San::Dns(router_dns_name(router_id)), San::Ip(address)],
+            window(self.server_lifetime),
         )?;
         Ok(TlsMaterial {
-            ca_cert_pem: self.ca_cert_pem.clone(),
-            server_cert_pem: cert,
-            server_key_pem: key,
+            ca_cert_pem: self.ca_cert_pem().to_string(),
+            server_cert_pem: issued.cert_pem,
+            server_key_pem: issued.key_pem,
         })
     }
 
-    /// rug-lite's client certificate (issued at each start).
+    /// rug-lite's client certificate (`clientAuth`, CN `rug-lite`; issued at each start).
     pub(crate) fn issue_client(&self) -> Result<(String, String), TlsError> {
-        self.issue("rug-lite", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        let issued = self
+            .inner
+            .issue_client("rug-lite", Validity::days(akanda_pki::DEFAULT_CLIENT_DAYS))?;
+        Ok((issued.cert_pem, issued.key_pem))
     }
 }
 
@@ -245,21 +246,10 @@ impl ClientIdentity {
 pub(crate) mod tests {
     use super::*;
 
-    /// A throw-away CA, as an operator would make one.
+    /// A throw-away CA, as an operator would make one (`akanda-pki init`).
     pub(crate) fn test_ca() -> Ca {
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "akanda test CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+        let (ca, key) = akanda_pki::Ca::generate("akanda test CA", Validity::days(1)).unwrap();
+        Ca::from_pem(ca.cert_pem(), &key).unwrap()
     }
 
     #[test]
@@ -291,5 +281,32 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_ne!(m.server_key_pem, again.server_key_pem);
+
+        // What it names, and for how long.
+        let info = &akanda_pki::describe(&m.server_cert_pem, "server").unwrap()[0];
+        assert_eq!(
+            info.sans,
+            [
+                "DNS:81a51c84-25a3-4180-8e1c-4d10e1aaebd3.router.akanda",
+                "IP:fdca:3ba5:a17a:acda::d1"
+            ]
+        );
+        assert_eq!(info.extended_key_usage, ["serverAuth"]);
+        let now = time::OffsetDateTime::now_utc();
+        assert_eq!(info.days_left(now), akanda_pki::DEFAULT_SERVER_DAYS - 1);
+        let short = test_ca().with_server_lifetime(Duration::from_secs(7200));
+        let m = short
+            .issue_server("r1", "10.0.0.1".parse().unwrap())
+            .unwrap();
+        let info = &akanda_pki::describe(&m.server_cert_pem, "server").unwrap()[0];
+        let left = info.not_after - now;
+        assert!(
+            left > time::Duration::minutes(119) && left <= time::Duration::minutes(120),
+            "{left}"
+        );
+        let (client, _) = short.issue_client().unwrap();
+        let info = &akanda_pki::describe(&client, "client").unwrap()[0];
+        assert_eq!(info.subject, "CN=rug-lite");
+        assert_eq!(info.extended_key_usage, ["clientAuth"]);
     }
 }
