@@ -210,6 +210,15 @@ impl WorkQueue {
     }
 }
 
+impl WorkQueue {
+    /// Consecutive failures of a router's reconciles (0 after a success), and whether it is
+    /// *in error* (at least `error_threshold` of them: retries wait `error_cooldown`).
+    pub(crate) fn failures(&self, router_id: &str) -> (u32, bool) {
+        let failures = self.entries.get(router_id).map_or(0, |e| e.failures);
+        (failures, failures >= self.settings.error_threshold)
+    }
+}
+
 /// Introspection for tests.
 #[cfg(test)]
 impl WorkQueue {

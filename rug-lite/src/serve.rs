@@ -73,12 +73,21 @@ pub(crate) async fn run<C: Cloud>(
         marks,
         stopped(stop_rx),
         config.shutdown_deadline,
-        move |job, outcome, _| {
-            if let Outcome::Failed { error } = outcome {
-                failures.update(&job.router_id, |s| {
+        move |job, outcome, queue| {
+            let (count, in_error) = queue.failures(&job.router_id);
+            match outcome {
+                Outcome::Failed { error } => failures.update(&job.router_id, |s| {
                     s.state = RouterState::Error;
                     s.last_error = Some(error.clone());
-                });
+                    s.failures = count;
+                    s.in_error = in_error;
+                }),
+                // A deleted router's record is gone; do not bring it back.
+                Outcome::Deleted => {}
+                Outcome::Done { .. } => failures.update(&job.router_id, |s| {
+                    s.failures = count;
+                    s.in_error = in_error;
+                }),
             }
         },
     ));
@@ -281,6 +290,53 @@ mod tests {
         stop_tx.send(()).unwrap();
         server.await.unwrap().unwrap();
         assert!(!socket.exists(), "socket removed on exit");
+    }
+
+    /// A router whose reconciles fail shows it in `router list`: state, last_error, the
+    /// queue's failure count and, from `error_threshold` on, in_error; a success clears them.
+    #[tokio::test(start_paused = true)]
+    async fn failures_show_in_the_router_list_until_a_success() {
+        let cloud: Arc<InMemoryCloud> = world();
+        cloud.with(|s| s.fail.push("boot_server".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let (_events_tx, events_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut config = config(socket.clone());
+        config.queue.error_threshold = 3;
+        let server = tokio::spawn(run(Arc::clone(&cloud), config, events_rx, async {
+            let _ = stop_rx.await;
+        }));
+        // Each failure shows as it happens (startup spread 10 s, backoffs 1-2 s, 2-4 s).
+        let mut seen = Vec::new();
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let list = routers(&socket).await;
+            let Some(r) = list.get(0) else { continue };
+            let failures = r["failures"].as_u64().unwrap();
+            if failures == 0 {
+                continue;
+            }
+            assert_eq!(r["state"], "error", "{r}");
+            assert!(
+                r["last_error"].as_str().unwrap().contains("boot_server"),
+                "{r}"
+            );
+            assert_eq!(r["in_error"], failures >= 3, "{r}");
+            if seen.last() != Some(&failures) {
+                seen.push(failures);
+            }
+        }
+        assert_eq!(seen, [1, 2, 3], "one failure at a time, then the cooldown");
+        // Nova works again: after the cooldown the boot succeeds and the record is clean.
+        cloud.with(|s| s.fail.clear());
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let r = &routers(&socket).await[0];
+        assert_eq!(r["state"], "booting", "{r}");
+        assert_eq!(r["failures"], 0, "{r}");
+        assert_eq!(r["in_error"], false, "{r}");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,6 +36,10 @@ pub(crate) struct RouterStatus {
     /// RFC 3339.
     pub last_push: Option<String>,
     pub last_error: Option<String>,
+    /// Consecutive failed reconciles (the work queue's count; 0 after a success).
+    pub failures: u32,
+    /// `failures` reached `scheduler.error_threshold`: retries wait `scheduler.error_cooldown`.
+    pub in_error: bool,
 }
 
 impl RouterStatus {
@@ -48,6 +52,8 @@ impl RouterStatus {
             config_hash: None,
             last_push: None,
             last_error: None,
+            failures: 0,
+            in_error: false,
         }
     }
 }
@@ -115,6 +121,8 @@ mod tests {
             "management_address",
             "config_hash",
             "last_error",
+            "failures",
+            "in_error",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
