@@ -25,7 +25,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_netfilter::nftables::{NfTablesMessage, TableAttribute, TableMessage};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use tracing::debug;
 
 pub use conntrack::delete_sessions_of;
@@ -116,11 +116,12 @@ enum Outcome {
     Refused(i32),
 }
 
-/// Receive buffer: the largest message nf_tables sends (as libnftnl sizes it) and more than
-/// a conntrack dump datagram.
-const RECV_BUFFER: usize = 1 << 17;
+/// Receive buffer: the largest message nf_tables sends (64 KiB plus a page, as libnftnl sizes
+/// it), which is also more than a conntrack dump datagram.
+const RECV_BUFFER: usize = (1 << 16) + 4096;
 
-/// An open `NETLINK_NETFILTER` socket, bound to a kernel-assigned port; closed on drop.
+/// An open `NETLINK_NETFILTER` socket; closed on drop. The kernel binds it to a port on the
+/// first send, and an unconnected netlink socket sends to the kernel.
 pub(crate) struct NfnlSocket {
     socket: Socket,
     seq: u32,
@@ -129,13 +130,12 @@ pub(crate) struct NfnlSocket {
 
 impl NfnlSocket {
     pub(crate) fn open() -> io::Result<NfnlSocket> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
         Ok(NfnlSocket {
-            socket,
+            socket: Socket::new(NETLINK_NETFILTER)?,
             seq: 0,
-            buf: vec![0; RECV_BUFFER],
+            // Filled through its spare capacity: never zeroed, only the bytes received are
+            // touched.
+            buf: Vec::with_capacity(RECV_BUFFER),
         })
     }
 
@@ -196,15 +196,16 @@ impl NfnlSocket {
         mut each: impl FnMut(&[u8], NetlinkHeader) -> Result<Option<T>, NetfilterError>,
     ) -> Result<T, NetfilterError> {
         loop {
+            self.buf.clear();
             let n = self
                 .socket
-                .recv(&mut &mut self.buf[..], 0)
+                .recv(&mut self.buf, 0)
                 .map_err(NetfilterError::socket(op))?;
             if n == 0 {
                 return Err(NetfilterError::malformed(op, "the socket closed"));
             }
             let datagram = self.buf.get(..n).ok_or_else(|| {
-                NetfilterError::malformed(op, format!("{n} bytes in a buffer of {}", RECV_BUFFER))
+                NetfilterError::malformed(op, format!("a message of {n} bytes was truncated"))
             })?;
             for message in split(datagram).map_err(|e| NetfilterError::malformed(op, e))? {
                 let header = header_of(message).map_err(|e| NetfilterError::malformed(op, e))?;
