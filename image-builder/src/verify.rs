@@ -308,7 +308,10 @@ impl VerifyPki {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let e = |e: akanda_pki::PkiError| e.to_string();
-        let (ca, _) = Ca::generate("akanda-image verify CA", Validity::days(1)).map_err(e)?;
+        // The appliance certificate gets its default lifetime (a shorter one makes the agent
+        // warn that it expires soon).
+        let days = akanda_pki::DEFAULT_SERVER_DAYS;
+        let (ca, _) = Ca::generate("akanda-image verify CA", Validity::days(days)).map_err(e)?;
         let server = ca
             .issue_server(
                 &format!("akanda router {VERIFY_ROUTER_ID}"),
@@ -316,7 +319,7 @@ impl VerifyPki {
                     San::Ip(mgmt_addr),
                     San::Dns(akanda_pki::router_dns_name(VERIFY_ROUTER_ID)),
                 ],
-                Validity::days(1),
+                Validity::days(days),
             )
             .map_err(e)?;
         let client = ca
