@@ -7,7 +7,9 @@
 //!   certificate, no clientAuth usage (none at all, or codeSigning only), a server certificate.
 //!   Plain HTTP to the TLS port gets no HTTP answer. The right certificate works.
 //! - The server certificate and the client CA are rotated without a restart while a PUT is
-//!   in flight on a connection opened before both rotations: the PUT completes (200).
+//!   in flight on a connection opened before both rotations: the PUT completes (200). A
+//!   mismatched key is refused and the certificate in force stays. A rotation by SIGHUP in
+//!   the middle of a running apply (3,000 floating IPs) does not disturb it.
 //! - The boot contract: TLS material from the config drive's user_data (served TLS only, the
 //!   files 0600 in the state dir, the key never logged); without it, config changes are
 //!   refused unless `meta.akanda_insecure_http` is "true".
@@ -300,11 +302,83 @@ fn certificate_and_client_ca_rotate_without_restart_during_a_put() {
     assert_eq!(status, 200, "{body}");
     assert!(agent.try_wait().is_none(), "the agent restarted or died");
     assert_eq!(agent.pid(), pid);
-    let (status, body) =
-        tls::request(lab.mgmt(), addr, new_client, "GET", "/v1/status", None).unwrap();
+    let (status, body) = tls::request(
+        lab.mgmt(),
+        addr,
+        new_client.clone(),
+        "GET",
+        "/v1/status",
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     let status: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["applies"]["ok"], 1, "{status}");
+
+    // 5. A rotation while an apply is running (3,000 floating IPs): the apply completes on
+    //    its connection, and the log shows the reload between its start and its end.
+    let fitted: Value = serde_json::from_str(&config).unwrap();
+    let mut heavy = akanda_tests::config_with_floating_ips(3000);
+    for i in 0..3 {
+        heavy["networks"][i]["interface"]["ifname"] =
+            fitted["networks"][i]["interface"]["ifname"].clone();
+    }
+    let heavy = heavy.to_string();
+    let count = |what: &str| agent.log().matches(what).count();
+    let (requested, reloaded) = (
+        count("config change requested"),
+        count("TLS material reloaded"),
+    );
+    let third = tls::issue_server(&pki.ca, pki.server_ip);
+    let (status, body) = std::thread::scope(|s| {
+        let put = s.spawn(|| {
+            tls::request(
+                lab.mgmt(),
+                addr,
+                new_client.clone(),
+                "PUT",
+                "/v1/system/config",
+                Some(heavy.as_bytes()),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count("config change requested") == requested {
+            assert!(
+                Instant::now() < deadline,
+                "the PUT never started\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pki.write_server(&third);
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        put.join().unwrap().unwrap()
+    });
+    assert_eq!(status, 200, "{body}");
+    let log = agent.log();
+    let line_of = |what: &str, nth: usize| {
+        log.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(what))
+            .nth(nth)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no {what:?} #{nth}\n{log}"))
+    };
+    let start = line_of("config change requested", requested);
+    let reload = line_of("TLS material reloaded", reloaded);
+    let end = line_of("config changed", requested);
+    assert!(
+        start < reload && reload < end,
+        "the reload (line {reload}) did not happen during the apply (lines {start}..{end})\n{log}"
+    );
+    let s = tls::connect(lab.mgmt(), addr, new_client).unwrap();
+    assert_eq!(
+        tls::server_cert_sha256(&s),
+        tls::pem_sha256(&third.cert_pem)
+    );
+    let applied = log.lines().nth(end - 1).unwrap_or("");
+    eprintln!("apply during the rotation: {applied}");
 }
 
 /// An extracted config drive in a directory, with `user_data`.
