@@ -186,6 +186,9 @@ pub(crate) fn write_config_drive(
 pub(crate) struct Guest {
     pub(crate) ns: String,
     wire: String,
+    /// Interface name stem and the NICs' MACs, in order.
+    tag: String,
+    macs: Vec<String>,
     child: Option<Child>,
     log_path: PathBuf,
     pub(crate) config_drive: PathBuf,
@@ -210,16 +213,18 @@ impl Guest {
             .prefix("rug-lite-guest-")
             .tempdir()
             .unwrap();
+        // Short, unique interface names (15 characters at most).
+        let tag = format!("{:x}{n}", pid % 0xfffff);
         let mut guest = Guest {
             ns: ns.clone(),
             wire: wire.clone(),
+            tag: tag.clone(),
+            macs: macs.to_vec(),
             child: None,
             log_path: tmp.path().join("agent.log"),
             config_drive: tmp.path().join("config-drive"),
             _tmp: tmp,
         };
-        // Short, unique interface names (15 characters at most).
-        let tag = format!("{:x}{n}", pid % 0xfffff);
         for (i, mac) in macs.iter().enumerate() {
             let (inside, outside) = (format!("rg{tag}n{i}"), format!("rh{tag}n{i}"));
             let peer_ns = if i == 0 { None } else { Some(wire.as_str()) };
@@ -261,6 +266,29 @@ impl Guest {
             .expect("spawn akanda-agent");
         guest.child = Some(child);
         guest
+    }
+
+    /// Whether the guest has a NIC with this MAC.
+    pub(crate) fn has_nic(&self, mac: &str) -> bool {
+        self.macs.iter().any(|m| m.eq_ignore_ascii_case(mac))
+    }
+
+    /// Hot-plugs a NIC with this MAC (what the hypervisor does on Nova's interface attach);
+    /// its peer goes to the wire namespace.
+    pub(crate) fn hotplug(&mut self, mac: &str) {
+        let i = self.macs.len();
+        let (inside, outside) = (format!("rg{}n{i}", self.tag), format!("rh{}n{i}", self.tag));
+        run(&[
+            "ip", "link", "add", &inside, "address", mac, "netns", &self.ns, "type", "veth",
+            "peer", "name", &outside, "netns", &self.wire,
+        ]);
+        run(&["ip", "-n", &self.wire, "link", "set", &outside, "up"]);
+        self.macs.push(mac.to_string());
+    }
+
+    /// `nft list ruleset` in the guest.
+    pub(crate) fn ruleset(&self) -> String {
+        run(&["ip", "netns", "exec", &self.ns, "nft", "list", "ruleset"])
     }
 
     pub(crate) fn log(&self) -> String {
