@@ -162,7 +162,7 @@ mod tests {
     fn basic() -> RouterConfig {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/conformance/astara-router-basic.json"
+            "/../tests/fixtures/astara-router-basic.json"
         );
         akanda_model::parse(&std::fs::read(path).unwrap()).unwrap()
     }

@@ -3,7 +3,7 @@
 //! files. Regenerate with `AKANDA_BLESS=1`.
 //!
 //! Each case renders a different ruleset, so each test can fail on its own. The inputs live
-//! here rather than in `shared/conformance/`, so the tests never read outside the repository:
+//! here rather than in the shared conformance folder, so the tests never read outside the repository:
 //! `astara-router-basic.json` is a copy of the conformance file; `astara-router-full.json` is
 //! the conformance `full` config (whose VPN section does not reach the firewall) plus a second
 //! internal network, an isolated one, more floating IPs and labels.

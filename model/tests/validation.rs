@@ -1,4 +1,4 @@
-//! Validation of config documents: the conformance files pass, and each kind of bad input is
+//! Validation of config documents: the conformance files (copies in tests/fixtures/) pass, and each kind of bad input is
 //! reported with its JSON path.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 fn conformance(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance")
+        .join("../tests/fixtures")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     serde_json::from_str(&text).unwrap()

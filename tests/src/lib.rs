@@ -524,18 +524,14 @@ fn wait_dad_settled(ns: &Netns, timeout: Duration) {
 // ---------------------------------------------------------------------------
 // Files
 
-/// Path of a file in the shared conformance directory,
-/// `<repo>/../shared/conformance/NAME`. Panics if it does not exist.
+/// Path of a conformance file in `tests/fixtures/` (copies of the shared conformance
+/// samples, kept identical by `tests/tests/fixtures.rs`). Panics if it does not exist.
 pub fn conformance_path(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance")
+        .join("fixtures")
         .join(name);
-    path.canonicalize().unwrap_or_else(|e| {
-        panic!(
-            "conformance file {} not found ({e}); the shared/ directory must sit beside the repo",
-            path.display()
-        )
-    })
+    path.canonicalize()
+        .unwrap_or_else(|e| panic!("conformance file {} not found ({e})", path.display()))
 }
 
 /// A conformance file parsed as JSON.

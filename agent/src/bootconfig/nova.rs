@@ -572,7 +572,7 @@ pub(super) mod tests {
     }
 
     /// The config drive Nova's libvirt driver really wrote for a Service Instance
-    /// (`tests/fixtures/nova-config-drive/`, a copy of `shared/conformance/`): `tap` links, a
+    /// (`tests/fixtures/nova-config-drive/`, a copy of the shared conformance sample): `tap` links, a
     /// static IPv6 management network without routes, and IPv4 networks whose default route
     /// Nova adds for every subnet with a gateway.
     const ND_NOVA: &str =
