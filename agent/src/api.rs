@@ -22,7 +22,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::appliance::{Appliance, ApplyError, Shared};
-use crate::tls::Peer;
+use crate::tls::{Peer, TlsError, TlsState};
 
 /// Largest config accepted: 10,000 floating IPs and hundreds of ports fit well below this.
 const MAX_BODY: u64 = 32 * 1024 * 1024;
@@ -46,6 +46,8 @@ pub const FEATURES: &[&str] = &[
     "secret-redaction",
     // The API can be served over mutual TLS (listed as "mutual-tls" in `tls` when it is).
     "mutual-tls",
+    // PUT /v1/system/tls replaces the server certificate, key and client CA without a restart.
+    "tls-rotation",
 ];
 
 /// Every path the API serves and its methods: the OpenAPI document (`docs/openapi.yaml`) must
@@ -59,6 +61,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/system/interfaces", &["GET"]),
     ("/v1/system/interface/{ifname}", &["GET"]),
     ("/v1/system/config", &["GET", "PUT"]),
+    ("/v1/system/tls", &["PUT"]),
     ("/v1/firewall/rules", &["GET"]),
     ("/v1/status", &["GET"]),
 ];
@@ -103,6 +106,7 @@ pub struct ApiState {
     started: Instant,
     started_at: String,
     access: Access,
+    tls: Option<Arc<TlsState>>,
 }
 
 impl ApiState {
@@ -117,7 +121,14 @@ impl ApiState {
             started: Instant::now(),
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             access,
+            tls: None,
         }
+    }
+
+    /// The TLS material in force, which `PUT /v1/system/tls` replaces.
+    pub fn with_tls(mut self, tls: Option<Arc<TlsState>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// 403 unless the config may be read or changed over this listener.
@@ -214,6 +225,14 @@ pub fn routes(
         .and(with_state.clone())
         .and(peer)
         .then(put_config);
+    let put_tls = warp::path!("v1" / "system" / "tls")
+        .and(warp::put())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(MAX_TLS_BODY))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .and(peer)
+        .then(put_tls);
     let firewall = warp::path!("v1" / "firewall" / "rules")
         .and(warp::get())
         .then(firewall_rules);
@@ -246,6 +265,8 @@ pub fn routes(
         .or(get_config)
         .unify()
         .or(put_config)
+        .unify()
+        .or(put_tls)
         .unify()
         .or(firewall)
         .unify()
@@ -410,6 +431,104 @@ async fn put_config(
                 &[],
             )
         }
+    }
+}
+
+/// A certificate chain, a key and a CA bundle fit well below this.
+const MAX_TLS_BODY: u64 = 1024 * 1024;
+
+/// `PUT /v1/system/tls`: `{"server_cert": PEM, "server_key": PEM, "ca_cert": PEM?}` replaces
+/// the TLS material (Octavia's `PUT /certificate`): new connections use it, connections in
+/// flight keep theirs. Refused (422, naming the field) unless the certificate and key belong
+/// together, the certificate is current and the CA parses; the material in force then stays.
+/// Only over mutual TLS. The answer names the new certificate, never the key.
+async fn put_tls(
+    content_type: Option<String>,
+    body: Bytes,
+    s: Arc<ApiState>,
+    peer: Option<Arc<Peer>>,
+) -> Response {
+    let who = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
+    let Some(tls) = s.tls.clone() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this agent is not serving TLS: its TLS material cannot be replaced over plain HTTP",
+            &[],
+        );
+    };
+    if !content_type.as_deref().is_some_and(is_json_content_type) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the TLS material must be sent as Content-Type: application/json",
+            &[],
+        );
+    }
+    let doc: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        // serde_json's message quotes no input, only positions.
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed JSON: {e}"),
+                &[],
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    let mut field = |name: &str, required: bool| -> Option<String> {
+        match doc.get(name) {
+            Some(serde_json::Value::String(v)) if !v.trim().is_empty() => Some(v.clone()),
+            None | Some(serde_json::Value::Null) if !required => None,
+            None | Some(serde_json::Value::Null) => {
+                problems.push(Problem::new(name, "required"));
+                None
+            }
+            Some(_) => {
+                problems.push(Problem::new(name, "must be a non-empty PEM string"));
+                None
+            }
+        }
+    };
+    let (cert, key, ca) = (
+        field("server_cert", true),
+        field("server_key", true),
+        field("ca_cert", false),
+    );
+    if !doc.is_object() {
+        problems = vec![Problem::new("", "must be an object")];
+    }
+    let (Some(cert), Some(key), true) = (cert, key, problems.is_empty()) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid TLS material",
+            &problems,
+        );
+    };
+    let result = tokio::task::spawn_blocking(move || tls.replace(&cert, &key, ca.as_deref())).await;
+    match result {
+        Ok(Ok(loaded)) => {
+            tracing::info!(peer = %who, sha256 = %loaded.server_sha256, subject = %loaded.server_subject,
+                "TLS material replaced through the API");
+            ok_json(&json!({
+                "server_cert": {
+                    "subject": loaded.server_subject,
+                    "sans": loaded.server_sans,
+                    "not_after": loaded.server_not_after,
+                    "sha256": loaded.server_sha256,
+                },
+                "client_ca": loaded.client_ca_subjects,
+            }))
+        }
+        Ok(Err(TlsError::Invalid { path, reason })) => {
+            tracing::warn!(peer = %who, field = %path, "TLS material refused");
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid TLS material: the material in force stays",
+                &[Problem::new(path, reason)],
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), &[]),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), &[]),
     }
 }
 

@@ -241,7 +241,9 @@ async fn serve(
     let shared = appliance.shared.clone();
     let appliance = Arc::new(tokio::sync::Mutex::new(appliance));
     let scheme = if tls_state.is_some() { "https" } else { "http" };
-    let routes = api::routes(Arc::new(ApiState::new(appliance.clone(), shared, access)));
+    let routes = api::routes(Arc::new(
+        ApiState::new(appliance.clone(), shared, access).with_tls(tls_state.clone()),
+    ));
     match (listen, boot) {
         // With --boot-config too, `_boot` keeps the DHCP client (if any) running.
         (Some(listen), _boot) => {

@@ -112,16 +112,26 @@ pub struct Loaded {
 
 /// Builds the server config from the three files.
 pub fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Loaded), TlsError> {
-    let provider = provider();
     let cert_pem = read(&files.cert)?;
-    let chain = certs(&files.cert, &cert_pem)?;
     let key_pem = read(&files.key)?;
-    // The parse error of a key file may quote it: never show it.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| invalid(&files.key, "no PEM private key in the file"))?;
     let ca_pem = read(&files.client_ca)?;
+    build(files, &cert_pem, &key_pem, &ca_pem)
+}
+
+/// The server config from PEM texts; errors name `names`' paths (files, or field names).
+fn build(
+    files: &TlsFiles,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: &[u8],
+) -> Result<(ServerConfig, Loaded), TlsError> {
+    let provider = provider();
+    let chain = certs(&files.cert, cert_pem)?;
+    // The parse error of a key file may quote it: never show it.
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| invalid(&files.key, "no PEM private key in the file"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&files.client_ca, &ca_pem)? {
+    for c in certs(&files.client_ca, ca_pem)? {
         roots.add(c).map_err(|e| invalid(&files.client_ca, e))?;
     }
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -138,10 +148,10 @@ pub fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Loaded), TlsErro
                 format!("does not go with {}: {e}", files.cert.display()),
             )
         })?;
-    let server = akanda_pki::describe(&String::from_utf8_lossy(&cert_pem), "server")
+    let server = akanda_pki::describe(&String::from_utf8_lossy(cert_pem), "server")
         .map_err(|e| invalid(&files.cert, e))?
         .remove(0);
-    let cas = akanda_pki::describe(&String::from_utf8_lossy(&ca_pem), "client CA")
+    let cas = akanda_pki::describe(&String::from_utf8_lossy(ca_pem), "client CA")
         .map_err(|e| invalid(&files.client_ca, e))?;
     let now = time::OffsetDateTime::now_utc();
     if now > server.not_after {
@@ -241,6 +251,47 @@ impl TlsState {
                 Err(e)
             }
         }
+    }
+
+    /// Replaces the material with new PEMs (`PUT /v1/system/tls`): checks them completely
+    /// first (certificate and key belong together, the certificate is current, the CA
+    /// parses), then writes the files (key first, each 0600, atomically) and reloads. `ca`
+    /// `None` keeps the client CA. Errors name the field (`server_cert`, `server_key`,
+    /// `ca_cert`) and never quote the key. Blocking (file I/O).
+    pub fn replace(&self, cert: &str, key: &str, ca: Option<&str>) -> Result<Loaded, TlsError> {
+        let fields = TlsFiles {
+            cert: PathBuf::from("server_cert"),
+            key: PathBuf::from("server_key"),
+            client_ca: PathBuf::from("ca_cert"),
+        };
+        let ca_pem = match ca {
+            Some(ca) => ca.as_bytes().to_vec(),
+            None => read(&self.files.client_ca)?,
+        };
+        let (_, loaded) = build(&fields, cert.as_bytes(), key.as_bytes(), &ca_pem)?;
+        let info = akanda_pki::describe(cert, "server_cert")
+            .map_err(|e| invalid(&fields.cert, e))?
+            .remove(0);
+        let now = time::OffsetDateTime::now_utc();
+        if now > info.not_after || now < info.not_before {
+            return Err(invalid(
+                &fields.cert,
+                format!(
+                    "not valid now (valid {} to {})",
+                    info.not_before, info.not_after
+                ),
+            ));
+        }
+        let write = |path: &Path, bytes: &[u8]| {
+            akanda_pki::write_private(path, bytes).map_err(|e| TlsError::Setup(e.to_string()))
+        };
+        write(&self.files.key, key.as_bytes())?;
+        write(&self.files.cert, cert.as_bytes())?;
+        if let Some(ca) = ca {
+            write(&self.files.client_ca, ca.as_bytes())?;
+        }
+        self.reload(true)?;
+        Ok(loaded)
     }
 
     /// Reloads on SIGHUP and when the files' contents change (checked every `poll`).

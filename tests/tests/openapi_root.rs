@@ -64,6 +64,10 @@ fn every_documented_route_is_served_and_nothing_else() {
     let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
     let (_agent, https) = start(&lab, &pki);
     let config = lab.fitted_config_with(&https);
+    // PUT /v1/system/tls gets real material: a new certificate from the same CA.
+    let rotated = tls::issue_server(&pki.ca, pki.server_ip);
+    let rotation =
+        serde_json::json!({"server_cert": rotated.cert_pem, "server_key": rotated.key_pem});
     let mut checked = 0;
     for (template, ops) in doc["paths"].as_object().unwrap() {
         let path = template.replace("{ifname}", "ge0");
@@ -74,7 +78,13 @@ fn every_documented_route_is_served_and_nothing_else() {
             .map(|m| m.to_ascii_uppercase())
             .collect();
         for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
-            let body = (method != "GET").then(|| config.to_string());
+            let body = (method != "GET").then(|| {
+                if path == "/v1/system/tls" {
+                    rotation.to_string()
+                } else {
+                    config.to_string()
+                }
+            });
             let r = https
                 .request(
                     method,

@@ -372,13 +372,71 @@ fn certificate_and_client_ca_rotate_without_restart_during_a_put() {
         start < reload && reload < end,
         "the reload (line {reload}) did not happen during the apply (lines {start}..{end})\n{log}"
     );
-    let s = tls::connect(lab.mgmt(), addr, new_client).unwrap();
+    let s = tls::connect(lab.mgmt(), addr, new_client.clone()).unwrap();
     assert_eq!(
         tls::server_cert_sha256(&s),
         tls::pem_sha256(&third.cert_pem)
     );
     let applied = log.lines().nth(end - 1).unwrap_or("");
     eprintln!("apply during the rotation: {applied}");
+
+    // 6. Through the API (PUT /v1/system/tls, as an orchestrator rotates before expiry): a
+    //    certificate with another key, and an expired certificate, are refused naming the
+    //    field and change nothing; the right material is served to new connections.
+    let put_tls = |body: Value| {
+        tls::request(
+            lab.mgmt(),
+            addr,
+            new_client.clone(),
+            "PUT",
+            "/v1/system/tls",
+            Some(body.to_string().as_bytes()),
+        )
+        .unwrap()
+    };
+    let served =
+        || tls::server_cert_sha256(&tls::connect(lab.mgmt(), addr, new_client.clone()).unwrap());
+    let fourth = tls::issue_server(&pki.ca, pki.server_ip);
+    let (status, body) =
+        put_tls(json!({"server_cert": fourth.cert_pem, "server_key": other.key_pem}));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"path\":\"server_key\""), "{body}");
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(20);
+    let expired = pki
+        .ca
+        .issue_server(
+            "expired",
+            &[akanda_pki::San::Ip(pki.server_ip)],
+            Validity::between(past, past + time::Duration::days(10)),
+        )
+        .unwrap();
+    let (status, body) =
+        put_tls(json!({"server_cert": expired.cert_pem, "server_key": expired.key_pem}));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"path\":\"server_cert\""), "{body}");
+    assert_eq!(served(), tls::pem_sha256(&third.cert_pem));
+    let (status, body) =
+        put_tls(json!({"server_cert": fourth.cert_pem, "server_key": fourth.key_pem}));
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer["server_cert"]["sha256"],
+        tls::pem_sha256(&fourth.cert_pem)
+    );
+    assert_eq!(served(), tls::pem_sha256(&fourth.cert_pem));
+    // Written 0600 where the agent reads it from.
+    let mode = std::fs::metadata(pki.path("server.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(pki.path("server.pem")).unwrap(),
+        fourth.cert_pem
+    );
+    assert!(!agent.log().contains("PRIVATE KEY"));
 }
 
 /// An extracted config drive in a directory, with `user_data`.
@@ -556,4 +614,10 @@ fn plain_http_needs_the_explicit_flag() {
         agent.log()
     );
     assert_eq!(lab.http().get("/").json()["tls"], "plain-http");
+    // No TLS material to replace over plain HTTP.
+    let r = lab.http().put_json(
+        "/v1/system/tls",
+        &json!({"server_cert": "x", "server_key": "y"}),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
 }
