@@ -659,6 +659,54 @@ mod tests {
         assert_eq!(example, &serde_json::json!(FEATURES));
     }
 
+    /// Every path a warp filter in this file serves is in [`ROUTES`] (and so, by the test
+    /// above, in the OpenAPI document): a route added without them fails here.
+    #[test]
+    fn every_warp_route_in_this_file_is_in_the_route_table() {
+        let source = include_str!("api.rs");
+        let mut served = std::collections::BTreeSet::new();
+        // Built from pieces so that this test's own text is not matched.
+        let (macro_open, end) = (
+            concat!("warp::path", "!("),
+            concat!("warp::path::", "end()"),
+        );
+        for (i, _) in source.match_indices(macro_open) {
+            let args = &source[i + macro_open.len()..];
+            let args = &args[..args.find(')').expect("closed macro")];
+            let path: Vec<String> = args
+                .split('/')
+                .map(|seg| {
+                    let seg = seg.trim();
+                    match seg.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                        Some(lit) => lit.to_string(),
+                        None => "{}".to_string(),
+                    }
+                })
+                .collect();
+            served.insert(format!("/{}", path.join("/")));
+        }
+        if source.contains(end) {
+            served.insert("/".to_string());
+        }
+        let table: std::collections::BTreeSet<String> = ROUTES
+            .iter()
+            .map(|(p, _)| {
+                let p = if *p == "/" {
+                    p
+                } else {
+                    p.trim_end_matches('/')
+                };
+                p.split('/')
+                    .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .map(|p| if p.is_empty() { "/".to_string() } else { p })
+            .collect();
+        assert!(served.len() >= 8, "{served:?}");
+        assert_eq!(served, table);
+    }
+
     #[test]
     fn json_content_types() {
         assert!(is_json_content_type("application/json"));
