@@ -110,6 +110,13 @@ impl Appliance for StandInCloud {
     fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<std::time::SystemTime> {
         self.agent.certificate_expiry(target)
     }
+    async fn put_tls(
+        &self,
+        target: &ApplianceTarget,
+        material: &TlsMaterial,
+    ) -> Result<(), ApplianceError> {
+        self.agent.put_tls(target, material).await
+    }
 }
 
 impl CertificateAuthority for StandInCloud {
@@ -164,7 +171,9 @@ async fn rug_lite_configures_the_real_agent_over_mutual_tls_root() {
     let host: IpNet = format!("{prefix}::1/64").parse().unwrap();
     let mem = world();
     mem.with(|s| s.subnets.get_mut("mgt-v6").unwrap().cidr = format!("{prefix}::/64"));
-    let ca = Arc::new(test_ca());
+    let (pki, ca_key) =
+        akanda_pki::Ca::generate("akanda test CA", akanda_pki::Validity::days(1)).unwrap();
+    let ca = Arc::new(Ca::from_pem(pki.cert_pem(), &ca_key).unwrap());
     let cloud = Arc::new(StandInCloud {
         mem: Arc::clone(&mem),
         agent: client_of(&ca, ca.ca_cert_pem()),
@@ -176,7 +185,7 @@ async fn rug_lite_configures_the_real_agent_over_mutual_tls_root() {
     let status = StatusTable::default();
     let r = Reconciler::new(
         Arc::clone(&cloud),
-        settings,
+        settings.clone(),
         status.clone(),
         Arc::new(TopologyIndex::new(MGT)),
     );
@@ -297,4 +306,46 @@ async fn rug_lite_configures_the_real_agent_over_mutual_tls_root() {
     let after = fresh.config_hash(&target).await.unwrap();
     assert_ne!(after, held);
     assert_eq!(after, status.get(R).unwrap().config_hash);
+
+    // Renewal in place: a reconciler whose CA issues 2-day certificates, renewing when fewer
+    // than 31 days are left (the agent's has 30), pushes a new certificate with
+    // PUT /v1/system/tls; the agent presents it on the next connection, with no restart.
+    let renewing = Arc::new(StandInCloud {
+        mem: Arc::clone(&mem),
+        agent: client_of(&ca, ca.ca_cert_pem()),
+        ca: Arc::new(
+            Ca::from_pem(pki.cert_pem(), &ca_key)
+                .unwrap()
+                .with_server_lifetime(2 * day),
+        ),
+        booted: Mutex::new(Vec::new()),
+    });
+    settings.cert_renew_before = 31 * day;
+    let r2 = Reconciler::new(
+        renewing,
+        settings,
+        StatusTable::default(),
+        Arc::new(TopologyIndex::new(MGT)),
+    );
+    assert!(matches!(
+        r2.reconcile_router(R).await.unwrap(),
+        Step::Wait(_)
+    ));
+    let again = client_of(&ca, ca.ca_cert_pem());
+    assert_eq!(again.config_hash(&target).await.unwrap(), after);
+    let left = again
+        .certificate_expiry(&target)
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > day && left <= 2 * day,
+        "the new certificate: {left:?}"
+    );
+    assert!(guest.running());
+    assert!(
+        guest.log().contains("TLS material replaced"),
+        "{}",
+        guest.log()
+    );
 }

@@ -186,6 +186,38 @@ impl AgentClient {
         Ok(body["config_hash"].as_str().map(str::to_string))
     }
 
+    /// `PUT /v1/system/tls`: a new server certificate, key and client CA, used by the agent for
+    /// new connections. The next call connects afresh, so it verifies the new certificate.
+    pub(crate) async fn put_tls(
+        &self,
+        target: &ApplianceTarget,
+        material: &crate::cloud::TlsMaterial,
+    ) -> Result<(), ApplianceError> {
+        let (http, url) = self.endpoint(target, "/v1/system/tls")?;
+        let body = serde_json::json!({
+            "server_cert": material.server_cert_pem,
+            "server_key": material.server_key_pem,
+            "ca_cert": material.ca_cert_pem,
+        });
+        let request = http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let (status, body) = self.send(target, request).await?;
+        if !status.is_success() {
+            return Err(Self::refused(status, &body));
+        }
+        if let Transport::Mutual {
+            clients, expiry, ..
+        } = &self.transport
+        {
+            let key = (target.router_id.clone(), target.address, target.port);
+            clients.lock().expect("client cache lock").remove(&key);
+            expiry.lock().expect("expiry lock").remove(&key);
+        }
+        Ok(())
+    }
+
     /// `PUT /v1/system/config`.
     pub(crate) async fn put_config(
         &self,

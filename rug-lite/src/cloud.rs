@@ -160,6 +160,13 @@ pub(crate) trait Appliance: Send + Sync {
     /// The end of validity of the server certificate the appliance presented when it last
     /// answered; None over plain HTTP.
     fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<SystemTime>;
+    /// `PUT /v1/system/tls`: replaces the appliance's server certificate, key and client CA
+    /// in place (new connections use them). An agent without it answers 404 or 405.
+    fn put_tls(
+        &self,
+        target: &ApplianceTarget,
+        material: &TlsMaterial,
+    ) -> impl Future<Output = Result<(), ApplianceError>> + Send;
 }
 
 /// TLS material for one appliance, issued from `[tls]`.
@@ -219,6 +226,8 @@ pub(crate) mod tests {
         pub attach_without_nic: bool,
         /// What every appliance's certificate says about its end of validity.
         pub certificate_expiry: Option<SystemTime>,
+        /// Agents without `PUT /v1/system/tls` (older images).
+        pub no_tls_api: bool,
     }
 
     #[derive(Default)]
@@ -576,6 +585,24 @@ pub(crate) mod tests {
         }
         fn certificate_expiry(&self, _target: &ApplianceTarget) -> Option<SystemTime> {
             self.with(|s| s.certificate_expiry)
+        }
+        async fn put_tls(
+            &self,
+            target: &ApplianceTarget,
+            material: &TlsMaterial,
+        ) -> Result<(), ApplianceError> {
+            self.with(|s| {
+                s.calls.push(format!("put_tls {}", target.router_id));
+                s.agent_target(target)?;
+                if s.no_tls_api {
+                    return Err(ApplianceError::Refused("405 Method Not Allowed".into()));
+                }
+                assert!(material.server_cert_pem.contains(&target.router_id));
+                // What the new certificate says (the test CA's are 30 days).
+                s.certificate_expiry =
+                    Some(SystemTime::now() + std::time::Duration::from_secs(30 * 86_400));
+                Ok(())
+            })
         }
     }
 

@@ -544,6 +544,13 @@ impl Appliance for HttpCloud {
     fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<std::time::SystemTime> {
         self.agent.certificate_expiry(target)
     }
+    async fn put_tls(
+        &self,
+        target: &ApplianceTarget,
+        material: &TlsMaterial,
+    ) -> Result<(), ApplianceError> {
+        self.agent.put_tls(target, material).await
+    }
 }
 
 /// The CA from `[tls]`; with plain HTTP (`insecure_http`) no TLS material is issued.

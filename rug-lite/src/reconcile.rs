@@ -249,17 +249,40 @@ impl<C: Cloud> Reconciler<C> {
             .lock()
             .expect("lock")
             .remove(&server.id);
-        // A certificate about to expire: replace the appliance, which boots with a new one.
+        // A certificate about to expire: a new one, pushed in place (`PUT /v1/system/tls`);
+        // an agent without that API is replaced (the new server boots with a new one).
         if let Some(not_after) = self.cloud.certificate_expiry(&target) {
             let left = not_after
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             if left < self.settings.cert_renew_before {
+                let material = self
+                    .cloud
+                    .issue(router_id, address)
+                    .map_err(ReconcileError::Tls)?;
+                let pushed = match &material {
+                    Some(m) => self.cloud.put_tls(&target, m).await,
+                    None => Err(ApplianceError::Refused("no CA".into())),
+                };
+                match pushed {
+                    Ok(()) => {
+                        tracing::info!(
+                            router = %router_id,
+                            server = %server.id,
+                            old_not_after = %rfc3339(not_after),
+                            "the appliance's certificate renewed in place"
+                        );
+                        return Ok(Step::Wait(self.settings.hotplug_poll));
+                    }
+                    Err(ApplianceError::Refused(why))
+                        if why.starts_with("404") || why.starts_with("405") => {}
+                    Err(e) => return Err(e.into()),
+                }
                 tracing::warn!(
                     router = %router_id,
                     server = %server.id,
                     not_after = %rfc3339(not_after),
-                    "the appliance's certificate expires within renew_before: replacing the server (it boots with a new certificate)"
+                    "the appliance's certificate expires within renew_before and its agent cannot take a new one: replacing the server (it boots with a new certificate)"
                 );
                 self.delete_server(&server.id).await?;
                 self.status.update(router_id, |s| {

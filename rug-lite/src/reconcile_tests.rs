@@ -401,8 +401,36 @@ async fn a_server_that_never_answers_is_replaced_after_the_boot_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_appliance_whose_certificate_expires_soon_is_replaced_with_a_new_one() {
+async fn an_expiring_certificate_is_renewed_in_place() {
     let cloud = world();
+    let r = reconciler(&cloud);
+    r.reconcile_router(R).await.unwrap();
+    cloud.activate_all();
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    let day = Duration::from_secs(86_400);
+    cloud.with(|s| s.certificate_expiry = Some(SystemTime::now() + 13 * day));
+    // A new certificate for the same router and address, pushed; nothing deleted.
+    assert_eq!(
+        r.reconcile_router(R).await.unwrap(),
+        Step::Wait(Duration::from_secs(2))
+    );
+    let address = r.status.get(R).unwrap().management_address.unwrap();
+    assert_eq!(
+        cloud.calls_matching(&format!("issue {R} {address}")).len(),
+        2
+    );
+    assert_eq!(cloud.calls_matching("put_tls").len(), 1);
+    assert!(cloud.calls_matching("delete_server").is_empty());
+    // The agent now presents the new one (30 days): nothing more to do.
+    assert_eq!(r.reconcile_router(R).await.unwrap(), Step::Converged);
+    assert_eq!(cloud.calls_matching("put_tls").len(), 1);
+    assert_eq!(r.status.get(R).unwrap().state, RouterState::Configured);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiring_certificate_gets_the_server_replaced_when_the_agent_cannot_take_one() {
+    let cloud = world();
+    cloud.with(|s| s.no_tls_api = true);
     let r = reconciler(&cloud);
     r.reconcile_router(R).await.unwrap();
     cloud.activate_all();
@@ -441,8 +469,8 @@ async fn an_appliance_whose_certificate_expires_soon_is_replaced_with_a_new_one(
     let address = r.status.get(R).unwrap().management_address.unwrap();
     assert_eq!(
         cloud.calls_matching(&format!("issue {R} {address}")).len(),
-        2,
-        "a new certificate for the same router and address"
+        3,
+        "one refused by the agent, then the new server's, for the same router and address"
     );
     assert_eq!(cloud.calls_matching("create_port").len(), 3, "ports reused");
     cloud.activate_all();
