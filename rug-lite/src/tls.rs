@@ -13,9 +13,9 @@
 //! short-lived: `[tls] server_cert_lifetime` (30 days by default, Octavia's
 //! `cert_validity_time`). The agent client notes the end of validity of the certificate each
 //! appliance presents; when less than `[tls] renew_before` (14 days, Octavia's
-//! `cert_expiry_buffer`) is left, the reconciler replaces the appliance, and the new server is
-//! booted with a new certificate (the agent has no API to install one in place). rug-lite's
-//! own client certificate is issued at each start, for a year (`akanda_pki::DEFAULT_CLIENT_DAYS`).
+//! `cert_expiry_buffer`) is left, the reconciler pushes a new one (`PUT /v1/system/tls`), or
+//! replaces the appliance if its agent lacks that API. rug-lite's own client certificate is
+//! issued at each start, for a year (`akanda_pki::DEFAULT_CLIENT_DAYS`).
 
 use std::net::IpAddr;
 use std::path::Path;

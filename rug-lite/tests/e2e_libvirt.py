@@ -1,10 +1,13 @@
 """rug-lite end to end on real Service Instances (bringup.sh MODE=libvirt).
 
-Runs `rug-lite serve` (plain HTTP to the appliances) against the rig, then drives Neutron only,
-and checks what rug-lite and the appliance do:
+Runs `rug-lite serve` against the rig, by default with mutual TLS to the appliances (a CA made
+for the run with `akanda-pki init`; E2E_TLS=0 runs it over plain HTTP instead), then drives
+Neutron only, and checks what rug-lite and the appliance do:
 
   1. a router with a gateway and an interface -> ports, server, config pushed, `configured`,
-     and the agent's /v1/status config_hash equals the one `rug-lite router show` reports;
+     and the agent's /v1/status config_hash (read over mutual TLS with a client certificate
+     of the run's CA, the server certificate checked against the management address) equals
+     the one `rug-lite router show` reports; plain HTTP to the agent is refused;
   2. a tenant host on the internal network pings the router's address through the appliance;
   3. a floating IP to the tenant host (an event) -> pushed; the host reaches the tenant host
      through the floating IP (the tenant host's ICMP InEchos counter proves the DNAT);
@@ -12,12 +15,13 @@ and checks what rug-lite and the appliance do:
 
 Prerequisites (as root):
   sudo BASE=/var/tmp/akanda-openstack MODE=libvirt ../shared/openstack/bringup.sh
-  cargo build -p rug-lite; an Akanda image file (AKANDA_IMAGE, default akanda-router.qcow2)
+  cargo build -p rug-lite -p akanda-pki; an Akanda image file built from this tree
+  (AKANDA_IMAGE, default akanda-router.qcow2; its agent must serve TLS from user_data)
 Run:
   source ../shared/openstack/admin-openrc
   /var/tmp/akanda-openstack/venv/bin/python rug-lite/tests/e2e_libvirt.py
 """
-import json, os, subprocess, sys, tempfile, time, urllib.request
+import json, os, ssl, subprocess, sys, tempfile, time, urllib.request
 
 import openstack
 
@@ -29,6 +33,8 @@ BASE = os.environ.get('BASE', '/var/tmp/akanda-openstack')
 l2wire.BASE = BASE
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUG = os.environ.get('RUG_LITE', os.path.join(HERE, '../../target/debug/rug-lite'))
+PKI = os.environ.get('AKANDA_PKI', os.path.join(HERE, '../../target/debug/akanda-pki'))
+TLS = os.environ.get('E2E_TLS', '1') != '0'
 IMAGE = os.environ.get('AKANDA_IMAGE', 'akanda-router.qcow2')
 T0 = time.time()
 c = openstack.connect()
@@ -85,6 +91,29 @@ host = l2wire.host_addr(mgt.id)  # rug-lite finds its orchestrator address among
 log(f"host on the management network: {host['addresses']}")
 
 conf = os.path.join(work, 'rug-lite.toml')
+pki = os.path.join(work, 'pki')
+if TLS:
+    subprocess.run([PKI, 'init', '--dir', pki], check=True)
+    subprocess.run([PKI, 'issue-client', 'e2e-check', '--dir', pki, '--out', f'{pki}/check'],
+                   check=True)
+    tls_conf = f'ca_cert = "{pki}/ca.pem"\nca_key = "{pki}/ca.key"'
+else:
+    tls_conf = 'insecure_http = true'
+log(f"mode: {'mutual TLS' if TLS else 'plain HTTP'}")
+
+
+def agent_status(address):
+    if not TLS:
+        with urllib.request.urlopen(f"http://[{address}]:5000/v1/status", timeout=5) as r:
+            return json.load(r)
+    # As rug-lite does: the run's CA, a client certificate from it, and the server
+    # certificate must name the address connected to.
+    ctx = ssl.create_default_context(cafile=f'{pki}/ca.pem')
+    ctx.load_cert_chain(f'{pki}/check.pem', f'{pki}/check.key')
+    with urllib.request.urlopen(f"https://[{address}]:5000/v1/status", timeout=5, context=ctx) as r:
+        return json.load(r)
+
+
 with open(conf, 'w') as f:
     f.write(f'''[appliance]
 image = "akanda-router"
@@ -92,7 +121,7 @@ flavor = "akanda.si"
 management_network = "{mgt.id}"
 boot_timeout = "300s"
 [tls]
-insecure_http = true
+{tls_conf}
 [resync]
 period = "600s"
 startup_spread = "1s"
@@ -111,9 +140,15 @@ try:
         rug('router', 'show', router.id, '--json')), 300)
     check('configured', st, f'after {time.time() - t:.0f} s')
     if st:
-        with urllib.request.urlopen(f"http://[{st['management_address']}]:5000/v1/status", timeout=5) as r:
-            agent = json.load(r)
+        agent = agent_status(st['management_address'])
         check('hash', agent['config_hash'] == st['config_hash'], agent['config_hash'][:12])
+        if TLS:
+            try:
+                urllib.request.urlopen(f"http://[{st['management_address']}]:5000/v1/status",
+                                       timeout=5)
+                check('plain HTTP refused', False)
+            except Exception as e:
+                check('plain HTTP refused', True, type(e).__name__)
 
     # ---- 2. a tenant host reaches the router -----------------------------------------------
     th = l2wire.tenant_host('e2et1', net.id)
