@@ -2,8 +2,8 @@
 //! metadata (`meta_data.json` `meta`, values ≤ 255 characters) and `user_data` carrying the TLS
 //! material, which is too long for metadata.
 //!
-//! The user_data document is rug-lite's proposal for the agent's TLS support (agent side not
-//! built yet): JSON, so the agent reads it without cloud-init.
+//! The user_data document is the boot contract with the agent (docs/tls.md): JSON, so the
+//! agent reads it without cloud-init.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,12 +12,22 @@ use serde::Serialize;
 
 use crate::cloud::TlsMaterial;
 
-/// Metadata keys the image's boot code reads (docs/image.md).
-pub(crate) fn metadata(management_mac: &str, api_port: u16) -> BTreeMap<String, String> {
-    BTreeMap::from([
+/// Metadata keys the image's boot code reads (docs/image.md, docs/tls.md). Without TLS
+/// material (`[tls] insecure_http`, the operator's choice) the agent must be told that plain
+/// HTTP is allowed (`akanda_insecure_http`), or it serves its config read-only.
+pub(crate) fn metadata(
+    management_mac: &str,
+    api_port: u16,
+    insecure_http: bool,
+) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::from([
         ("akanda_mgmt_mac".to_string(), management_mac.to_string()),
         ("akanda_api_port".to_string(), api_port.to_string()),
-    ])
+    ]);
+    if insecure_http {
+        meta.insert("akanda_insecure_http".to_string(), "true".to_string());
+    }
+    meta
 }
 
 #[derive(Serialize)]
@@ -84,8 +94,11 @@ mod tests {
         assert_eq!(v["akanda"]["management_address"], "fdca:3ba5:a17a:acda::d1");
         assert_eq!(v["akanda"]["tls"]["ca_cert"], tls.ca_cert_pem.as_str());
         assert_eq!(v["akanda"]["tls"]["server_key"], "KEY");
-        let meta = metadata("fa:16:3e:de:ee:03", 5000);
+        let meta = metadata("fa:16:3e:de:ee:03", 5000, false);
         assert!(meta.values().all(|v| v.len() <= 255));
         assert_eq!(meta["akanda_mgmt_mac"], "fa:16:3e:de:ee:03");
+        assert_eq!(meta.get("akanda_insecure_http"), None);
+        let plain = metadata("fa:16:3e:de:ee:03", 5000, true);
+        assert_eq!(plain["akanda_insecure_http"], "true");
     }
 }

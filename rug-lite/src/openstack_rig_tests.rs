@@ -197,7 +197,7 @@ async fn neutron_and_nova_through_the_traits_on_the_rig() {
             image_id: image,
             flavor_id: flavor,
             port_ids: vec![port.id.clone()],
-            metadata: crate::bootdata::metadata(&port.mac_address, 5000),
+            metadata: crate::bootdata::metadata(&port.mac_address, 5000, false),
             user_data: "{\"akanda\": {}}".into(),
             tags: tags.clone(),
         })

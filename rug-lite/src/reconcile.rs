@@ -512,6 +512,7 @@ impl<C: Cloud> Reconciler<C> {
             metadata: bootdata::metadata(
                 &normalise_mac(&management_port.mac_address),
                 self.settings.api_port,
+                tls.is_none(),
             ),
             user_data: bootdata::user_data(router_id, address, tls.as_ref()),
             tags: ownership::tags_for(router_id).to_vec(),
