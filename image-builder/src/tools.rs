@@ -279,6 +279,22 @@ where
     c
 }
 
+/// Makes a long-running child (QEMU, dnsmasq) die with this process, even when this process
+/// is killed and its destructors never run: nothing is left running after a killed verify.
+pub fn die_with_parent(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, and only calls prctl(2),
+    // which is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -811,7 +811,7 @@ fn run(
     }
     let qemu_log = fs::File::create(w.join("qemu.log")).map_err(io("create qemu.log"))?;
     let started = Instant::now();
-    let child = q
+    let child = tools::die_with_parent(&mut q)
         .stdin(Stdio::null())
         .stdout(qemu_log.try_clone().map_err(io("qemu.log"))?)
         .stderr(qemu_log)
@@ -853,8 +853,8 @@ fn run(
     if opts.dhcp {
         mgmt.ip(&["addr", "add", "10.99.0.1/24", "dev", &taps[0]])?;
         let leases = w.join("dnsmasq.leases");
-        let child = mgmt
-            .exec(&["dnsmasq", "--no-daemon", "--port=0", "--bind-interfaces"])
+        let mut dnsmasq = mgmt.exec(&["dnsmasq", "--no-daemon", "--port=0", "--bind-interfaces"]);
+        let child = tools::die_with_parent(&mut dnsmasq)
             .arg(format!("--interface={}", taps[0]))
             .arg("--dhcp-range=10.99.0.100,10.99.0.150,1h")
             .arg(format!("--dhcp-leasefile={}", leases.display()))

@@ -154,7 +154,7 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
     assert!(manifest.contains("\n/usr/local/sbin/akanda-agent f 755 0:0 "));
 
     // 2. The config drive in each way a compute node attaches it.
-    let attachments: [(&[&str], &str, &str); 5] = [
+    let attachments: [(&[&str], &str, &str); 6] = [
         (
             &["--firmware", "bios"],
             "machine Q35, ISO 9660 on a SATA CD-ROM",
@@ -163,6 +163,13 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
         (
             &["--firmware", "bios", "--machine", "pc"],
             "machine Pc, ISO 9660 on an IDE CD-ROM",
+            "/dev/sr0 (",
+        ),
+        // hw_cdrom_bus=sata, which `akanda-image upload` sets, on a pc machine (an AHCI
+        // controller added, as libvirt does).
+        (
+            &["--firmware", "bios", "--machine", "pc", "--cdrom-bus", "sata"],
+            "machine Pc, ISO 9660 on a SATA CD-ROM",
             "/dev/sr0 (",
         ),
         // OVMF leaves the PIIX IDE channels disabled: the vm element's initramfs enables them.
