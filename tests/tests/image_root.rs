@@ -168,7 +168,14 @@ fn image_builds_boots_under_bios_and_uefi_and_routes() {
         // hw_cdrom_bus=sata, which `akanda-image upload` sets, on a pc machine (an AHCI
         // controller added, as libvirt does).
         (
-            &["--firmware", "bios", "--machine", "pc", "--cdrom-bus", "sata"],
+            &[
+                "--firmware",
+                "bios",
+                "--machine",
+                "pc",
+                "--cdrom-bus",
+                "sata",
+            ],
             "machine Pc, ISO 9660 on a SATA CD-ROM",
             "/dev/sr0 (",
         ),
