@@ -150,13 +150,23 @@ pub(super) fn read_device(dev: &Path, fs: FsType) -> Result<Docs, BootConfigErro
 /// - every virtio block or SCSI device has a driver bound;
 /// - no kernel module is still running its init (`initstate` = `coming`).
 ///
+/// A device that no driver of this kernel claims (its `modalias` matches nothing in
+/// `modules.alias` or `modules.builtin.alias` of `modules`, the running kernel's module
+/// directory) will never get one, so it is not waited for: an unknown emulated controller
+/// costs nothing. A kernel without those files (unusual) waits for every device.
+///
 /// A driver is bound only when its probe has returned, and the image's initramfs loads the
 /// storage drivers with modprobe, which returns after the module's asynchronous probing
 /// (libata's port probe, sd and sr) is done, with SCSI scans made synchronous by
 /// `scsi_mod.scan=sync`. So this is the kernel's own end of probing, not a timed guess.
-pub fn storage_pending(sys: &Path) -> Vec<String> {
+pub fn storage_pending(sys: &Path, modules: &Path) -> Vec<String> {
     let mut pending = Vec::new();
-    let bound = |dev: &Path| dev.join("driver").exists();
+    let aliases = driver_aliases(modules);
+    let claimed = |dev: &Path| {
+        let modalias = std::fs::read_to_string(dev.join("modalias")).unwrap_or_default();
+        aliases.is_empty() || aliases.iter().any(|a| glob_match(a, modalias.trim()))
+    };
+    let bound = |dev: &Path| dev.join("driver").exists() || !claimed(dev);
     let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
     let entries = |dir: PathBuf| -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -191,6 +201,45 @@ pub fn storage_pending(sys: &Path) -> Vec<String> {
         }
     }
     pending
+}
+
+/// The device patterns of the drivers this kernel has, as modules or built in.
+fn driver_aliases(modules: &Path) -> Vec<String> {
+    ["modules.alias", "modules.builtin.alias"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(modules.join(f)).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("alias "))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|p| p.starts_with("pci:") || p.starts_with("virtio:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Shell-style match with `*` and `?`, as modules.alias patterns use.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 fn file_name(path: &Path) -> String {
@@ -314,6 +363,57 @@ mod tests {
     }
 
     #[test]
+    fn module_alias_patterns_match_like_modprobe() {
+        assert!(glob_match(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert!(glob_match(
+            "virtio:d00000008v*",
+            "virtio:d00000008v00001AF4"
+        ));
+        assert!(!glob_match(
+            "virtio:d00000002v*",
+            "virtio:d00000008v00001AF4"
+        ));
+        assert!(glob_match(
+            "pci:v00008086d00007010sv*sd*bc*sc*i*",
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"
+        ));
+        assert!(!glob_match("pci:v00001000d*", "pci:v00008086d00007010"));
+        assert!(glob_match("a?c*", "abcdef") && !glob_match("a?c", "abcd"));
+    }
+
+    #[test]
+    fn a_controller_no_driver_claims_is_not_waited_for() {
+        let sys = FakeSys::new();
+        sys.device("pci", "0000:00:1f.2", "class", "0x010601", false);
+        std::fs::write(
+            sys.0.path().join("bus/pci/devices/0000:00:1f.2/modalias"),
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01\n",
+        )
+        .unwrap();
+        let modules = tempfile::tempdir().unwrap();
+        // This kernel has no AHCI driver (Debian's cloud kernel): nothing to wait for.
+        std::fs::write(
+            modules.path().join("modules.alias"),
+            "alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix\n",
+        )
+        .unwrap();
+        assert!(storage_pending(sys.0.path(), modules.path()).is_empty());
+        // With ahci among the modules, the unbound controller is pending.
+        std::fs::write(
+            modules.path().join("modules.builtin.alias"),
+            "alias pci:v*d*sv*sd*bc01sc06i01* ahci\n",
+        )
+        .unwrap();
+        assert_eq!(
+            storage_pending(sys.0.path(), modules.path()),
+            ["PCI storage controller 0000:00:1f.2 has no driver yet"]
+        );
+    }
+
+    #[test]
     fn storage_probing_is_finished_only_when_every_controller_is_bound() {
         let sys = FakeSys::new();
         // q35: AHCI controller, a virtio-blk function, a NIC (class 0x02) and a bridge.
@@ -326,7 +426,7 @@ mod tests {
         sys.module("ahci", "coming");
         sys.module("ext4", "live");
         assert_eq!(
-            storage_pending(sys.0.path()),
+            storage_pending(sys.0.path(), Path::new("/nonexistent")),
             [
                 "PCI storage controller 0000:00:1f.2 has no driver yet",
                 "virtio storage device virtio3 has no driver yet",
@@ -336,8 +436,8 @@ mod tests {
         sys.device("pci", "0000:00:1f.2", "class", "0x010601", true);
         sys.device("virtio", "virtio3", "device", "0x0008", true);
         sys.module("ahci", "live");
-        assert!(storage_pending(sys.0.path()).is_empty());
+        assert!(storage_pending(sys.0.path(), Path::new("/nonexistent")).is_empty());
         // A machine without any of it (or no sysfs at all) has nothing to wait for.
-        assert!(storage_pending(Path::new("/nonexistent")).is_empty());
+        assert!(storage_pending(Path::new("/nonexistent"), Path::new("/nonexistent")).is_empty());
     }
 }

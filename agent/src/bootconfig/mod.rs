@@ -118,8 +118,10 @@ pub fn read_source(source: &Source, wait: Duration) -> Result<Management, BootCo
             // drive that is not there then is not coming (see `storage_pending`).
             let started = Instant::now();
             let deadline = started + wait;
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let modules = Path::new("/lib/modules").join(release.trim());
             let pending = loop {
-                let pending = storage_pending(Path::new("/sys"));
+                let pending = storage_pending(Path::new("/sys"), &modules);
                 if pending.is_empty() || Instant::now() >= deadline {
                     break pending;
                 }
