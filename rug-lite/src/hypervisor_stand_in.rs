@@ -5,16 +5,20 @@
 //! - builds the config-drive directory the way Nova does (`openstack/latest/network_data.json`
 //!   from the server's Neutron ports in NIC order, `meta_data.json` with the server's metadata,
 //!   and `user_data` exactly as the server was booted with it);
-//! - creates a network namespace (the "guest") with one NIC per port, carrying the port's MAC;
-//!   the management NIC's peer stays in the test's own namespace with an address on the
-//!   management subnet (rug-lite's side of the management network), the other peers go to a
-//!   second namespace (the "wire");
+//! - creates a network namespace (the "guest") with one NIC per port, carrying the port's MAC,
+//!   plugged into a [`Fabric`]: the L2 segments a compute host and its L2 agent provide. The
+//!   management NIC's peer joins a bridge in the test's own namespace that carries an address on
+//!   the management subnet (rug-lite's side of the management network); every other NIC joins
+//!   the bridge of its Neutron network in a second namespace (the "wire"), where test hosts
+//!   ([`TestHost`]: a tenant VM, an upstream router) can be plugged too;
 //! - runs the real `akanda-agent serve --boot-config DIR` in the guest namespace.
 //!
 //! Everything after that is the real agent reading a real config drive directory: it
 //! configures its management NIC, takes its TLS material from `user_data` and serves.
-//! Needs root. Namespaces are named `rlg-<pid>-<n>` / `rlw-<pid>-<n>` and deleted on drop
-//! (leftovers of a crashed run are deleted by the next one).
+//! Needs root. Namespaces are named `rlg-<pid>-<n>` (guests), `rlw-<pid>-<n>` (wires) and
+//! `rlh-<pid>-<n>` (test hosts); management bridges `rlm<pid hex><n>` carry the alias
+//! `rug-lite stand-in <pid>`. All are deleted on drop, and leftovers of a crashed run are
+//! deleted by the next one.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,6 +26,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -96,6 +101,7 @@ fn cleanup_stale() {
         let Some(rest) = name
             .strip_prefix("rlg-")
             .or_else(|| name.strip_prefix("rlw-"))
+            .or_else(|| name.strip_prefix("rlh-"))
         else {
             continue;
         };
@@ -103,6 +109,237 @@ fn cleanup_stale() {
         if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
+    }
+    // Management bridges in this namespace, by their alias.
+    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    for l in links.flatten() {
+        let alias = std::fs::read_to_string(l.path().join("ifalias")).unwrap_or_default();
+        let Some(pid) = alias.trim().strip_prefix(BRIDGE_ALIAS) else {
+            continue;
+        };
+        if pid
+            .trim()
+            .parse::<i32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
+            let name = l.file_name().to_string_lossy().into_owned();
+            let _ = Command::new("ip").args(["link", "del", &name]).status();
+        }
+    }
+}
+
+const BRIDGE_ALIAS: &str = "rug-lite stand-in ";
+
+fn once_cleanup_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(cleanup_stale);
+}
+
+/// The L2 segments of a stand-in compute host: the management bridge in the test's own
+/// namespace (with rug-lite's host address on it), and a "wire" namespace holding one bridge
+/// per Neutron network. Drop deletes both (the guests' and test hosts' peers with them).
+pub(crate) struct Fabric {
+    pub(crate) wire: String,
+    mgmt_bridge: String,
+    /// Neutron network id → bridge name in the wire namespace.
+    bridges: Mutex<BTreeMap<String, String>>,
+}
+
+impl Fabric {
+    /// A fabric whose management bridge carries `host_address` (rug-lite's address).
+    pub(crate) fn new(host_address: IpNet) -> Arc<Fabric> {
+        once_cleanup_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let wire = format!("rlw-{pid}-{n}");
+        let mgmt_bridge = format!("rlm{:x}{n}", pid % 0xfffff);
+        run(&["ip", "netns", "add", &wire]);
+        let fabric = Fabric {
+            wire,
+            mgmt_bridge,
+            bridges: Mutex::new(BTreeMap::new()),
+        };
+        let br = &fabric.mgmt_bridge;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            br,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        run(&[
+            "ip",
+            "link",
+            "set",
+            br,
+            "alias",
+            &format!("{BRIDGE_ALIAS}{pid}"),
+        ]);
+        // No router advertisement from a guest may give this host a route.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{br}/accept_ra"), "0");
+        let addr = host_address.to_string();
+        run(&["ip", "addr", "add", &addr, "dev", br, "nodad"]);
+        run(&["ip", "link", "set", br, "up"]);
+        Arc::new(fabric)
+    }
+
+    /// The bridge of this Neutron network in the wire namespace, made on first use.
+    pub(crate) fn bridge(&self, network_id: &str) -> String {
+        let mut bridges = self.bridges.lock().unwrap();
+        if let Some(b) = bridges.get(network_id) {
+            return b.clone();
+        }
+        let name = format!("br{}", bridges.len());
+        run(&[
+            "ip",
+            "-n",
+            &self.wire,
+            "link",
+            "add",
+            &name,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        run(&["ip", "-n", &self.wire, "link", "set", &name, "up"]);
+        bridges.insert(network_id.to_string(), name.clone());
+        name
+    }
+
+    /// Plugs the peer `outside` (in the caller's namespace) into the segment: the management
+    /// bridge, or the network's bridge in the wire namespace.
+    fn plug(&self, outside: &str, segment: Segment<'_>) {
+        match segment {
+            Segment::Management => {
+                run(&[
+                    "ip",
+                    "link",
+                    "set",
+                    outside,
+                    "master",
+                    &self.mgmt_bridge,
+                    "up",
+                ]);
+            }
+            Segment::Network(network_id) => {
+                let br = self.bridge(network_id);
+                run(&["ip", "link", "set", outside, "netns", &self.wire]);
+                run(&[
+                    "ip", "-n", &self.wire, "link", "set", outside, "master", &br, "up",
+                ]);
+            }
+        }
+    }
+
+    /// A test host (a tenant VM, an upstream router) on this network: namespace `rlh-…`
+    /// with `eth0`, carrying `mac` if given.
+    pub(crate) fn host(&self, network_id: &str, mac: Option<&str>) -> TestHost {
+        once_cleanup_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let ns = format!("rlh-{pid}-{n}");
+        run(&["ip", "netns", "add", &ns]);
+        let host = TestHost { ns: ns.clone() };
+        let outside = format!("rt{:x}{n}", pid % 0xfffff);
+        run(&[
+            "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &outside,
+        ]);
+        if let Some(mac) = mac {
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "address", mac]);
+        }
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        self.plug(&outside, Segment::Network(network_id));
+        host
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.mgmt_bridge])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.wire])
+            .status();
+    }
+}
+
+/// Which segment a NIC is on.
+#[derive(Clone, Copy)]
+pub(crate) enum Segment<'a> {
+    Management,
+    Network(&'a str),
+}
+
+/// A namespace with one NIC, `eth0`, on a [`Fabric`] network. Drop deletes it (any process
+/// started with [`TestHost::sh`] must have ended: they are run to completion).
+pub(crate) struct TestHost {
+    pub(crate) ns: String,
+}
+
+impl TestHost {
+    /// Runs a shell command in the host's namespace; its exit status and output.
+    pub(crate) fn sh(&self, script: &str) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script:?} in {}: {e}", self.ns));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Like [`TestHost::sh`], panicking unless it succeeds.
+    #[track_caller]
+    pub(crate) fn must(&self, script: &str) -> String {
+        let (ok, text) = self.sh(script);
+        assert!(ok, "{script:?} in {} failed: {text}", self.ns);
+        text
+    }
+
+    /// One DHCPv4 exchange on `eth0` (dhclient, with a script that only records what it was
+    /// given); the lease's `new_*` values, e.g. `new_ip_address`, `new_routers`.
+    pub(crate) fn dhcp_lease(&self) -> BTreeMap<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("hook"),
+            format!("#!/bin/sh\n[ \"$reason\" = BOUND ] && env > {d}/bound.env\nexit 0\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("dhclient.conf"),
+            "timeout 30;\nretry 1;\ninitial-interval 1;\nrequest subnet-mask, routers;\n",
+        )
+        .unwrap();
+        let (_, log) = self.sh(&format!(
+            "chmod +x {d}/hook; timeout 40 dhclient -4 -1 -cf {d}/dhclient.conf -sf {d}/hook \
+             -lf {d}/leases -pf {d}/pid eth0 2>&1; kill $(cat {d}/pid 2>/dev/null) 2>/dev/null; true"
+        ));
+        let env = std::fs::read_to_string(dir.path().join("bound.env"))
+            .unwrap_or_else(|_| panic!("no DHCP lease in {}: {log}", self.ns));
+        env.lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("new_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 
@@ -181,11 +418,11 @@ pub(crate) fn write_config_drive(
     std::fs::write(latest.join("user_data"), user_data).unwrap();
 }
 
-/// One guest: its namespaces and its running agent. Drop stops the agent and deletes both
-/// namespaces (and with them every veth).
+/// One guest: its namespace, its NICs on a [`Fabric`], and its running agent. Drop stops the
+/// agent and deletes the namespace (and with it every veth).
 pub(crate) struct Guest {
     pub(crate) ns: String,
-    wire: String,
+    fabric: Arc<Fabric>,
     /// Interface name stem and the NICs' MACs, in order.
     tag: String,
     macs: Vec<String>,
@@ -196,18 +433,31 @@ pub(crate) struct Guest {
 }
 
 impl Guest {
-    /// Boots the "guest": NICs with these MACs (the first is management: its peer, in the
-    /// caller's namespace, gets `host_address`), the config drive written by
-    /// [`write_config_drive`] into a fresh directory by `fill`, then the agent.
+    /// Boots a "guest" on a fabric of its own: the first NIC is management (its peer's bridge
+    /// gets `host_address`), every other NIC a segment of its own.
     pub(crate) fn boot(macs: &[String], host_address: IpNet, fill: impl FnOnce(&Path)) -> Guest {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(cleanup_stale);
+        let fabric = Fabric::new(host_address);
+        let nics: Vec<(String, Option<String>)> = macs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.clone(), (i > 0).then(|| format!("own-{i}"))))
+            .collect();
+        Guest::boot_on(fabric, &nics, fill)
+    }
+
+    /// Boots the "guest": NICs `(mac, Neutron network id)` in order, the first being management
+    /// (network `None`), the config drive written by [`write_config_drive`] into a fresh
+    /// directory by `fill`, then the agent.
+    pub(crate) fn boot_on(
+        fabric: Arc<Fabric>,
+        nics: &[(String, Option<String>)],
+        fill: impl FnOnce(&Path),
+    ) -> Guest {
+        once_cleanup_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let ns = format!("rlg-{pid}-{n}");
-        let wire = format!("rlw-{pid}-{n}");
         run(&["ip", "netns", "add", &ns]);
-        run(&["ip", "netns", "add", &wire]);
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         let tmp = tempfile::Builder::new()
             .prefix("rug-lite-guest-")
@@ -217,33 +467,16 @@ impl Guest {
         let tag = format!("{:x}{n}", pid % 0xfffff);
         let mut guest = Guest {
             ns: ns.clone(),
-            wire: wire.clone(),
-            tag: tag.clone(),
-            macs: macs.to_vec(),
+            fabric,
+            tag,
+            macs: Vec::new(),
             child: None,
             log_path: tmp.path().join("agent.log"),
             config_drive: tmp.path().join("config-drive"),
             _tmp: tmp,
         };
-        for (i, mac) in macs.iter().enumerate() {
-            let (inside, outside) = (format!("rg{tag}n{i}"), format!("rh{tag}n{i}"));
-            let peer_ns = if i == 0 { None } else { Some(wire.as_str()) };
-            let mut argv = vec!["ip", "link", "add", &inside, "address", mac, "netns", &ns];
-            argv.extend(["type", "veth", "peer", "name", &outside]);
-            if let Some(w) = peer_ns {
-                argv.extend(["netns", w]);
-            }
-            run(&argv);
-            match peer_ns {
-                None => {
-                    let addr = host_address.to_string();
-                    run(&["ip", "addr", "add", &addr, "dev", &outside, "nodad"]);
-                    run(&["ip", "link", "set", &outside, "up"]);
-                }
-                Some(w) => {
-                    run(&["ip", "-n", w, "link", "set", &outside, "up"]);
-                }
-            };
+        for (mac, network) in nics {
+            guest.plug(mac, network.as_deref());
         }
         std::fs::create_dir_all(&guest.config_drive).unwrap();
         fill(&guest.config_drive);
@@ -268,22 +501,30 @@ impl Guest {
         guest
     }
 
+    /// Adds NIC number `macs.len()` with this MAC, its peer on the segment.
+    fn plug(&mut self, mac: &str, network: Option<&str>) {
+        let i = self.macs.len();
+        let (inside, outside) = (format!("rg{}n{i}", self.tag), format!("rh{}n{i}", self.tag));
+        run(&[
+            "ip", "link", "add", &inside, "address", mac, "netns", &self.ns, "type", "veth",
+            "peer", "name", &outside,
+        ]);
+        let segment = match network {
+            None => Segment::Management,
+            Some(id) => Segment::Network(id),
+        };
+        self.fabric.plug(&outside, segment);
+        self.macs.push(mac.to_string());
+    }
+
     /// Whether the guest has a NIC with this MAC.
     pub(crate) fn has_nic(&self, mac: &str) -> bool {
         self.macs.iter().any(|m| m.eq_ignore_ascii_case(mac))
     }
 
-    /// Hot-plugs a NIC with this MAC (what the hypervisor does on Nova's interface attach);
-    /// its peer goes to the wire namespace.
-    pub(crate) fn hotplug(&mut self, mac: &str) {
-        let i = self.macs.len();
-        let (inside, outside) = (format!("rg{}n{i}", self.tag), format!("rh{}n{i}", self.tag));
-        run(&[
-            "ip", "link", "add", &inside, "address", mac, "netns", &self.ns, "type", "veth",
-            "peer", "name", &outside, "netns", &self.wire,
-        ]);
-        run(&["ip", "-n", &self.wire, "link", "set", &outside, "up"]);
-        self.macs.push(mac.to_string());
+    /// Hot-plugs a NIC with this MAC on this Neutron network's segment.
+    pub(crate) fn hotplug_on(&mut self, mac: &str, network_id: &str) {
+        self.plug(mac, Some(network_id));
     }
 
     /// `nft list ruleset` in the guest.
@@ -331,8 +572,6 @@ impl Drop for Guest {
         if std::thread::panicking() {
             eprintln!("--- agent log ({}) ---\n{}", self.ns, self.log());
         }
-        for ns in [&self.ns, &self.wire] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }

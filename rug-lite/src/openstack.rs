@@ -582,3 +582,9 @@ mod tests {
 #[cfg(test)]
 #[path = "openstack_rig_tests.rs"]
 mod rig_tests;
+#[cfg(test)]
+#[path = "serve_rig_tests.rs"]
+mod serve_rig_tests;
+#[cfg(test)]
+#[path = "openstack_stand_in.rs"]
+mod stand_in;

@@ -3,10 +3,11 @@
 //! Without `OS_AUTH_URL` the test says so and passes without checking anything, unless
 //! `RUG_LITE_RIG_REQUIRED=1` (set by `scripts/rig-test`): then a missing rig is a failure.
 
+use super::stand_in::stand_in_boot;
 use super::*;
 use crate::appliance::AgentClient;
 use crate::builder::BuildParams;
-use crate::hypervisor_stand_in::{self as hv, Guest};
+use crate::hypervisor_stand_in::{self as hv, Fabric, Guest};
 use crate::index::TopologyIndex;
 use crate::ownership;
 use crate::reconcile::{ReconcileSettings, Reconciler, Step};
@@ -300,66 +301,6 @@ async fn neutron_and_nova_through_the_traits_on_the_rig() {
 // The first scenario of issue #11 on the rig (MODE=full): Neutron and Nova are real; Nova's fake
 // driver runs no guest, so the hypervisor stand-in (`hypervisor_stand_in.rs`) supplies one.
 
-/// The hypervisor stand-in's view of a server, read from the real APIs the way Nova's compute
-/// host would build the config drive: the server's metadata and user_data from Nova's API, its
-/// ports (management first: `akanda_mgmt_mac`), their subnets and networks' MTUs from Neutron.
-async fn stand_in_boot(cloud: &HttpCloud, server_id: &str, host: IpNet) -> Guest {
-    let server = cloud
-        .call(
-            Service::Compute,
-            Method::GET,
-            &format!("/servers/{server_id}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap()
-        .expect("server exists");
-    let server = &server["server"];
-    let user_data = base64::engine::general_purpose::STANDARD
-        .decode(
-            server["OS-EXT-SRV-ATTR:user_data"]
-                .as_str()
-                .expect("user_data (admin, microversion >= 2.3)"),
-        )
-        .unwrap();
-    let metadata: BTreeMap<String, String> =
-        serde_json::from_value(server["metadata"].clone()).unwrap();
-    let mut ports = cloud
-        .list_ports(&PortFilter {
-            device_id: Some(server_id.to_string()),
-            ..PortFilter::default()
-        })
-        .await
-        .unwrap();
-    let mgmt_mac = metadata["akanda_mgmt_mac"].to_ascii_lowercase();
-    ports.sort_by_key(|p| (p.mac_address.to_ascii_lowercase() != mgmt_mac, p.id.clone()));
-    let networks: Vec<String> = ports.iter().map(|p| p.network_id.clone()).collect();
-    let subnets = cloud.list_subnets(&networks).await.unwrap();
-    let nets = cloud.list_networks(&networks).await.unwrap();
-    let mtus: Vec<Option<u64>> = ports
-        .iter()
-        .map(|p| {
-            nets.iter()
-                .find(|n| n.id == p.network_id)
-                .and_then(|n| n.mtu)
-        })
-        .collect();
-    let network_data = hv::network_data(&ports, &subnets, &mtus);
-    let macs: Vec<String> = ports.iter().map(|p| p.mac_address.clone()).collect();
-    let name = server["name"].as_str().unwrap_or("server").to_string();
-    Guest::boot(&macs, host, |dir| {
-        hv::write_config_drive(
-            dir,
-            server_id,
-            &name,
-            &metadata,
-            &network_data,
-            std::str::from_utf8(&user_data).unwrap(),
-        )
-    })
-}
-
 async fn id_of(cloud: &HttpCloud, path: &str, key: &str, body: Value) -> String {
     raw(cloud, Service::Network, Method::POST, path, body).await[key]["id"]
         .as_str()
@@ -449,6 +390,7 @@ async fn a_router_gets_an_appliance_configured_over_mutual_tls_on_the_rig() {
     let interface_ip: IpAddr = format!("10.{b}.{}.1", a % 250).parse().unwrap();
 
     let host: IpNet = format!("{prefix}::1/64").parse().unwrap();
+    let fabric = Fabric::new(host);
     let settings = ReconcileSettings {
         management_network_id: mgmt.clone(),
         image_id: cloud.find_image("fake-image").await.unwrap(),
@@ -501,7 +443,7 @@ async fn a_router_gets_an_appliance_configured_over_mutual_tls_on_the_rig() {
                     .await
                     .unwrap();
                 if listed.iter().any(|s| s.id == sid && s.status == "ACTIVE") {
-                    guest = Some(stand_in_boot(&cloud, &sid, host).await);
+                    guest = Some(stand_in_boot(&cloud, &sid, Arc::clone(&fabric)).await);
                 }
             }
         }
@@ -563,7 +505,7 @@ async fn a_router_gets_an_appliance_configured_over_mutual_tls_on_the_rig() {
                 .unwrap();
             for p in attached {
                 if !guest.has_nic(&p.mac_address) {
-                    guest.hotplug(&p.mac_address);
+                    guest.hotplug_on(&p.mac_address, &p.network_id);
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
