@@ -8,15 +8,19 @@ Neutron only, and checks what rug-lite and the appliance do:
      and the agent's /v1/status config_hash (read over mutual TLS with a client certificate
      of the run's CA, the server certificate checked against the management address) equals
      the one `rug-lite router show` reports; plain HTTP to the agent is refused;
-  2. a tenant host on the internal network pings the router's address through the appliance;
+  2. a tenant host on the internal network gets its DHCP lease from the appliance's dnsmasq,
+     pings the router's address, and reaches the host's address on the external network
+     through the appliance (the host has no route back to the tenant network: the reply
+     proves the SNAT);
   3. a floating IP to the tenant host (an event) -> pushed; the host reaches the tenant host
      through the floating IP (the tenant host's ICMP InEchos counter proves the DNAT);
   4. the router deleted (events) -> server, then ports, deleted; `router list` empty.
 
-Prerequisites (as root):
+Prerequisites (as root; scripts/rig-test does all of it, in CI too):
   sudo BASE=/var/tmp/akanda-openstack MODE=libvirt ../shared/openstack/bringup.sh
-  cargo build -p rug-lite -p akanda-pki; an Akanda image file built from this tree
-  (AKANDA_IMAGE, default akanda-router.qcow2; its agent must serve TLS from user_data)
+  cargo build -p rug-lite -p akanda-pki; an Akanda image built from this tree, in Glance as
+  `akanda-router` (`akanda-image upload FILE`), or as a file (AKANDA_IMAGE, default
+  akanda-router.qcow2) that this script uploads
 Run:
   source ../shared/openstack/admin-openrc
   /var/tmp/akanda-openstack/venv/bin/python rug-lite/tests/e2e_libvirt.py
@@ -152,9 +156,33 @@ try:
 
     # ---- 2. a tenant host reaches the router -----------------------------------------------
     th = l2wire.tenant_host('e2et1', net.id)
+    # One DHCPv4 exchange, with a script that only records what the appliance's dnsmasq gave.
+    hook = os.path.join(work, 'dhcp-hook')
+    with open(hook, 'w') as f:
+        f.write(f'#!/bin/sh\n[ "$reason" = BOUND ] && env > {work}/bound.env\nexit 0\n')
+    os.chmod(hook, 0o755)
+    with open(os.path.join(work, 'dhclient.conf'), 'w') as f:
+        f.write('timeout 30;\nretry 1;\ninitial-interval 1;\nrequest subnet-mask, routers;\n')
+    subprocess.run(['ip', 'netns', 'exec', 'e2et1', 'timeout', '40', 'dhclient', '-4', '-1',
+                    '-cf', f'{work}/dhclient.conf', '-sf', hook, '-lf', f'{work}/leases',
+                    '-pf', f'{work}/dhclient.pid', 'eth0'], capture_output=True)
+    try:
+        os.kill(int(open(f'{work}/dhclient.pid').read()), 15)
+    except (OSError, ValueError):
+        pass
+    lease = {}
+    if os.path.exists(f'{work}/bound.env'):
+        lease = dict(l.split('=', 1) for l in open(f'{work}/bound.env').read().splitlines() if '=' in l)
+    want = th['addresses'][0].split('/')[0]
+    check('tenant DHCP lease', lease.get('new_ip_address') == want and lease.get('new_routers') == '10.78.0.1',
+          f"{lease.get('new_ip_address')} via {lease.get('new_routers')} (port {want})")
     ping = subprocess.run(['ip', 'netns', 'exec', 'e2et1', 'ping', '-c', '3', '-W', '2', '10.78.0.1'],
                           capture_output=True)
     check('tenant pings router', ping.returncode == 0)
+    ext_host = l2wire.host_addr(ext.id)['addresses'][0].split('/')[0]
+    ping = subprocess.run(['ip', 'netns', 'exec', 'e2et1', 'ping', '-c', '3', '-W', '2', ext_host],
+                          capture_output=True)
+    check('tenant reaches the outside through the appliance (SNAT)', ping.returncode == 0, ext_host)
 
     # ---- 3. a floating IP: event, push, DNAT -------------------------------------------------
     before = rug('router', 'show', router.id, '--json')['config_hash']
@@ -164,7 +192,6 @@ try:
                                          and s['config_hash'] != before else None)(
         rug('router', 'show', router.id, '--json')), 60)
     check('floating IP pushed', pushed)
-    l2wire.host_addr(ext.id)
     n0 = in_echos('e2et1')
     ping = subprocess.run(['ping', '-c', '3', '-W', '2', fip.floating_ip_address], capture_output=True)
     check('host reaches tenant via floating IP', ping.returncode == 0 and in_echos('e2et1') - n0 >= 3)
