@@ -76,22 +76,33 @@ pub(super) async fn stand_in_boot(
     })
 }
 
-/// Plays the compute host for every server of rug-lite's: every second it lists them in Nova,
-/// boots a guest for each new ACTIVE one, hot-plugs the ports Nova attached since, and stops
-/// the guest of a server that is gone. Drop stops it and every guest.
+/// Plays the compute host for every server of rug-lite's on one management network: every
+/// second it lists them in Nova, boots a guest for each new ACTIVE one, hot-plugs the ports
+/// Nova attached since, and stops the guest of a server that is gone. Servers on another
+/// management network (another test's, a crashed run's) are not its own. Drop stops it and
+/// every guest.
 pub(crate) struct StandInCompute {
-    guests: Arc<StdMutex<BTreeMap<String, Guest>>>,
+    guests: Arc<StdMutex<Guests>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the stand-in knows of each server: its guest, or None when it is not on this
+/// management network.
+type Guests = BTreeMap<String, Option<Guest>>;
+
 impl StandInCompute {
-    pub(crate) fn start(cloud: Arc<HttpCloud>, fabric: Arc<Fabric>) -> StandInCompute {
-        let guests: Arc<StdMutex<BTreeMap<String, Guest>>> = Arc::default();
+    pub(crate) fn start(
+        cloud: Arc<HttpCloud>,
+        fabric: Arc<Fabric>,
+        management_network: &str,
+    ) -> StandInCompute {
+        let guests: Arc<StdMutex<Guests>> = Arc::default();
         let task = tokio::spawn({
             let guests = Arc::clone(&guests);
+            let mgmt = management_network.to_string();
             async move {
                 loop {
-                    if let Err(e) = Self::pass(&cloud, &fabric, &guests).await {
+                    if let Err(e) = Self::pass(&cloud, &fabric, &mgmt, &guests).await {
                         eprintln!("stand-in compute: {e}");
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -104,10 +115,11 @@ impl StandInCompute {
     async fn pass(
         cloud: &HttpCloud,
         fabric: &Arc<Fabric>,
-        guests: &StdMutex<BTreeMap<String, Guest>>,
+        mgmt: &str,
+        guests: &StdMutex<Guests>,
     ) -> CloudResult<()> {
         let servers = cloud.list_servers_tagged(ownership::OWNER_TAG).await?;
-        let gone: Vec<Guest> = {
+        let gone: Vec<Option<Guest>> = {
             let mut g = guests.lock().unwrap();
             let ids: Vec<String> = g
                 .keys()
@@ -122,23 +134,32 @@ impl StandInCompute {
         };
         drop(gone); // stops those agents, outside the lock
         for server in servers.iter().filter(|s| s.status == "ACTIVE") {
-            let known = guests.lock().unwrap().contains_key(&server.id);
-            if !known {
-                let guest = stand_in_boot(cloud, &server.id, Arc::clone(fabric)).await;
-                guests.lock().unwrap().insert(server.id.clone(), guest);
-                continue;
-            }
+            let known = guests.lock().unwrap().get(&server.id).map(Option::is_some);
             let attached = cloud
                 .list_ports(&PortFilter {
                     device_id: Some(server.id.clone()),
                     ..PortFilter::default()
                 })
                 .await?;
-            let mut g = guests.lock().unwrap();
-            if let Some(guest) = g.get_mut(&server.id) {
-                for p in attached {
-                    if !guest.has_nic(&p.mac_address) {
-                        guest.hotplug_on(&p.mac_address, &p.network_id);
+            match known {
+                Some(false) => {}
+                None => {
+                    let ours = attached.iter().any(|p| p.network_id == mgmt);
+                    let guest = if ours {
+                        Some(stand_in_boot(cloud, &server.id, Arc::clone(fabric)).await)
+                    } else {
+                        None
+                    };
+                    guests.lock().unwrap().insert(server.id.clone(), guest);
+                }
+                Some(true) => {
+                    let mut g = guests.lock().unwrap();
+                    if let Some(Some(guest)) = g.get_mut(&server.id) {
+                        for p in attached {
+                            if !guest.has_nic(&p.mac_address) {
+                                guest.hotplug_on(&p.mac_address, &p.network_id);
+                            }
+                        }
                     }
                 }
             }
@@ -152,12 +173,12 @@ impl StandInCompute {
         server_id: &str,
         f: impl FnOnce(&mut Guest) -> R,
     ) -> Option<R> {
-        self.guests.lock().unwrap().get_mut(server_id).map(f)
-    }
-
-    /// How many guests run.
-    pub(crate) fn guests(&self) -> usize {
-        self.guests.lock().unwrap().len()
+        self.guests
+            .lock()
+            .unwrap()
+            .get_mut(server_id)
+            .and_then(Option::as_mut)
+            .map(f)
     }
 }
 

@@ -137,10 +137,8 @@ impl Serve {
             .args(args)
             .args(["--json", "--config"])
             .arg(&self.config)
-            .env_remove("RUG_LITE_TEST_AMQP_URL")
-            .env_remove("RUG_LITE_RIG_REQUIRED")
-            .env_remove("RUG_LITE_TEST_DEMO_OPENRC")
-            .env_remove("RUG_LITE_BIN")
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k == "PATH"))
             .output()
             .unwrap();
         out.status
@@ -351,7 +349,7 @@ async fn serve_converges_routers_from_neutron_events_as_the_demo_user_on_the_rig
         .unwrap();
     let host: IpNet = format!("{prefix}::1/64").parse().unwrap();
     let fabric = Fabric::new(host);
-    let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric));
+    let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric), &mgmt);
 
     let queue = format!("rug-lite-it-{tag}");
     let config = dir.path().join("rug-lite.toml");
@@ -817,4 +815,353 @@ async fn r1_gateway(w: &World, router_id: &str) -> IpAddr {
         .ip_address
         .parse()
         .unwrap()
+}
+
+/// The value at quantile `q` (0..=1) of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// `VmRSS` and `VmHWM` of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// The issue #11 benchmark, on the rig (run by `RIG_BENCH=1 scripts/rig-test`; ignored
+/// otherwise). With N routers (`RUG_LITE_BENCH_ROUTERS`, default 50), each with a gateway and
+/// an interface, served by `rug-lite serve` and the stand-in compute host, it prints:
+/// - N routers created → all configured (events only);
+/// - Neutron API call (a router's routes) → the route in the appliance's kernel, p50/p95;
+/// - a full resync of the N routers (rug-lite restarted: every router read from Neutron and
+///   its appliance asked for its hash over mutual TLS), start → all `configured`;
+/// - rug-lite's RSS.
+///
+/// No figure is asserted: these are measurements, printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: RIG_BENCH=1 scripts/rig-test"]
+async fn benchmark_serve_on_the_rig() {
+    let Some((admin_creds, demo_creds, amqp_url)) = rig_env() else {
+        return;
+    };
+    if !hv::require_root() {
+        return;
+    }
+    let n: usize = std::env::var("RUG_LITE_BENCH_ROUTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let samples = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
+    let (a, b) = (fastrand::u16(1..), fastrand::u8(1..250));
+    let (ca, ca_key) =
+        akanda_pki::Ca::generate("rig bench CA", akanda_pki::Validity::days(1)).unwrap();
+    let (ca_cert_path, ca_key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    akanda_pki::write_public(&ca_cert_path, ca.cert_pem().as_bytes()).unwrap();
+    akanda_pki::write_private(&ca_key_path, ca_key.as_bytes()).unwrap();
+    let test_ca = crate::tls::Ca::from_pem(ca.cert_pem(), &ca_key).unwrap();
+    let (cert, key) = test_ca.issue_client().unwrap();
+    let agent = AgentClient::mutual_tls(
+        ClientIdentity::new(test_ca.ca_cert_pem(), &cert, &key).unwrap(),
+        Duration::from_secs(5),
+    );
+    let plain = || AgentClient::plain_http(Duration::from_secs(5)).unwrap();
+    let admin =
+        Arc::new(HttpCloud::new(admin_creds, Duration::from_secs(30), plain(), None).unwrap());
+    let demo = HttpCloud::new(demo_creds, Duration::from_secs(30), plain(), None).unwrap();
+    sweep_leftovers(&admin).await;
+    let admin_call = |method: Method, service: Service, path: String, body: Value| {
+        let admin = Arc::clone(&admin);
+        async move {
+            admin
+                .call(service, method.clone(), &path, &[], Some(&body))
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+                .unwrap_or(Value::Null)
+        }
+    };
+    let mgmt = admin_call(
+        Method::POST,
+        Service::Network,
+        "/networks".into(),
+        json!({"network": {"name": format!("rug-lite-serve-bench-mgt-{tag}")}}),
+    )
+    .await["network"]
+        .clone();
+    let (mgmt, admin_project) = (
+        mgmt["id"].as_str().unwrap().to_string(),
+        mgmt["project_id"].as_str().unwrap().to_string(),
+    );
+    let prefix = format!("fdca:3ba7:{a:x}:{b:x}");
+    admin_call(
+        Method::POST,
+        Service::Network,
+        "/subnets".into(),
+        json!({"subnet": {"network_id": mgmt, "ip_version": 6,
+            "cidr": format!("{prefix}::/64"), "gateway_ip": null, "enable_dhcp": false,
+            "allocation_pools": [{"start": format!("{prefix}::100"),
+                                  "end": format!("{prefix}::fff")}]}}),
+    )
+    .await;
+    let fabric = Fabric::new(format!("{prefix}::1/64").parse().unwrap());
+    let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric), &mgmt);
+    let queue = format!("rug-lite-bench-{tag}");
+    let config = dir.path().join("rug-lite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[amqp]
+url = "{amqp_url}"
+queue = "{queue}"
+[appliance]
+image = "fake-image"
+flavor = "m1.tiny"
+management_network = "{mgmt}"
+boot_timeout = "300s"
+[tls]
+ca_cert = "{}"
+ca_key = "{}"
+[resync]
+period = "1h"
+startup_spread = "1ms"
+[admin]
+socket = "{}"
+"#,
+            ca_cert_path.display(),
+            ca_key_path.display(),
+            dir.path().join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    let log = std::env::var_os("RUG_LITE_TEST_SERVE_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("rug-lite.log"));
+    let serve = Serve::start(&config, &log);
+    let mut w = World {
+        admin: Arc::clone(&admin),
+        demo,
+        agent,
+        serve,
+        compute,
+        fabric,
+    };
+    while queue_consumers(&queue) != Some(1) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Quotas: N servers in rug-lite's project, N routers and networks in demo's.
+    admin_call(
+        Method::PUT,
+        Service::Compute,
+        format!("/os-quota-sets/{admin_project}"),
+        json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}}),
+    )
+    .await;
+    let ext = w.admin.find_network("ext-net").await.unwrap().id;
+    let probe = w
+        .post(
+            "/networks",
+            "network",
+            json!({"network": {"name": format!("rug-lite-serve-bench-probe-{tag}")}}),
+        )
+        .await;
+    let demo_project = probe["project_id"].as_str().unwrap().to_string();
+    w.delete(&format!("/networks/{}", probe["id"].as_str().unwrap()))
+        .await;
+    for project in [&demo_project, &admin_project] {
+        admin_call(
+            Method::PUT,
+            Service::Network,
+            format!("/quotas/{project}"),
+            json!({"quota": {"router": -1, "network": -1, "subnet": -1, "port": -1,
+                             "floatingip": -1}}),
+        )
+        .await;
+    }
+
+    // N routers, each with a gateway and an interface, created while rug-lite runs.
+    let t = Instant::now();
+    let mut routers = Vec::new();
+    for i in 0..n {
+        let net = format!("10.{}.{}", 100 + i / 250, i % 250);
+        let (network, subnet) = tenant_network(
+            &w,
+            &format!("rug-lite-serve-bench-{tag}-{i}"),
+            &format!("{net}.0/24"),
+            &format!("{net}.1"),
+        )
+        .await;
+        let router = w
+            .post(
+                "/routers",
+                "router",
+                json!({"router": {"name": format!("rug-lite-serve-bench-{tag}-{i}"),
+                                  "external_gateway_info": {"network_id": ext}}}),
+            )
+            .await;
+        let router = router["id"].as_str().unwrap().to_string();
+        w.put(
+            &format!("/routers/{router}/add_router_interface"),
+            json!({"subnet_id": subnet}),
+        )
+        .await;
+        routers.push((router, network, subnet, net));
+    }
+    let created = t.elapsed();
+    let mut hashes = Vec::new();
+    for (router, ..) in &routers {
+        let (rec, _) = w.converged(router, None, Duration::from_secs(600)).await;
+        // Configured with its interface (not only the gateway it was booted with).
+        let net = &routers.iter().find(|r| &r.0 == router).unwrap().3;
+        let mut rec = rec;
+        while !w
+            .guest(&rec, |g| g.addresses())
+            .contains(&format!("{net}.1").parse().unwrap())
+        {
+            let hash = rec["config_hash"].as_str().unwrap().to_string();
+            rec = w
+                .converged(router, Some(&hash), Duration::from_secs(600))
+                .await
+                .0;
+        }
+        hashes.push(rec["config_hash"].as_str().unwrap().to_string());
+    }
+    let all_configured = t.elapsed();
+
+    // Neutron API call → applied in the appliance's kernel.
+    let mut latencies = Vec::new();
+    for k in 0..samples {
+        let (router, _, _, net) = &routers[k % n];
+        let rec = w.serve.show(router).unwrap();
+        let nexthop = format!("{net}.{}", 10 + k);
+        let t = Instant::now();
+        w.put(
+            &format!("/routers/{router}"),
+            json!({"router": {"routes": [{"destination": "198.51.100.0/24",
+                                          "nexthop": nexthop}]}}),
+        )
+        .await;
+        loop {
+            let route = w.guest(&rec, |g| ip_route(g, "198.51.100.0/24"));
+            if route.contains(&format!("via {nexthop} ")) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "not applied: {route}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+
+    // A full resync: rug-lite restarted with every appliance up to date.
+    let (rss_running, hwm_running) = rss_mib(w.serve.pid());
+    let (status, _) = w.serve.stop();
+    assert!(status.success());
+    let pushes = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("config pushed"))
+            .count()
+    };
+    let pushes_before = pushes();
+    let t = Instant::now();
+    w.serve = Serve::start(&config, &log);
+    loop {
+        let list = w.serve.cli(&["list"]);
+        let configured = list
+            .as_ref()
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["state"] == "configured")
+            .count();
+        if configured >= n {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "{configured}/{n} after resync"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resync = t.elapsed();
+    let (rss_after, hwm_after) = rss_mib(w.serve.pid());
+    let resync_pushes = pushes() - pushes_before;
+
+    println!("rug-lite benchmark on the rig (MODE=full, stand-in compute host), {n} routers:");
+    println!("  {n} routers created through Neutron (demo user)    {created:>10.2?}");
+    println!("  … all configured over mutual TLS (from the first call) {all_configured:>10.2?}");
+    println!(
+        "  Neutron call → route applied in the appliance ({samples} samples): p50 {:.0?}, p95 {:.0?}, min {:.0?}, max {:.0?}",
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.95),
+        latencies[0],
+        latencies[latencies.len() - 1]
+    );
+    println!("  full resync of {n} routers (restart → all configured) {resync:>10.2?}");
+    println!(
+        "  rug-lite RSS: {rss_running:.1} MiB while serving {n} routers (peak {hwm_running:.1}); {rss_after:.1} MiB after the resync (peak {hwm_after:.1})"
+    );
+    println!("  config pushes during that resync (nothing had changed): {resync_pushes}");
+
+    // Clean up: every router deleted, rug-lite deletes their servers and ports.
+    for (router, _, subnet, _) in &routers {
+        w.put(
+            &format!("/routers/{router}"),
+            json!({"router": {"routes": []}}),
+        )
+        .await;
+        w.put(
+            &format!("/routers/{router}/remove_router_interface"),
+            json!({"subnet_id": subnet}),
+        )
+        .await;
+        w.delete(&format!("/routers/{router}")).await;
+    }
+    let t = Instant::now();
+    while w
+        .serve
+        .cli(&["list"])
+        .and_then(|l| l.as_array().map(Vec::len))
+        != Some(0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "routers not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "  {n} routers deleted → their servers and ports gone   {:>10.2?}",
+        t.elapsed()
+    );
+    let (status, _) = w.serve.stop();
+    assert!(status.success());
+    for (_, network, ..) in &routers {
+        w.delete(&format!("/networks/{network}")).await;
+    }
+    w.admin
+        .call(
+            Service::Network,
+            Method::DELETE,
+            &format!("/networks/{mgmt}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
 }
