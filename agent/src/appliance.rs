@@ -642,7 +642,20 @@ impl Appliance {
         desired: &DesiredState,
         actual: &KernelState,
     ) -> Result<(), String> {
+        // Floating IPs first: their routes point at lo and need nothing else in place.
         let (add_fips, remove_fips) = plan_floating_ips(desired, actual);
+        if !desired.floating_ips.is_empty() && !self.floating_ip_rule {
+            self.nl
+                .ensure_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.floating_ip_rule = true;
+        }
+        tokio::task::block_in_place(|| {
+            self.nl
+                .write_local_routes(FLOATING_IP_TABLE, &add_fips, &remove_fips)
+        })
+        .map_err(|e| e.to_string())?;
         let link_ops = plan_links(desired, actual).map_err(|e| e.to_string())?;
         execute(&self.nl, &link_ops)
             .await
@@ -660,19 +673,7 @@ impl Appliance {
         let route_ops = plan_routes(desired, actual).map_err(|e| e.to_string())?;
         execute(&self.nl, &route_ops)
             .await
-            .map_err(|e| e.to_string())?;
-        if !desired.floating_ips.is_empty() && !self.floating_ip_rule {
-            self.nl
-                .ensure_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.floating_ip_rule = true;
-        }
-        tokio::task::block_in_place(|| {
-            self.nl
-                .write_local_routes(FLOATING_IP_TABLE, &add_fips, &remove_fips)
-        })
-        .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())
     }
 
     /// Brings the links, addresses and routes the apply touched back to `before`.
