@@ -385,6 +385,17 @@ fn ten_thousand_floating_ips_answer_arp_dnat_and_do_not_flap() {
     assert_eq!(status["last_apply"]["result"], "ok", "{status}");
     let routes = lab.router().sh("ip route show table 44 | wc -l");
     assert_eq!(routes.trim(), "10001", "one local route per floating IP");
+    // The interface view still lists them on the external NIC, as Astara's did.
+    let view = lab.http().get("/v1/system/interfaces").json();
+    let ext = view["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["lladdr"] == RouterLab::ROUTER_MACS[1])
+        .unwrap_or_else(|| panic!("no external NIC in {view}"));
+    let listed = ext["addresses"].as_array().unwrap();
+    assert!(listed.contains(&json!(format!("{FIP}/32"))), "{ext}");
+    assert!(listed.contains(&json!("172.17.39.250/32")), "{ext}");
     lab.ext().ip("route add 172.17.0.0/16 dev eth0");
 
     // A floating IP chosen at random: ext learns the router's MAC for it by ARP, and
