@@ -447,4 +447,20 @@ fn ten_thousand_floating_ips_answer_arp_dnat_and_do_not_flap() {
     assert_eq!(routes.trim(), "10001", "the 1,000 added were removed");
     // The chosen one still works after all that.
     tcp_echo(lab.ext(), &floating, 8080).unwrap();
+
+    // Re-pointed to another fixed IP: its old map entries go and the new ones come in the
+    // same batch (delete then add of one key), still without re-creating the table.
+    lab.t1().ip("addr add 10.0.200.1/16 dev eth0");
+    let mut repointed = full.clone();
+    repointed["floating_ips"][pick as usize + 1]["fixed_ip"] = json!("10.0.200.1");
+    assert_eq!(
+        repointed["floating_ips"][pick as usize + 1]["floating_ip"],
+        floating
+    );
+    put_ok(&lab, &repointed);
+    assert_eq!(table_handle(&lab), handle, "the table was re-created");
+    let map = lab.router().sh("nft list map inet akanda fip_dnat");
+    assert!(map.contains(&format!("{floating} : 10.0.200.1")), "{map}");
+    assert!(!map.contains(&format!("{floating} : {fixed}")), "{map}");
+    tcp_echo(lab.ext(), &floating, 8080).unwrap();
 }
