@@ -408,16 +408,28 @@ async fn put_config(
     // half-way. The lock serialises concurrent PUTs.
     let appliance = s.appliance.clone();
     let hash = config.document.hash();
+    let hash_for_apply = hash.clone();
     tracing::info!(peer = %who, config_hash = %hash, "config change requested");
     let task = tokio::spawn(async move {
         let mut appliance = appliance.lock_owned().await;
         let shown = config.document.redacted();
-        appliance.apply(config).await.map(|()| shown)
+        appliance
+            .apply_hashed(config, hash_for_apply)
+            .await
+            .map(|()| shown)
     });
     match task.await {
         Ok(Ok(doc)) => {
             tracing::info!(peer = %who, config_hash = %hash, "config changed");
-            ok_json(&json!({ "configuration": doc }))
+            // Serialized straight from the document: a `json!` value tree of 10,000
+            // floating IPs costs milliseconds.
+            #[derive(serde::Serialize)]
+            struct Applied<'a> {
+                configuration: &'a akanda_model::Document,
+            }
+            ok_json(&Applied {
+                configuration: &doc,
+            })
         }
         Ok(Err(e)) => {
             tracing::warn!(peer = %who, config_hash = %hash, "config change failed");

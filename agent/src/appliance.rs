@@ -1,13 +1,17 @@
 //! The single owner of the appliance's state: applies configs as transactions.
 //!
 //! Apply = preflight (name NICs, check the config's interfaces exist, forwarding sysctls,
-//! read the kernel), then the [`Phase`]s in order: links/addresses/routes, the ruleset,
-//! conntrack, the services, persist. Each phase records in a journal how to undo itself
+//! read the kernel), then the [`Phase`]s in order: links/addresses/routes (and the floating
+//! IPs' local routes), the ruleset, conntrack, the services, persist. Persisting starts first,
+//! on a blocking thread, and runs while the kernel is written: its fsyncs overlap the kernel
+//! work, and the apply answers only once the config is on disk. Each phase records in a journal how to undo itself
 //! (before it starts when it can half-happen, after it succeeds when it is atomic). When a
 //! phase fails, the journal is unwound in reverse, and the error names the phase, the cause
 //! and what the rollback itself achieved. A new phase (VPN, HA) is one more step in
 //! [`Appliance::run_phases`] and, if it changes anything, one more [`Undo`].
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -16,9 +20,13 @@ use serde::Serialize;
 
 use crate::desired::{desired_state, DesiredState};
 use crate::firewall::{self, FirewallOptions, Ruleset};
-use crate::netlink::{format_mac, Netlink, NetlinkError};
+use crate::netlink::{
+    format_mac, Netlink, NetlinkError, FLOATING_IP_RULE_PRIORITY, FLOATING_IP_TABLE,
+};
 use crate::nics::{self, Nic};
-use crate::reconcile::{execute, plan_links, plan_routes, KernelState};
+use crate::reconcile::{
+    execute, floating_ip_routes, plan_floating_ips, plan_links, plan_routes, KernelState,
+};
 use crate::services::{Services, ServicesOptions};
 use crate::store::StateDir;
 use crate::sysctl;
@@ -102,6 +110,8 @@ enum Undo {
     Ruleset(Option<Ruleset>),
     /// Bring the services back to the previous config.
     Services,
+    /// Put the previous config back in the state directory (or remove the new one).
+    Persist,
 }
 
 /// What `/v1/status` shows of the last apply.
@@ -146,6 +156,13 @@ pub struct Appliance {
     current: Option<RouterConfig>,
     /// The ruleset last installed in the kernel (None: the agent's table is absent).
     ruleset: Option<Ruleset>,
+    /// The floating IPs' local routes as last written (None: unknown, read the kernel). A
+    /// no-op apply at 10,000 floating IPs must not dump them.
+    floating_ips: Option<BTreeSet<Ipv4Addr>>,
+    /// The floating-IP table's policy rule is known to be in place.
+    floating_ip_rule: bool,
+    /// The config being saved while the kernel work runs.
+    persisting: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     firewall: FirewallOptions,
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
@@ -179,6 +196,9 @@ impl Appliance {
             state,
             current: None,
             ruleset: None,
+            floating_ips: None,
+            floating_ip_rule: false,
+            persisting: None,
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
             last_conntrack_deleted: 0,
@@ -251,16 +271,32 @@ impl Appliance {
         let kernel = KernelState::read(&self.nl)
             .await
             .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        let external = self
+            .current
+            .as_ref()
+            .and_then(|c| c.external_network())
+            .map(|n| n.ifname.as_str());
+        let floating = match &self.floating_ips {
+            Some(known) => known.clone(),
+            None => floating_ip_routes(&self.nl)
+                .await
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?,
+        };
         Ok(nics
             .iter()
             .filter_map(|nic| {
                 let link = kernel.links.iter().find(|l| l.index == nic.index)?;
-                let addresses = kernel
+                let mut addresses: Vec<String> = kernel
                     .addresses
                     .iter()
                     .filter(|a| a.index == nic.index)
                     .map(|a| a.net.to_string())
                     .collect();
+                // Floating IPs are local routes now, not addresses; Astara listed them on
+                // the external NIC, and so does this view.
+                if external == Some(nic.ifname.as_str()) {
+                    addresses.extend(floating.iter().map(|ip| format!("{ip}/32")));
+                }
                 Some(InterfaceView {
                     ifname: nic.ifname.clone(),
                     lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
@@ -277,12 +313,22 @@ impl Appliance {
 
     /// Applies a config completely or not at all.
     pub async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
+        let hash = config.document.hash();
+        self.apply_hashed(config, hash).await
+    }
+
+    /// [`Appliance::apply`] with the config's hash already computed (by the API, which logs
+    /// it): hashing 10,000 floating IPs twice per push is a millisecond for nothing.
+    pub async fn apply_hashed(
+        &mut self,
+        config: RouterConfig,
+        hash: String,
+    ) -> Result<(), ApplyError> {
         let started = Instant::now();
         let writes_before = self.nl.writes();
         let batches_before = self.netfilter_batches;
         self.last_conntrack_deleted = 0;
         self.phases.clear();
-        let hash = config.document.hash();
         let result = self.transaction(&config).await;
         let writes = self.nl.writes() - writes_before;
         let record = ApplyRecord {
@@ -368,7 +414,12 @@ impl Appliance {
         let unavailable = |e: NetlinkError| ApplyError::Unavailable(e.to_string());
         // The first phase's time includes reading the kernel.
         let clock = Instant::now();
-        let before = KernelState::read(&self.nl).await.map_err(unavailable)?;
+        let mut before = KernelState::read(&self.nl).await.map_err(unavailable)?;
+        // Unknown until this apply succeeds: a failure leaves them to be read again.
+        before.floating_ips = match self.floating_ips.take() {
+            Some(known) => known,
+            None => floating_ip_routes(&self.nl).await.map_err(unavailable)?,
+        };
         let desired = desired_state(config, self.current.as_ref());
         let mut journal = Vec::new();
         if let Err((phase, cause)) = self
@@ -403,11 +454,29 @@ impl Appliance {
             );
             clock = now;
         };
+        // Saving starts now and overlaps the kernel work (its fsyncs are milliseconds the
+        // kernel work need not wait for); the apply waits for it before answering, so a 200
+        // still means the config survives a power cut. Journaled first: a failure anywhere
+        // puts the previous config back on disk.
+        let unchanged = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.document == config.document);
+        if !unchanged {
+            journal.push((Phase::Persist, Undo::Persist));
+            let state = self.state.clone();
+            let document = config.document.clone();
+            self.persisting = Some(tokio::task::spawn_blocking(move || {
+                state.save_config(&document.to_canonical_json())
+            }));
+        }
+
         // Many netlink writes: may half-happen, so the undo is journaled first.
         journal.push((Phase::LinksAddressesRoutes, Undo::Kernel));
         self.write_state(desired, before)
             .await
             .map_err(|e| (Phase::LinksAddressesRoutes, e))?;
+        self.floating_ips = Some(desired.floating_ips.clone());
         lap(&mut self.phases, Phase::LinksAddressesRoutes);
 
         // One atomic batch: only a batch that went in needs undoing.
@@ -421,32 +490,37 @@ impl Appliance {
         // Sessions through a floating IP that is gone or now points elsewhere must end
         // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive. Ended
         // sessions are not undone: their NAT is being rolled back with the ruleset anyway.
+        // Finding them walks the whole conntrack hash (every bucket, shared by all network
+        // namespaces): it runs on a blocking thread while the services are brought to the
+        // config, and the apply waits for it before answering.
         let moved = moved_floating_ips(self.current.as_ref(), config);
-        self.last_conntrack_deleted =
-            tokio::task::block_in_place(|| firewall::netfilter::delete_sessions_of(&moved))
-                .map_err(|e| (Phase::Conntrack, e.to_string()))?;
-        lap(&mut self.phases, Phase::Conntrack);
+        let sessions = (!moved.is_empty()).then(|| {
+            tokio::task::spawn_blocking(move || firewall::netfilter::delete_sessions_of(&moved))
+        });
 
         // Several daemons: may half-happen.
         journal.push((Phase::Services, Undo::Services));
-        self.services
-            .apply(config)
-            .await
-            .map_err(|e| (Phase::Services, format!("services: {e}")))?;
+        let services = self.services.apply(config).await;
         lap(&mut self.phases, Phase::Services);
+        if let Some(sessions) = sessions {
+            self.last_conntrack_deleted = sessions
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| (Phase::Conntrack, e))?;
+            lap(&mut self.phases, Phase::Conntrack);
+        }
+        services.map_err(|e| (Phase::Services, format!("services: {e}")))?;
         self.announce_new_external_addresses(config, desired, before);
 
-        let unchanged = self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.document == config.document);
-        if !unchanged {
-            self.state
-                .save_config(&config.document.to_canonical_json())
-                .map_err(|e| {
-                    let path = self.state.path().display();
-                    (Phase::Persist, format!("saving the config to {path}: {e}"))
-                })?;
+        if let Some(saving) = self.persisting.take() {
+            let path = self.state.path().display().to_string();
+            saving
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| (Phase::Persist, format!("saving the config to {path}: {e}")))?;
+            // Only what the apply still waited for: the save ran alongside the kernel work.
             lap(&mut self.phases, Phase::Persist);
         }
         Ok(())
@@ -465,6 +539,7 @@ impl Appliance {
                 Undo::Services => self.restore_services().await,
                 Undo::Ruleset(previous) => self.restore_ruleset(previous),
                 Undo::Kernel => self.restore_kernel(attempted, before).await,
+                Undo::Persist => self.restore_saved_config().await,
             };
             match result {
                 Ok(()) => outcome.restored.push(phase),
@@ -478,16 +553,22 @@ impl Appliance {
     }
 
     /// Installs `ruleset` in one atomic batch, unless the kernel already has exactly it (an
-    /// identical config performs no netfilter write).
+    /// identical config performs no netfilter write). A change of floating IPs only changes
+    /// their map elements; any other change replaces the table.
     fn install_ruleset(&mut self, ruleset: &Ruleset) -> Result<(), String> {
         let table_present =
             || firewall::netfilter::inet_table_exists(firewall::ruleset::TABLE).unwrap_or(false);
-        if self.ruleset.as_ref() == Some(ruleset) && tokio::task::block_in_place(table_present) {
+        let same = self.ruleset.as_ref() == Some(ruleset);
+        if same && tokio::task::block_in_place(table_present) {
             return Ok(());
         }
+        // The same ruleset, but its table is gone (deleted by hand): install it whole.
+        let installed = if same { None } else { self.ruleset.as_ref() };
         self.netfilter_batches += 1;
-        tokio::task::block_in_place(|| firewall::batch::apply(ruleset))
-            .map_err(|e| e.to_string())?;
+        let elements_only =
+            tokio::task::block_in_place(|| firewall::batch::update(installed, ruleset))
+                .map_err(|e| e.to_string())?;
+        tracing::debug!(elements_only, "ruleset installed");
         self.ruleset = Some(ruleset.clone());
         Ok(())
     }
@@ -521,8 +602,17 @@ impl Appliance {
             return;
         };
         let had = before.addresses_of(link.index);
-        let new: Vec<std::net::IpAddr> =
-            want.addresses.difference(&had).map(|a| a.addr()).collect();
+        let new: Vec<std::net::IpAddr> = want
+            .addresses
+            .difference(&had)
+            .map(|a| a.addr())
+            .chain(
+                desired
+                    .floating_ips
+                    .difference(&before.floating_ips)
+                    .map(|ip| std::net::IpAddr::V4(*ip)),
+            )
+            .collect();
         if new.is_empty() {
             return;
         }
@@ -538,7 +628,7 @@ impl Appliance {
         }
         self.netfilter_batches += 1;
         tokio::task::block_in_place(|| match &previous {
-            Some(rs) => firewall::batch::apply(rs),
+            Some(rs) => firewall::batch::update(self.ruleset.as_ref(), rs).map(|_| ()),
             None => firewall::batch::delete_table(),
         })
         .map_err(|e| format!("restoring the previous ruleset: {e}"))?;
@@ -548,10 +638,24 @@ impl Appliance {
 
     /// Brings the kernel to `desired`, starting from `actual`. Returns what failed.
     async fn write_state(
-        &self,
+        &mut self,
         desired: &DesiredState,
         actual: &KernelState,
     ) -> Result<(), String> {
+        // Floating IPs first: their routes point at lo and need nothing else in place.
+        let (add_fips, remove_fips) = plan_floating_ips(desired, actual);
+        if !desired.floating_ips.is_empty() && !self.floating_ip_rule {
+            self.nl
+                .ensure_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.floating_ip_rule = true;
+        }
+        tokio::task::block_in_place(|| {
+            self.nl
+                .write_local_routes(FLOATING_IP_TABLE, &add_fips, &remove_fips)
+        })
+        .map_err(|e| e.to_string())?;
         let link_ops = plan_links(desired, actual).map_err(|e| e.to_string())?;
         execute(&self.nl, &link_ops)
             .await
@@ -574,15 +678,41 @@ impl Appliance {
 
     /// Brings the links, addresses and routes the apply touched back to `before`.
     async fn restore_kernel(
-        &self,
+        &mut self,
         attempted: &DesiredState,
         before: &KernelState,
     ) -> Result<(), String> {
         let previous = before.as_desired(attempted.links.keys().map(String::as_str));
-        let now = KernelState::read(&self.nl)
+        let mut now = KernelState::read(&self.nl)
             .await
             .map_err(|e| e.to_string())?;
-        self.write_state(&previous, &now).await
+        now.floating_ips = floating_ip_routes(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.write_state(&previous, &now).await?;
+        self.floating_ips = Some(previous.floating_ips);
+        Ok(())
+    }
+
+    /// Waits for the save this apply started, then puts the previous config back on disk
+    /// (or removes the file when there was none).
+    async fn restore_saved_config(&mut self) -> Result<(), String> {
+        if let Some(saving) = self.persisting.take() {
+            // Its outcome does not matter: the previous config is written over it.
+            let _ = saving.await;
+        }
+        let previous = self
+            .current
+            .as_ref()
+            .map(|c| c.document.to_canonical_json());
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || match previous {
+            Some(bytes) => state.save_config(&bytes),
+            None => state.remove_config(),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("restoring the saved config: {e}"))
     }
 }
 
@@ -616,10 +746,16 @@ fn moved_floating_ips(
     let Some(previous) = previous else {
         return Default::default();
     };
+    if previous.floating_ips == next.floating_ips {
+        return Default::default();
+    }
+    // A set, not `Vec::contains`: quadratic at 10,000 floating IPs was 100 ms per apply.
+    let kept: std::collections::HashSet<&akanda_model::FloatingIp> =
+        next.floating_ips.iter().collect();
     previous
         .floating_ips
         .iter()
-        .filter(|f| !next.floating_ips.contains(f))
+        .filter(|f| !kept.contains(f))
         .filter_map(|f| match f.floating_ip {
             std::net::IpAddr::V4(v4) => Some(v4),
             std::net::IpAddr::V6(_) => None,

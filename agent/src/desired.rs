@@ -2,7 +2,7 @@
 //! No I/O here; `reconcile` diffs this against what the kernel has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use akanda_model::{NetworkType, RouterConfig};
 use ipnet::IpNet;
@@ -35,6 +35,9 @@ pub struct DesiredRoute {
 pub struct DesiredState {
     pub links: BTreeMap<String, DesiredLink>,
     pub routes: BTreeSet<DesiredRoute>,
+    /// IPv4 floating IPs: one `local` route each in the agent's floating-IP table
+    /// ([`crate::netlink::FLOATING_IP_TABLE`]), not interface addresses.
+    pub floating_ips: BTreeSet<Ipv4Addr>,
 }
 
 pub fn is_ipv6_link_local(net: &IpNet) -> bool {
@@ -85,13 +88,24 @@ pub fn desired_state(config: &RouterConfig, previous: Option<&RouterConfig>) -> 
         );
     }
 
-    // Floating IPs are host addresses on the external NIC, so the router answers ARP for
-    // them; NAT maps them to their fixed IPs. Diffing addresses means a push never touches
-    // (flaps) a floating IP it does not change.
+    // The router must answer ARP for floating IPs and take their packets (NAT maps them to
+    // their fixed IPs). IPv4 ones are local routes in the agent's table: the kernel inserts
+    // those in logarithmic time, where each interface address costs more the more the link
+    // has (10,000 took seconds). IPv6 ones stay host addresses on the external NIC: neighbour
+    // discovery answers only for addresses (or proxy entries), not for local routes; Neutron
+    // has no IPv6 floating IPs yet. Diffing either means a push never touches (flaps) a
+    // floating IP it does not change.
     if let Some(ext) = config.external_network() {
-        if let Some(link) = state.links.get_mut(&ext.ifname) {
-            for fip in &config.floating_ips {
-                link.addresses.insert(IpNet::from(fip.floating_ip));
+        for fip in &config.floating_ips {
+            match fip.floating_ip {
+                IpAddr::V4(v4) => {
+                    state.floating_ips.insert(v4);
+                }
+                IpAddr::V6(_) => {
+                    if let Some(link) = state.links.get_mut(&ext.ifname) {
+                        link.addresses.insert(IpNet::from(fip.floating_ip));
+                    }
+                }
             }
         }
     }
@@ -241,14 +255,38 @@ mod tests {
     }
 
     #[test]
-    fn floating_ips_are_host_addresses_on_the_external_nic() {
+    fn ipv4_floating_ips_are_local_routes_not_addresses() {
         let state = desired_state(&basic(), None);
+        let fip: Ipv4Addr = "172.16.77.50".parse().unwrap();
+        assert_eq!(state.floating_ips, BTreeSet::from([fip]));
+        assert!(state
+            .links
+            .values()
+            .all(|l| !l.addresses.contains(&IpNet::from(IpAddr::V4(fip)))));
+    }
+
+    #[test]
+    fn ipv6_floating_ips_stay_host_addresses_on_the_external_nic() {
+        let mut config = basic();
+        config.floating_ips.push(akanda_model::FloatingIp {
+            floating_ip: "2001:db8:77::50".parse().unwrap(),
+            fixed_ip: "2001:db8:100::10".parse().unwrap(),
+        });
+        let state = desired_state(&config, None);
         assert!(state.links["ge1"]
             .addresses
-            .contains(&"172.16.77.50/32".parse().unwrap()));
-        assert!(!state.links["ge2"]
-            .addresses
-            .contains(&"172.16.77.50/32".parse().unwrap()));
+            .contains(&"2001:db8:77::50/128".parse().unwrap()));
+        assert_eq!(state.floating_ips.len(), 1);
+    }
+
+    #[test]
+    fn no_external_network_no_floating_ips() {
+        let mut config = basic();
+        config
+            .networks
+            .retain(|n| n.network_type != NetworkType::External);
+        config.default_v4_gateway = None;
+        assert!(desired_state(&config, None).floating_ips.is_empty());
     }
 
     #[test]

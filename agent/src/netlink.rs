@@ -13,14 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::stream::{Stream, TryStreamExt};
 use ipnet::IpNet;
-use rtnetlink::packet_core::ErrorMessage;
+use rtnetlink::packet_core::{
+    ErrorMessage, NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     RouteVia,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, RouteMessageBuilder};
 use tracing::debug;
 
@@ -37,6 +40,22 @@ pub const RTPROT_AKANDA: u8 = 44;
 
 /// The main routing table (`RT_TABLE_MAIN`).
 pub const TABLE_MAIN: u32 = akanda_model::MAIN_ROUTE_TABLE;
+
+/// The agent's own FIB table: one `local` route per IPv4 floating IP (`ip route show table
+/// 44`). The kernel inserts routes in logarithmic time, where interface addresses cost time
+/// that grows with the addresses already on the link; a `local` route is enough for the
+/// router to answer ARP for the address (with the default `arp_ignore=0`) and to accept
+/// packets to it. Numbered like [`RTPROT_AKANDA`]; 44 is unassigned in `rt_tables`.
+pub const FLOATING_IP_TABLE: u32 = 44;
+
+/// The policy rule that consults [`FLOATING_IP_TABLE`]: after the local table's rule (0) and
+/// before main's (32766), so a floating IP inside a connected subnet is still local.
+pub const FLOATING_IP_RULE_PRIORITY: u32 = 44;
+
+/// `lo` has ifindex 1 in every network namespace (`LOOPBACK_IFINDEX`): the floating IPs'
+/// local routes point at it, so they survive the external NIC going down and up (IPv4 flushes
+/// routes through a link that goes down).
+const LOOPBACK_IFINDEX: u32 = 1;
 // The model's constant is the kernel's RT_TABLE_MAIN.
 const _: () = assert!(TABLE_MAIN == RouteHeader::RT_TABLE_MAIN as u32);
 
@@ -148,13 +167,18 @@ fn errno_text(errno: i32) -> String {
 /// in when [`Netlink::connect`] ran. Counts every write request it sends.
 pub struct Netlink {
     handle: Handle,
+    /// A second connection with `NETLINK_GET_STRICT_CHK`: route dumps filtered by the kernel
+    /// to one table (without it the kernel dumps every table, floating IPs included).
+    strict: Handle,
     writes: AtomicU64,
-    connection: tokio::task::JoinHandle<()>,
+    connections: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for Netlink {
     fn drop(&mut self) {
-        self.connection.abort();
+        for c in &self.connections {
+            c.abort();
+        }
     }
 }
 
@@ -175,10 +199,15 @@ impl Netlink {
         })?;
         let (connection, handle, _unsolicited) = rtnetlink::new_connection()
             .map_err(|e| NetlinkError::Connection(format!("open rtnetlink socket: {e}")))?;
+        let (strict_connection, strict, _unsolicited) =
+            rtnetlink::new_connection_with_strict_check().map_err(|e| {
+                NetlinkError::Connection(format!("open strict rtnetlink socket: {e}"))
+            })?;
         Ok(Netlink {
             handle,
+            strict,
             writes: AtomicU64::new(0),
-            connection: runtime.spawn(connection),
+            connections: [runtime.spawn(connection), runtime.spawn(strict_connection)],
         })
     }
 
@@ -201,13 +230,13 @@ impl Netlink {
     /// Unicast routes of the main table, IPv4 then IPv6.
     pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
         // Sequential on purpose: a second dump on the same socket while one is
-        // running fails with EBUSY. The table is filtered here because the
-        // kernel ignores dump filters unless strict checking is enabled.
-        let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        // running fails with EBUSY.
         let mut routes = Vec::new();
-        for (op, request) in [("dump IPv4 routes", v4), ("dump IPv6 routes", v6)] {
-            let messages = dump(op, self.handle.route().get(request).execute()).await?;
+        for (op, family) in [
+            ("dump IPv4 routes", AddressFamily::Inet),
+            ("dump IPv6 routes", AddressFamily::Inet6),
+        ] {
+            let messages = self.dump_table(op, family, TABLE_MAIN).await?;
             routes.extend(
                 messages
                     .iter()
@@ -216,6 +245,132 @@ impl Netlink {
             );
         }
         Ok(routes)
+    }
+
+    /// The IPv4 host addresses that have a `local` route in `table`.
+    pub async fn local_routes(&self, table: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let messages = self
+            .dump_table("dump local routes", AddressFamily::Inet, table)
+            .await?;
+        Ok(messages
+            .iter()
+            .filter(|m| {
+                m.header.kind == RouteType::Local && m.header.destination_prefix_length == 32
+            })
+            .filter_map(|m| {
+                let route = route_from_any_message(m)?;
+                match (route.table == table, route.dst.addr()) {
+                    (true, IpAddr::V4(ip)) => Some(ip),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// Every route of one table and family, filtered by the kernel (strict checking). A
+    /// table that does not exist yet is empty.
+    async fn dump_table(
+        &self,
+        op: &str,
+        family: AddressFamily,
+        table: u32,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        // Protocol, scope and type stay 0: with strict checking they would filter too.
+        match u8::try_from(table) {
+            Ok(t) => request.header.table = t,
+            Err(_) => request.attributes.push(RouteAttribute::Table(table)),
+        }
+        match dump(op, self.strict.route().get(request).execute()).await {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// Adds (`ip route replace local IP/32 dev lo table T proto 44`) and removes `local`
+    /// host routes in `table`, all in a few `sendmsg` calls: thousands of floating IPs cost
+    /// milliseconds, where one request and one acknowledgement each would cost a round trip
+    /// apiece. Removals go first. Adding a route that exists and removing one that is gone
+    /// are no errors. The kernel processes every request even after one fails: the first
+    /// failure is returned, and the caller restores what it wants from a fresh read.
+    pub fn write_local_routes(
+        &self,
+        table: u32,
+        add: &[Ipv4Addr],
+        remove: &[Ipv4Addr],
+    ) -> Result<(), NetlinkError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let requests: Vec<(RouteIntent, Ipv4Addr)> = remove
+            .iter()
+            .map(|ip| (RouteIntent::Delete, *ip))
+            .chain(add.iter().map(|ip| (RouteIntent::Replace, *ip)))
+            .collect();
+        self.writes
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        debug!(
+            table,
+            add = add.len(),
+            remove = remove.len(),
+            "netlink local routes batch"
+        );
+        let describe = |intent: RouteIntent, ip: Ipv4Addr| {
+            let verb = match intent {
+                RouteIntent::Replace => "replace",
+                RouteIntent::Delete => "delete",
+            };
+            format!("{verb} route local {ip}/32 dev lo table {table}")
+        };
+        let mut socket = BatchSocket::open()
+            .map_err(|e| NetlinkError::Connection(format!("open rtnetlink socket: {e}")))?;
+        for chunk in requests.chunks(BATCH_REQUESTS) {
+            let failed = socket
+                .send(chunk.iter().map(|(intent, ip)| {
+                    let tolerated = match intent {
+                        RouteIntent::Replace => 0,
+                        RouteIntent::Delete => libc::ESRCH,
+                    };
+                    (local_route_request(*ip, table, *intent), tolerated)
+                }))
+                .map_err(|e| NetlinkError::Connection(format!("rtnetlink batch: {e}")))?;
+            if let Some((i, errno)) = failed {
+                let (intent, ip) = chunk[i];
+                return Err(NetlinkError::kernel(describe(intent, ip), errno));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the IPv4 rule `from all lookup TABLE pref PRIORITY` unless it is there.
+    /// Returns whether it was added.
+    pub async fn ensure_rule(&self, table: u32, priority: u32) -> Result<bool, NetlinkError> {
+        let rules = dump(
+            "dump IPv4 rules",
+            self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
+        )
+        .await?;
+        let present = rules.iter().any(|r| {
+            rule_table(r) == table
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
+        });
+        if present {
+            return Ok(false);
+        }
+        let request = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        self.write(Op::AddRule { table, priority }, request.execute())
+            .await?;
+        Ok(true)
     }
 
     /// Renames a link. The kernel refuses (EBUSY) to rename a link that is
@@ -396,6 +551,7 @@ enum Op<'a> {
     DelAddress { index: u32, net: IpNet },
     ReplaceRoute(&'a Route),
     DelRoute(&'a Route),
+    AddRule { table: u32, priority: u32 },
 }
 
 impl Op<'_> {
@@ -408,6 +564,7 @@ impl Op<'_> {
             | Op::AddAddress { index, .. }
             | Op::DelAddress { index, .. } => Some(*index),
             Op::ReplaceRoute(route) | Op::DelRoute(route) => route.oif,
+            Op::AddRule { .. } => None,
         }
     }
 
@@ -427,6 +584,9 @@ impl Op<'_> {
             Op::DelAddress { net, .. } => format!("delete address {net} from {link}"),
             Op::ReplaceRoute(route) => format!("replace route {}", route_text(route, &link)),
             Op::DelRoute(route) => format!("delete route {}", route_text(route, &link)),
+            Op::AddRule { table, priority } => {
+                format!("add rule lookup {table} pref {priority}")
+            }
         }
     }
 }
@@ -503,10 +663,15 @@ fn address_from_message(message: &AddressMessage) -> Option<Address> {
 
 /// The `Route` in a dump message; `None` for anything but unicast IPv4/IPv6.
 fn route_from_message(message: &RouteMessage) -> Option<Route> {
-    let header = &message.header;
-    if header.kind != RouteType::Unicast {
+    if message.header.kind != RouteType::Unicast {
         return None;
     }
+    route_from_any_message(message)
+}
+
+/// The `Route` in a dump message of any type (unicast, local...).
+fn route_from_any_message(message: &RouteMessage) -> Option<Route> {
+    let header = &message.header;
     let mut dst = None;
     let mut gateway = None;
     let mut oif = None;
@@ -535,6 +700,162 @@ fn route_from_message(message: &RouteMessage) -> Option<Route> {
         protocol: header.protocol.into(),
         table,
     })
+}
+
+/// A rule's table: the header's byte, or `FRA_TABLE` for tables above 255.
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// `local IP/32 dev lo table TABLE proto 44 scope host`: a request to replace it, or to
+/// delete it (any scope, as `ip route del`).
+fn local_route_request(
+    ip: Ipv4Addr,
+    table: u32,
+    intent: RouteIntent,
+) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut message = RouteMessage::default();
+    let header = &mut message.header;
+    header.address_family = AddressFamily::Inet;
+    header.destination_prefix_length = 32;
+    header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    header.protocol = RouteProtocol::from(RTPROT_AKANDA);
+    header.kind = RouteType::Local;
+    header.scope = match intent {
+        RouteIntent::Replace => RouteScope::Host,
+        RouteIntent::Delete => RouteScope::NoWhere,
+    };
+    message.attributes = vec![
+        RouteAttribute::Table(table),
+        RouteAttribute::Destination(RouteAddress::Inet(ip)),
+        RouteAttribute::Oif(LOOPBACK_IFINDEX),
+    ];
+    let (payload, flags) = match intent {
+        RouteIntent::Replace => (
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+        ),
+        RouteIntent::Delete => (RouteNetlinkMessage::DelRoute(message), NLM_F_REQUEST),
+    };
+    let mut request = NetlinkMessage::from(payload);
+    request.header.flags = flags;
+    request
+}
+
+/// Requests per `sendmsg` of [`BatchSocket`]: about 52 KB, under the default send buffer.
+const BATCH_REQUESTS: usize = 1000;
+
+/// A plain `NETLINK_ROUTE` socket that sends many requests in one `sendmsg`. Only the last
+/// request of a send asks for an acknowledgement; the kernel answers any other request only
+/// when it fails, so the receive side carries one message per send plus the failures.
+struct BatchSocket {
+    socket: rtnetlink::sys::Socket,
+    seq: u32,
+}
+
+impl BatchSocket {
+    fn open() -> io::Result<BatchSocket> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use std::os::fd::AsFd;
+        let mut socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        // Room for a whole send's worth of failures (each is its own datagram) before the
+        // final acknowledgement; FORCE needs CAP_NET_ADMIN, which the agent has.
+        let bytes = 4 << 20;
+        if setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &bytes).is_err() {
+            let _ = setsockopt(&socket.as_fd(), sockopt::RcvBuf, &bytes);
+        }
+        Ok(BatchSocket { socket, seq: 0 })
+    }
+
+    /// Sends `requests` (each with the errno that counts as success, or 0) in one datagram
+    /// and waits for the kernel to have processed all of them. Returns the first refused
+    /// request, as its position in `requests` and its positive errno.
+    fn send(
+        &mut self,
+        requests: impl Iterator<Item = (NetlinkMessage<RouteNetlinkMessage>, i32)>,
+    ) -> io::Result<Option<(usize, i32)>> {
+        let first_seq = self.seq.wrapping_add(1);
+        let mut tolerated = Vec::new();
+        let mut messages: Vec<NetlinkMessage<RouteNetlinkMessage>> = requests
+            .map(|(mut message, ok_errno)| {
+                self.seq = self.seq.wrapping_add(1);
+                tolerated.push(ok_errno);
+                message.header.sequence_number = self.seq;
+                message
+            })
+            .collect();
+        let Some(last) = messages.last_mut() else {
+            return Ok(None);
+        };
+        last.header.flags |= NLM_F_ACK;
+        let last_seq = self.seq;
+        let mut buf = Vec::new();
+        for m in &mut messages {
+            m.finalize();
+            let start = buf.len();
+            buf.resize(start + m.buffer_len(), 0);
+            m.serialize(&mut buf[start..]);
+        }
+        let sent = self.socket.send(&buf, 0)?;
+        if sent != buf.len() {
+            return Err(io::Error::other(format!(
+                "sent {sent} of {} bytes",
+                buf.len()
+            )));
+        }
+        let mut first_failure: Option<(usize, i32)> = None;
+        let mut rx = Vec::with_capacity(1 << 16);
+        loop {
+            rx.clear();
+            self.socket.recv(&mut rx, 0)?;
+            for (seq, errno) in acknowledgements(&rx)? {
+                let i = seq.wrapping_sub(first_seq) as usize;
+                if errno != 0 && tolerated.get(i) != Some(&errno) {
+                    match first_failure {
+                        Some((j, _)) if j <= i => {}
+                        _ => first_failure = Some((i, errno)),
+                    }
+                }
+                if seq == last_seq {
+                    return Ok(first_failure);
+                }
+            }
+        }
+    }
+}
+
+/// The `NLMSG_ERROR` messages of a datagram, as (sequence number, positive errno; 0 for an
+/// acknowledgement). Anything else (there should be nothing else) is skipped.
+fn acknowledgements(datagram: &[u8]) -> io::Result<Vec<(u32, i32)>> {
+    let malformed = |what: &str| io::Error::other(format!("malformed rtnetlink answer: {what}"));
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= 16 {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || len > rest.len() {
+            return Err(malformed("message length"));
+        }
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+        let seq = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
+        if kind == netlink_packet_core::NLMSG_ERROR {
+            if len < 20 {
+                return Err(malformed("short error message"));
+            }
+            let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
+            out.push((seq, code.saturating_abs()));
+        }
+        // Messages are 4-byte aligned.
+        let advance = (len + 3) & !3;
+        rest = rest.get(advance..).unwrap_or_default();
+    }
+    Ok(out)
 }
 
 fn route_ip(address: &RouteAddress) -> Option<IpAddr> {

@@ -6,11 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
 
 use crate::desired::{is_ipv6_link_local, DesiredLink, DesiredRoute, DesiredState};
-use crate::netlink::{Address, Link, Netlink, NetlinkError, Route, RTPROT_AKANDA};
+use crate::netlink::{
+    Address, Link, Netlink, NetlinkError, Route, FLOATING_IP_TABLE, RTPROT_AKANDA,
+};
 
 /// The main routing table.
 const MAIN_TABLE: u32 = akanda_model::MAIN_ROUTE_TABLE;
@@ -19,21 +22,27 @@ const EEXIST: i32 = libc::EEXIST;
 const ESRCH: i32 = libc::ESRCH;
 const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
 
-/// What the kernel has, as far as the agent cares: every link and address, and the routes the
-/// agent installed (recognised by their route protocol).
+/// What the kernel has, as far as the agent cares: every link and address, the routes the
+/// agent installed (recognised by their route protocol) and the floating IPs' local routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
     pub links: Vec<Link>,
     pub addresses: Vec<Address>,
     pub routes: Vec<Route>,
+    /// The local routes of the floating-IP table. [`KernelState::read`] leaves this empty:
+    /// the appliance fills it from what it last wrote, or from [`floating_ip_routes`].
+    pub floating_ips: BTreeSet<Ipv4Addr>,
 }
 
 impl KernelState {
+    /// Links, addresses and the agent's main-table routes (not the floating-IP table: with
+    /// thousands of floating IPs, dumping it would dominate a no-op apply).
     pub async fn read(nl: &Netlink) -> Result<KernelState, NetlinkError> {
         Ok(KernelState {
             links: nl.links().await?,
             addresses: nl.addresses().await?,
             routes: agent_routes(nl).await?,
+            floating_ips: BTreeSet::new(),
         })
     }
 
@@ -74,6 +83,7 @@ impl KernelState {
                 );
             }
         }
+        state.floating_ips = self.floating_ips.clone();
         for r in &self.routes {
             if let Some(gateway) = r.gateway {
                 state.routes.insert(DesiredRoute {
@@ -85,6 +95,35 @@ impl KernelState {
         }
         state
     }
+}
+
+/// The floating IPs that have a local route in the agent's floating-IP table.
+pub async fn floating_ip_routes(nl: &Netlink) -> Result<BTreeSet<Ipv4Addr>, NetlinkError> {
+    Ok(nl
+        .local_routes(FLOATING_IP_TABLE)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// The floating IPs' local routes to add and to remove (sorted, pure set difference: an
+/// unchanged floating IP is never touched).
+pub fn plan_floating_ips(
+    desired: &DesiredState,
+    actual: &KernelState,
+) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    (
+        desired
+            .floating_ips
+            .difference(&actual.floating_ips)
+            .copied()
+            .collect(),
+        actual
+            .floating_ips
+            .difference(&desired.floating_ips)
+            .copied()
+            .collect(),
+    )
 }
 
 /// Routes in the main table that carry the agent's protocol.
@@ -363,7 +402,27 @@ mod tests {
                 addr(3, "172.16.0.2/24"),
             ],
             routes: vec![kroute("10.9.0.0/16", "192.168.0.254", 2)],
+            floating_ips: ["172.16.0.50", "172.16.0.51"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
         }
+    }
+
+    #[test]
+    fn floating_ips_add_and_remove_only_the_difference() {
+        let k = kernel();
+        let mut desired = k.as_desired(["ge0", "ge1"]);
+        assert_eq!(plan_floating_ips(&desired, &k), (vec![], vec![]));
+        desired.floating_ips.remove(&"172.16.0.50".parse().unwrap());
+        desired.floating_ips.insert("172.16.0.9".parse().unwrap());
+        assert_eq!(
+            plan_floating_ips(&desired, &k),
+            (
+                vec!["172.16.0.9".parse::<Ipv4Addr>().unwrap()],
+                vec!["172.16.0.50".parse::<Ipv4Addr>().unwrap()]
+            )
+        );
     }
 
     #[test]

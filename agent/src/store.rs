@@ -43,6 +43,16 @@ impl StateDir {
     pub fn save_config(&self, bytes: &[u8]) -> io::Result<()> {
         write_atomic(&self.config_path(), bytes)
     }
+
+    /// Removes the saved config durably (an apply onto a router that had none failed after
+    /// its config was saved). A missing file is fine.
+    pub fn remove_config(&self) -> io::Result<()> {
+        match fs::remove_file(self.config_path()) {
+            Ok(()) => File::open(&self.root)?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -111,5 +121,8 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("config.json")]);
+        state.remove_config().unwrap();
+        assert_eq!(state.load_config().unwrap(), None);
+        state.remove_config().unwrap();
     }
 }

@@ -31,6 +31,16 @@ pub enum ConfigError {
 
 /// Parses and validates a config document.
 pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
+    // Straight from the bytes when the document is well-formed: going through a
+    // `serde_json::Value` first costs a second tree of allocations (10,000 floating IPs:
+    // milliseconds). Any error takes the path below, which words it exactly as before.
+    // (Only for an object: a derived struct would also accept a JSON array, by position.)
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if object {
+        if let Ok(doc) = serde_json::from_slice::<Document>(bytes) {
+            return validate(&doc).map_err(ConfigError::Invalid);
+        }
+    }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     if !value.is_object() {

@@ -456,18 +456,27 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
 
 #[test]
 fn kernel_refusal_rolls_everything_back() {
-    let Some((lab, _agent)) = started("rollback") else {
+    let Some((lab, agent)) = started("rollback") else {
         return;
     };
     let good = lab_config(&lab);
     put_ok(&lab, &good);
     let before = lab.dump_router_state();
     let hash = status(&lab)["config_hash"].clone();
+    let saved = || -> Value {
+        let bytes = std::fs::read(agent.state_dir().join("config.json")).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let saved_before = saved();
 
     // Valid on paper, but the kernel refuses the last step: 10.200.0.1 is on no link. The
-    // address change on network 2 and the removed static route come before it and must be
-    // undone.
+    // new floating IP's local route, the address change on network 2 and the removed static
+    // route come before it and must be undone; the config saved meanwhile too.
     let mut bad = good.clone();
+    bad["floating_ips"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"floating_ip": "172.16.77.60", "fixed_ip": "192.168.0.9"}));
     bad["networks"][3]["interface"]["addresses"] = json!(["192.168.2.1/24"]);
     bad["networks"][3]["subnets"][0]["cidr"] = json!("192.168.2.0/24");
     bad["networks"][3]["subnets"][0]["gateway_ip"] = json!("192.168.2.1");
@@ -484,6 +493,7 @@ fn kernel_refusal_rolls_everything_back() {
         lab.dump_router_state(),
         "rollback left the router changed"
     );
+    assert_eq!(saved(), saved_before, "the failed config stayed saved");
     let s = status(&lab);
     assert_eq!(s["config_hash"], hash, "the failed config became current");
     assert_eq!(s["last_apply"]["result"], "error");

@@ -328,3 +328,139 @@ fn before_the_first_push_only_the_api_is_open() {
     assert!(!table.contains("no config yet"), "{table}");
     assert!(table.contains("fip_dnat"), "{table}");
 }
+
+/// Floating IP `i` of the 10,000-floating-IP router: 172.17.A.B ↦ 10.0.A.B, outside the
+/// lab's external /24 (ext reaches 172.17.0.0/16 on-link, so it ARPs for each one).
+fn scale_fip(i: u32) -> (String, String) {
+    let (hi, lo) = (i / 250, 1 + i % 250);
+    (format!("172.17.{hi}.{lo}"), format!("10.0.{hi}.{lo}"))
+}
+
+fn with_scale_fips(base: &Value, range: std::ops::Range<u32>) -> Value {
+    let mut config = base.clone();
+    let fips = config["floating_ips"].as_array_mut().unwrap();
+    for i in range {
+        let (floating, fixed) = scale_fip(i);
+        fips.push(json!({"floating_ip": floating, "fixed_ip": fixed}));
+    }
+    config
+}
+
+/// The `# handle N` of table `inet akanda`: a new one means the table was re-created.
+fn table_handle(lab: &RouterLab) -> String {
+    let out = lab.router().sh("nft -a list table inet akanda | head -1");
+    out.split("# handle")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no handle in {out:?}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn ten_thousand_floating_ips_answer_arp_dnat_and_do_not_flap() {
+    let Some((lab, _agent, dir)) = lab_with_agent("fip10k") else {
+        return;
+    };
+    let mut base = config(&lab);
+    // The floating IPs come from a second external subnet (as a Neutron external network
+    // with a second allocation pool); the fixed IPs live on t1's network, in a second subnet.
+    base["networks"][1]["subnets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+        "id": "fip-pool", "cidr": "172.17.0.0/16", "gateway_ip": null,
+        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}));
+    base["networks"][2]["interface"]["addresses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("10.0.0.1/16"));
+    base["networks"][2]["subnets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+        "id": "fixed-10", "cidr": "10.0.0.0/16", "gateway_ip": "10.0.0.1",
+        "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}));
+    let full = with_scale_fips(&base, 0..10_000);
+    let status = put_ok(&lab, &full);
+    assert_eq!(status["last_apply"]["result"], "ok", "{status}");
+    let routes = lab.router().sh("ip route show table 44 | wc -l");
+    assert_eq!(routes.trim(), "10001", "one local route per floating IP");
+    // The interface view still lists them on the external NIC, as Astara's did.
+    let view = lab.http().get("/v1/system/interfaces").json();
+    let ext = view["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["lladdr"] == RouterLab::ROUTER_MACS[1])
+        .unwrap_or_else(|| panic!("no external NIC in {view}"));
+    let listed = ext["addresses"].as_array().unwrap();
+    assert!(listed.contains(&json!(format!("{FIP}/32"))), "{ext}");
+    assert!(listed.contains(&json!("172.17.39.250/32")), "{ext}");
+    lab.ext().ip("route add 172.17.0.0/16 dev eth0");
+
+    // A floating IP chosen at random: ext learns the router's MAC for it by ARP, and
+    // reaches the fixed IP behind it (t1 takes that address) through DNAT.
+    let pick = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() % 10_000) as u32
+    };
+    let (floating, fixed) = scale_fip(pick);
+    lab.t1().ip(&format!("addr add {fixed}/16 dev eth0"));
+    let server = Server::start(lab.t1(), 8080, dir.path());
+    tcp_echo(lab.ext(), &floating, 8080)
+        .unwrap_or_else(|e| panic!("floating IP {floating} (#{pick}): {e}"));
+    assert_eq!(server.peers(), vec![RouterLab::EXT_GW_V4.to_string()]);
+    let neigh = lab.ext().sh(&format!("ip neigh show {floating} dev eth0"));
+    assert!(
+        neigh.contains(RouterLab::ROUTER_MACS[1]),
+        "ARP for {floating} not answered by the router: {neigh:?}"
+    );
+    // A floating IP that is not configured gets no ARP answer.
+    assert_no_ping(lab.ext(), "172.17.200.1");
+    let neigh = lab.ext().sh("ip neigh show 172.17.200.1 dev eth0");
+    assert!(
+        !neigh.contains(RouterLab::ROUTER_MACS[1]),
+        "ARP answered for an unconfigured address: {neigh:?}"
+    );
+
+    // The unchanged floating IP loses no ping while 1,000 others come and go, and those
+    // pushes change map elements only: the table is never re-created.
+    let handle = table_handle(&lab);
+    let more = with_scale_fips(&full, 10_000..11_000);
+    let mut ping = lab
+        .ext()
+        .spawn(&["ping", "-n", "-q", "-i", "0.01", "-c", "400", FIP]);
+    for round in 0..6 {
+        let status = put_ok(&lab, if round % 2 == 0 { &more } else { &full });
+        assert_eq!(status["last_apply"]["netfilter_batches"], 1, "{status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = ping.wait_with_output_fallible();
+    assert!(
+        out.contains(" 0% packet loss"),
+        "pings were lost during pushes: {out}"
+    );
+    assert_eq!(table_handle(&lab), handle, "the table was re-created");
+    let routes = lab.router().sh("ip route show table 44 | wc -l");
+    assert_eq!(routes.trim(), "10001", "the 1,000 added were removed");
+    // The chosen one still works after all that.
+    tcp_echo(lab.ext(), &floating, 8080).unwrap();
+
+    // Re-pointed to another fixed IP: its old map entries go and the new ones come in the
+    // same batch (delete then add of one key), still without re-creating the table.
+    lab.t1().ip("addr add 10.0.200.1/16 dev eth0");
+    let mut repointed = full.clone();
+    repointed["floating_ips"][pick as usize + 1]["fixed_ip"] = json!("10.0.200.1");
+    assert_eq!(
+        repointed["floating_ips"][pick as usize + 1]["floating_ip"],
+        floating
+    );
+    put_ok(&lab, &repointed);
+    assert_eq!(table_handle(&lab), handle, "the table was re-created");
+    let map = lab.router().sh("nft list map inet akanda fip_dnat");
+    assert!(map.contains(&format!("{floating} : 10.0.200.1")), "{map}");
+    assert!(!map.contains(&format!("{floating} : {fixed}")), "{map}");
+    tcp_echo(lab.ext(), &floating, 8080).unwrap();
+}

@@ -79,6 +79,67 @@ pub fn apply(rs: &Ruleset) -> Result<(), NetfilterError> {
     netfilter::send_batch(&batch.finalize())
 }
 
+/// Brings table `inet akanda` from `old` (what the kernel has) to `new` in one atomic batch.
+/// When only map elements differ (floating IPs), the batch deletes and adds just those
+/// elements: the table and its base chains stay, so no RCU grace period is waited for (the
+/// kernel waits one to unregister base chains) and no other element is touched. Otherwise,
+/// or when the table is gone, the table is replaced with [`apply`]. Returns whether the
+/// batch was elements only.
+pub fn update(old: Option<&Ruleset>, new: &Ruleset) -> Result<bool, NetfilterError> {
+    let Some(deltas) = old.and_then(|old| element_delta(old, new)) else {
+        return apply(new).map(|()| false);
+    };
+    match apply_elements(&deltas) {
+        Ok(()) => Ok(true),
+        // The table (or a map) vanished behind the agent's back: replace it whole.
+        Err(e) if e.errno() == Some(libc::ENOENT) => apply(new).map(|()| false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes then adds the elements of `deltas` in one batch.
+fn apply_elements(deltas: &[SetDelta]) -> Result<(), NetfilterError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    let mut sets = Vec::new();
+    for (i, d) in deltas.iter().enumerate() {
+        let def = Set {
+            name: d.name.clone(),
+            key: d.key,
+            data: d.data,
+            elements: Vec::new(),
+        };
+        // Deleting needs only the key.
+        let keys: Vec<(IpAddr, Option<IpAddr>)> =
+            d.removed.iter().map(|(k, _)| (*k, None)).collect();
+        let id = i as u32 + 1;
+        let removed = keys
+            .chunks(ELEMENTS_PER_MESSAGE)
+            .map(|chunk| build_set(&def, id, &table, chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let added = d
+            .added
+            .chunks(ELEMENTS_PER_MESSAGE)
+            .map(|chunk| build_set(&def, id, &table, chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        sets.push((removed, added));
+    }
+    for (removed, _) in &sets {
+        for chunk in removed {
+            batch.add_iter(chunk.elems_iter(), MsgType::Del);
+        }
+    }
+    for (_, added) in &sets {
+        for chunk in added {
+            batch.add_iter(chunk.elems_iter(), MsgType::Add);
+        }
+    }
+    netfilter::send_batch(&batch.finalize())
+}
+
 /// Removes table `inet akanda` (when no config is in force). A missing table is fine.
 pub fn delete_table() -> Result<(), NetfilterError> {
     let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);

@@ -183,6 +183,56 @@ pub struct Ruleset {
     pub chains: Vec<Chain>,
 }
 
+/// The elements one set gains and loses between two rulesets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDelta {
+    pub name: String,
+    pub key: Family,
+    pub data: Option<Family>,
+    /// Removed before `added` go in: a map key whose value changed is in both.
+    pub removed: Vec<(IpAddr, Option<IpAddr>)>,
+    pub added: Vec<(IpAddr, Option<IpAddr>)>,
+}
+
+/// The element changes that turn `old` into `new` when nothing else differs (same chains and
+/// rules, same sets of the same types): floating IPs added, removed or re-pointed. `None`
+/// when the structure changed, and the table must be replaced. Sets that did not change
+/// are left out.
+pub fn element_delta(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
+    if old.chains != new.chains || old.sets.len() != new.sets.len() {
+        return None;
+    }
+    let mut deltas = Vec::new();
+    for (o, n) in old.sets.iter().zip(&new.sets) {
+        if o.name != n.name || o.key != n.key || o.data != n.data {
+            return None;
+        }
+        if o.elements == n.elements {
+            continue;
+        }
+        let sorted = |v: &[(IpAddr, Option<IpAddr>)]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        let (before, after) = (sorted(&o.elements), sorted(&n.elements));
+        let missing_from = |have: &[(IpAddr, Option<IpAddr>)], of: &[(IpAddr, Option<IpAddr>)]| {
+            of.iter()
+                .filter(|e| have.binary_search(e).is_err())
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        deltas.push(SetDelta {
+            name: n.name.clone(),
+            key: n.key,
+            data: n.data,
+            removed: missing_from(&after, &before),
+            added: missing_from(&before, &after),
+        });
+    }
+    Some(deltas)
+}
+
 /// What the ruleset needs to know about the agent itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FirewallOptions {
@@ -414,6 +464,73 @@ mod tests {
             .filter_map(|c| c.base.map(|b| b.policy_drop))
             .collect();
         assert_eq!(drop, [false, false, true, true]);
+    }
+
+    fn with_floating_ips(pairs: &[(&str, &str)]) -> Ruleset {
+        let mut doc = test_config::basic_json();
+        doc["floating_ips"] = serde_json::Value::Array(
+            pairs
+                .iter()
+                .map(|(f, x)| serde_json::json!({"floating_ip": f, "fixed_ip": x}))
+                .collect(),
+        );
+        build(
+            &test_config::parse(&doc),
+            FirewallOptions { api_port: 5000 },
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn floating_ip_changes_are_element_deltas() {
+        let old = with_floating_ips(&[
+            ("172.16.77.50", "192.168.0.10"),
+            ("172.16.77.51", "192.168.0.11"),
+        ]);
+        let new = with_floating_ips(&[
+            ("172.16.77.51", "192.168.0.12"),
+            ("172.16.77.52", "192.168.0.13"),
+        ]);
+        let delta = element_delta(&old, &new).expect("only elements differ");
+        let dnat = delta.iter().find(|d| d.name == FIP_DNAT_MAP).unwrap();
+        assert_eq!(
+            dnat.removed,
+            [
+                (ip("172.16.77.50"), Some(ip("192.168.0.10"))),
+                (ip("172.16.77.51"), Some(ip("192.168.0.11")))
+            ]
+        );
+        assert_eq!(
+            dnat.added,
+            [
+                (ip("172.16.77.51"), Some(ip("192.168.0.12"))),
+                (ip("172.16.77.52"), Some(ip("192.168.0.13")))
+            ]
+        );
+        let snat = delta.iter().find(|d| d.name == FIP_SNAT_MAP).unwrap();
+        assert_eq!(snat.removed.len(), 2);
+        assert_eq!(snat.added.len(), 2);
+        assert_eq!(element_delta(&new, &new), Some(vec![]));
+    }
+
+    #[test]
+    fn structural_changes_are_no_element_delta() {
+        let one = with_floating_ips(&[("172.16.77.50", "192.168.0.10")]);
+        // The maps and the NAT rules appear with the first floating IP.
+        assert_eq!(element_delta(&with_floating_ips(&[]), &one), None);
+        assert_eq!(element_delta(&one, &with_floating_ips(&[])), None);
+        let mut doc = test_config::basic_json();
+        doc["networks"][2]["interface"]["addresses"] = serde_json::json!(["192.168.0.1/25"]);
+        doc["networks"][2]["subnets"][0]["cidr"] = serde_json::json!("192.168.0.0/25");
+        let renumbered = build(
+            &test_config::parse(&doc),
+            FirewallOptions { api_port: 5000 },
+        );
+        let basic = build(&test_config::basic(), FirewallOptions { api_port: 5000 });
+        assert_eq!(element_delta(&basic, &renumbered), None);
     }
 
     #[test]

@@ -120,18 +120,45 @@ enum Outcome {
 /// it), which is also more than a conntrack dump datagram.
 const RECV_BUFFER: usize = (1 << 16) + 4096;
 
-/// An open `NETLINK_NETFILTER` socket; closed on drop. The kernel binds it to a port on the
-/// first send, and an unconnected netlink socket sends to the kernel.
+/// An open `NETLINK_NETFILTER` socket; closed on drop, on another thread. The kernel binds it
+/// to a port on the first send, and an unconnected netlink socket sends to the kernel.
 pub(crate) struct NfnlSocket {
-    socket: Socket,
+    /// `None` only once dropped.
+    socket: Option<Socket>,
     seq: u32,
     buf: Vec<u8>,
+}
+
+impl Drop for NfnlSocket {
+    /// Closing an nfnetlink socket makes nf_tables wait for its pending destroy work
+    /// (`nft_rcv_nl_event`), which, after a batch that deleted set elements, waits for an RCU
+    /// grace period: 10 to 15 ms the apply need not spend. One closer thread takes them.
+    fn drop(&mut self) {
+        use std::sync::{mpsc, Mutex, OnceLock};
+        static CLOSER: OnceLock<Mutex<mpsc::Sender<Socket>>> = OnceLock::new();
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Socket>();
+            let spawned = std::thread::Builder::new()
+                .name("nfnl-closer".into())
+                .spawn(move || rx.into_iter().for_each(drop));
+            if let Err(e) = spawned {
+                debug!(error = %e, "no closer thread: nfnetlink sockets close inline");
+            }
+            Mutex::new(tx)
+        });
+        let sent = closer.lock().map(|tx| tx.send(socket));
+        // Without the thread, the socket came back in the error and closes here.
+        drop(sent);
+    }
 }
 
 impl NfnlSocket {
     pub(crate) fn open() -> io::Result<NfnlSocket> {
         Ok(NfnlSocket {
-            socket: Socket::new(NETLINK_NETFILTER)?,
+            socket: Some(Socket::new(NETLINK_NETFILTER)?),
             seq: 0,
             // Filled through its spare capacity: never zeroed, only the bytes received are
             // touched.
@@ -139,12 +166,18 @@ impl NfnlSocket {
         })
     }
 
+    fn sock(&self) -> &Socket {
+        self.socket
+            .as_ref()
+            .expect("the socket is open until dropped")
+    }
+
     /// Raises the send and receive buffers to `bytes`, with the FORCE options (need
     /// CAP_NET_ADMIN, which the agent has) first and the plain ones as the fallback. Best
     /// effort: a batch that still does not fit is refused by the kernel with an errno.
     fn grow_buffers(&self, send: usize, recv: usize) {
         use nix::sys::socket::{setsockopt, sockopt};
-        let fd = self.socket.as_fd();
+        let fd = self.sock().as_fd();
         let clamp = |n: usize| n.min(i32::MAX as usize / 2);
         if setsockopt(&fd, sockopt::SndBufForce, &clamp(send)).is_err() {
             let _ = setsockopt(&fd, sockopt::SndBuf, &clamp(send));
@@ -159,7 +192,7 @@ impl NfnlSocket {
     fn request(&mut self, flags: u16, message: NetfilterMessage) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let bytes = frame(flags, self.seq, message);
-        let sent = self.socket.send(&bytes, 0)?;
+        let sent = self.sock().send(&bytes, 0)?;
         if sent != bytes.len() {
             return Err(io::Error::other(format!(
                 "sent {sent} of {} bytes",
@@ -175,7 +208,7 @@ impl NfnlSocket {
         let iov: Vec<IoSlice<'_>> = pages.iter().map(|p| IoSlice::new(p)).collect();
         let total: usize = pages.iter().map(|p| p.len()).sum();
         let sent = nix::sys::socket::sendmsg::<()>(
-            self.socket.as_raw_fd(),
+            self.sock().as_raw_fd(),
             &iov,
             &[],
             nix::sys::socket::MsgFlags::empty(),
@@ -199,6 +232,8 @@ impl NfnlSocket {
             self.buf.clear();
             let n = self
                 .socket
+                .as_ref()
+                .expect("the socket is open until dropped")
                 .recv(&mut self.buf, 0)
                 .map_err(NetfilterError::socket(op))?;
             if n == 0 {
