@@ -162,7 +162,9 @@ pub struct Appliance {
     /// The floating-IP table's policy rule is known to be in place.
     floating_ip_rule: bool,
     /// The config being saved while the kernel work runs.
-    persisting: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    persisting: Option<tokio::task::JoinHandle<std::io::Result<crate::store::Staged>>>,
+    /// The staged config's commit began in this apply (see `restore_saved_config`).
+    persist_committing: bool,
     firewall: FirewallOptions,
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
@@ -199,6 +201,7 @@ impl Appliance {
             floating_ips: None,
             floating_ip_rule: false,
             persisting: None,
+            persist_committing: false,
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
             last_conntrack_deleted: 0,
@@ -454,20 +457,21 @@ impl Appliance {
             );
             clock = now;
         };
-        // Saving starts now and overlaps the kernel work (its fsyncs are milliseconds the
-        // kernel work need not wait for); the apply waits for it before answering, so a 200
-        // still means the config survives a power cut. Journaled first: a failure anywhere
-        // puts the previous config back on disk.
+        // Saving starts now and overlaps the kernel work: the new config is written and
+        // fsynced beside the saved one (the slow part), and renamed into place only once the
+        // apply succeeded, before the 200. A crash or power cut before that leaves the last
+        // good config in place; a failure discards the staged file.
         let unchanged = self
             .current
             .as_ref()
             .is_some_and(|c| c.document == config.document);
+        self.persist_committing = false;
         if !unchanged {
             journal.push((Phase::Persist, Undo::Persist));
             let state = self.state.clone();
             let document = config.document.clone();
             self.persisting = Some(tokio::task::spawn_blocking(move || {
-                state.save_config(&document.to_canonical_json())
+                state.stage_config(&document.to_canonical_json())
             }));
         }
 
@@ -515,12 +519,20 @@ impl Appliance {
 
         if let Some(saving) = self.persisting.take() {
             let path = self.state.path().display().to_string();
-            saving
+            let staged = saving
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(|e| (Phase::Persist, format!("saving the config to {path}: {e}")))?;
-            // Only what the apply still waited for: the save ran alongside the kernel work.
+            // The commit (rename, fsync of the directory) may half-happen: from here a
+            // rollback writes the previous config back.
+            self.persist_committing = true;
+            tokio::task::spawn_blocking(move || staged.commit())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| (Phase::Persist, format!("saving the config to {path}: {e}")))?;
+            // Only what the apply still waited for: the write ran alongside the kernel work.
             lap(&mut self.phases, Phase::Persist);
         }
         Ok(())
@@ -694,12 +706,15 @@ impl Appliance {
         Ok(())
     }
 
-    /// Waits for the save this apply started, then puts the previous config back on disk
-    /// (or removes the file when there was none).
+    /// Discards the config this apply staged; if its commit had begun, puts the previous
+    /// config back on disk (or removes the file when there was none).
     async fn restore_saved_config(&mut self) -> Result<(), String> {
         if let Some(saving) = self.persisting.take() {
-            // Its outcome does not matter: the previous config is written over it.
+            // Dropping the staged file removes it; a failed write left nothing to undo.
             let _ = saving.await;
+        }
+        if !std::mem::take(&mut self.persist_committing) {
+            return Ok(());
         }
         let previous = self
             .current

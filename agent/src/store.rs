@@ -1,6 +1,7 @@
 //! The agent's state directory: the last good config and the NIC names, each written
 //! atomically (temp file, fsync, rename, fsync of the directory) with mode 0600, so a crash or
-//! power cut leaves either the old file or the new one, never half of one.
+//! power cut leaves either the old file or the new one, never half of one. A config can be
+//! staged (written and fsynced) while an apply runs and committed (renamed) when it succeeded.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -44,6 +45,13 @@ impl StateDir {
         write_atomic(&self.config_path(), bytes)
     }
 
+    /// Writes and fsyncs a config beside the saved one, without replacing it: an apply stages
+    /// its config while the kernel work runs and commits it only once everything succeeded, so
+    /// a crash or power cut before the commit leaves the last good config in place.
+    pub fn stage_config(&self, bytes: &[u8]) -> io::Result<Staged> {
+        Staged::write(&self.config_path(), bytes, 0o600)
+    }
+
     /// Removes the saved config durably (an apply onto a router that had none failed after
     /// its config was saved). A missing file is fine.
     pub fn remove_config(&self) -> io::Result<()> {
@@ -71,32 +79,60 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Writes `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`,
 /// whatever the umask.
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
+    Staged::write(path, bytes, mode)?.commit()
+}
+
+/// A file written and fsynced under a temporary name beside `path`, not yet renamed into
+/// place. Dropped uncommitted, it is removed; a crash leaves only a dot-file that the next
+/// write of the same path truncates.
+#[must_use = "a staged file is removed unless committed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+        let staged = Staged {
+            tmp: dir.join(format!(
+                ".{}.tmp.{}",
+                name.to_string_lossy(),
+                std::process::id()
+            )),
+            path: path.to_path_buf(),
+            committed: false,
+        };
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
-            .open(&tmp)?;
+            .open(&staged.tmp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        Ok(staged)
     }
-    result
+
+    /// Renames the file into place and fsyncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        File::open(self.path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +160,26 @@ mod tests {
         state.remove_config().unwrap();
         assert_eq!(state.load_config().unwrap(), None);
         state.remove_config().unwrap();
+    }
+
+    #[test]
+    fn a_staged_config_replaces_the_saved_one_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.save_config(b"old").unwrap();
+        let staged = state.stage_config(b"new").unwrap();
+        assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"old"[..]));
+        drop(staged);
+        assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"old"[..]));
+        let names = || -> Vec<std::ffi::OsString> {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        };
+        assert_eq!(names(), vec![std::ffi::OsString::from("config.json")]);
+        state.stage_config(b"new").unwrap().commit().unwrap();
+        assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(names(), vec![std::ffi::OsString::from("config.json")]);
     }
 }
