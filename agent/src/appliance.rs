@@ -138,6 +138,9 @@ pub struct Shared {
     pub current_hash: Option<String>,
     pub netlink_writes_total: u64,
     pub netfilter_batches_total: u64,
+    /// The daemons as the last apply left them: `/v1/status` shows this while an apply
+    /// holds the appliance.
+    pub services: Option<serde_json::Value>,
 }
 
 pub struct Appliance {
@@ -154,6 +157,56 @@ pub struct Appliance {
     /// dnsmasq, bird, the metadata proxy, GARP and the host name.
     services: Services,
     pub shared: Arc<Mutex<Shared>>,
+    /// Held while NICs are named: the API's [`InterfaceReader`] names new NICs too.
+    naming: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Reads the NICs and their kernel state for `GET /v1/system/interfaces` without the
+/// appliance (see [`Appliance::interface_reader`]). New NICs are named `geN` here as in an
+/// apply (a hot-plugged NIC must be listed before the config that uses it is sent).
+pub struct InterfaceReader {
+    nl: Netlink,
+    nics_path: std::path::PathBuf,
+    naming: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl InterfaceReader {
+    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
+        let nics = {
+            let _naming = self.naming.lock().await;
+            nics::name_nics(&self.nl, &self.nics_path)
+                .await
+                .map_err(|e| ApplyError::Unavailable(format!("naming NICs: {e}")))?
+        };
+        let kernel = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        Ok(interface_views(&nics, &kernel))
+    }
+}
+
+fn interface_views(nics: &[Nic], kernel: &KernelState) -> Vec<InterfaceView> {
+    nics.iter()
+        .filter_map(|nic| {
+            let link = kernel.links.iter().find(|l| l.index == nic.index)?;
+            let addresses = kernel
+                .addresses
+                .iter()
+                .filter(|a| a.index == nic.index)
+                .map(|a| a.net.to_string())
+                .collect();
+            Some(InterfaceView {
+                ifname: nic.ifname.clone(),
+                lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
+                addresses,
+                mtu: link.mtu,
+                state: if link.up { "up" } else { "down" },
+                description: String::new(),
+                groups: Vec::new(),
+                media: None,
+            })
+        })
+        .collect()
 }
 
 /// One NIC as `GET /v1/system/interfaces` shows it (Astara's Interface shape).
@@ -185,6 +238,7 @@ impl Appliance {
             phases: Default::default(),
             services: Services::new(services_options(&state_path)),
             shared: Arc::new(Mutex::new(Shared::default())),
+            naming: Arc::new(tokio::sync::Mutex::new(())),
         };
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
@@ -241,38 +295,20 @@ impl Appliance {
     }
 
     async fn nics(&self) -> Result<Vec<Nic>, ApplyError> {
+        let _naming = self.naming.lock().await;
         nics::name_nics(&self.nl, &self.state.nics_path())
             .await
             .map_err(|e| ApplyError::Unavailable(format!("naming NICs: {e}")))
     }
 
-    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
-        let nics = self.nics().await?;
-        let kernel = KernelState::read(&self.nl)
-            .await
-            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
-        Ok(nics
-            .iter()
-            .filter_map(|nic| {
-                let link = kernel.links.iter().find(|l| l.index == nic.index)?;
-                let addresses = kernel
-                    .addresses
-                    .iter()
-                    .filter(|a| a.index == nic.index)
-                    .map(|a| a.net.to_string())
-                    .collect();
-                Some(InterfaceView {
-                    ifname: nic.ifname.clone(),
-                    lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
-                    addresses,
-                    mtu: link.mtu,
-                    state: if link.up { "up" } else { "down" },
-                    description: String::new(),
-                    groups: Vec::new(),
-                    media: None,
-                })
-            })
-            .collect())
+    /// A reader of the NICs on its own netlink socket, for the API: it never waits for an
+    /// apply (only for the NIC naming at the start of one, a few milliseconds).
+    pub fn interface_reader(&self) -> Result<InterfaceReader, ApplyError> {
+        Ok(InterfaceReader {
+            nl: Netlink::connect().map_err(|e| ApplyError::Unavailable(e.to_string()))?,
+            nics_path: self.state.nics_path(),
+            naming: self.naming.clone(),
+        })
     }
 
     /// Applies a config completely or not at all.
@@ -310,6 +346,7 @@ impl Appliance {
         shared.netlink_writes_total = self.nl.writes();
         shared.netfilter_batches_total = self.netfilter_batches;
         shared.last_apply = Some(record);
+        shared.services = Some(self.services.status());
         if result.is_ok() {
             shared.counters.applies_ok += 1;
             shared.current_hash = Some(hash);
