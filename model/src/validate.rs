@@ -216,9 +216,7 @@ impl Validator {
             }
         }
         if let Some(vpn) = &doc.vpn {
-            if !vpn.is_object() && !vpn.is_null() {
-                self.problem("vpn", "must be an object");
-            }
+            self.vpn(vpn);
         }
         let orchestrator = self.orchestrator(doc.orchestrator.as_ref());
 
@@ -262,6 +260,28 @@ impl Validator {
             labels,
             anchors,
             document: doc.clone(),
+        }
+    }
+
+    /// VPN is carried, not applied: only what would be wrong whatever an implementation does
+    /// is checked here.
+    fn vpn(&mut self, vpn: &VpnDoc) {
+        for (i, service) in vpn.ipsec.iter().enumerate() {
+            let service_path = index("vpn.ipsec", i);
+            for (j, connection) in service.ipsec_connections.iter().enumerate() {
+                let path = field(&index(&field(&service_path, "ipsec_connections"), j), "psk");
+                match connection.psk.as_deref() {
+                    Some(crate::REDACTED) => self.problem(
+                        path,
+                        format!(
+                            "{} is the redaction placeholder a GET shows, not a key: send the pre-shared key itself",
+                            quoted(crate::REDACTED)
+                        ),
+                    ),
+                    Some("") => self.problem(path, "must not be empty"),
+                    _ => {}
+                }
+            }
         }
     }
 
