@@ -235,6 +235,7 @@ pub fn routes(
         .and(warp::put())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_state.clone())
         .and(peer)
@@ -243,6 +244,7 @@ pub fn routes(
         .and(warp::put())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_TLS_BODY))
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_state.clone())
         .and(peer)
@@ -409,14 +411,21 @@ impl BodyError {
 
 /// Reads the whole body within `timeout` and `limit` bytes. The Content-Length was checked
 /// against `limit` already; this also bounds what a lying or chunked client sends.
-async fn read_body<S, B>(body: S, limit: u64, timeout: Duration) -> Result<Bytes, BodyError>
+async fn read_body<S, B>(
+    body: S,
+    declared: Option<u64>,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, BodyError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
     let collect = async move {
         let mut body = body;
-        let mut out = BytesMut::new();
+        // Sized once from the declared length (already checked against the limit): growing by
+        // doubling would hold up to twice the body at its peak.
+        let mut out = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
         while let Some(chunk) = body.next().await {
             let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
             if (out.len() + chunk.remaining()) as u64 > limit {
@@ -438,6 +447,7 @@ where
 
 async fn put_config<S, B>(
     content_type: Option<String>,
+    declared: Option<u64>,
     body: S,
     s: Arc<ApiState>,
     peer: Option<Arc<Peer>>,
@@ -460,7 +470,7 @@ where
     }
     // The body is read and parsed completely before the apply lock is even asked for: a slow
     // or stalled client holds nothing but its own connection.
-    let body = match read_body(body, MAX_BODY, s.body_timeout).await {
+    let body = match read_body(body, declared, MAX_BODY, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => {
             tracing::info!(peer = %who, error = %e, "config body refused");
@@ -533,6 +543,7 @@ const MAX_TLS_BODY: u64 = 1024 * 1024;
 /// Only over mutual TLS. The answer names the new certificate, never the key.
 async fn put_tls<S, B>(
     content_type: Option<String>,
+    declared: Option<u64>,
     body: S,
     s: Arc<ApiState>,
     peer: Option<Arc<Peer>>,
@@ -556,7 +567,7 @@ where
             &[],
         );
     }
-    let body = match read_body(body, MAX_TLS_BODY, s.body_timeout).await {
+    let body = match read_body(body, declared, MAX_TLS_BODY, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.response(),
     };

@@ -54,6 +54,86 @@ pub const MAX_VPN_CONNECTIONS: usize = 64;
 /// `peer_cidrs` and endpoint-group `endpoints` of a VPN connection.
 pub const MAX_VPN_CIDRS: usize = 64;
 
+/// Any string of the document, and any object key: the longest legitimate one (a name, a
+/// pre-shared key) is far shorter.
+pub const MAX_STRING_BYTES: usize = 4096;
+
+/// A whole JSON document walked and kept nowhere: it checks the syntax and refuses a string
+/// longer than [`MAX_STRING_BYTES`] (the error is a data error, with its path under
+/// `serde_path_to_error`). Run before the typed parse, so that no field ever holds, copies or
+/// quotes back a string of the body's size.
+pub(crate) struct Scan;
+
+impl<'de> Deserialize<'de> for Scan {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScanVisitor)
+    }
+}
+
+struct ScanVisitor;
+
+impl ScanVisitor {
+    fn string<E: de::Error>(v: &str) -> Result<Scan, E> {
+        if v.len() > MAX_STRING_BYTES {
+            return Err(E::custom(format!(
+                "a string of {} bytes: the limit is {MAX_STRING_BYTES}",
+                v.len()
+            )));
+        }
+        Ok(Scan)
+    }
+}
+
+impl<'de> Visitor<'de> for ScanVisitor {
+    type Value = Scan;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scan, E> {
+        Self::string(v)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Scan, E> {
+        Ok(Scan)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scan, D::Error> {
+        Scan::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scan, A::Error> {
+        while seq.next_element::<Scan>()?.is_some() {}
+        Ok(Scan)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scan, A::Error> {
+        while map.next_entry::<Scan, Scan>()?.is_some() {}
+        Ok(Scan)
+    }
+}
+
 /// Deserialises a list of at most `MAX` entries.
 pub(crate) fn seq<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
 where

@@ -36,10 +36,12 @@ pub enum ConfigError {
 /// [limits](bounds) stop the parse at the first list over its limit, so memory stays
 /// proportional to what the limits allow, whatever the body holds.
 pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
-    // A syntax pass first (it keeps nothing), so that malformed JSON is told apart (400) from
-    // a well-formed but invalid config (422) wherever the two occur.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    // A first pass keeps nothing: malformed JSON is told apart (400) from a well-formed but
+    // invalid config (422) wherever the two occur, and overlong strings are refused.
+    let mut scan = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, bounds::Scan>(&mut scan)
+        .map_err(path_error)
+        .and_then(|_| scan.end().map_err(|e| ConfigError::Syntax(e.to_string())))?;
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ConfigError::Invalid(vec![Problem::new(
@@ -48,20 +50,26 @@ pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
         )]));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let doc: Document = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let e = e.into_inner();
-        // The position says nothing the path does not, and the message reads as in a 422.
-        let message = e.to_string();
-        let position = format!(" at line {} column {}", e.line(), e.column());
-        let reason = message
-            .strip_suffix(&position)
-            .unwrap_or(&message)
-            .to_string();
-        ConfigError::Invalid(vec![Problem::new(path, reason)])
-    })?;
+    let doc: Document = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     validate(&doc).map_err(ConfigError::Invalid)
+}
+
+/// A deserialisation error: malformed JSON, or a problem at a path.
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let e = e.into_inner();
+    if e.classify() != serde_json::error::Category::Data {
+        return ConfigError::Syntax(e.to_string());
+    }
+    // The position says nothing the path does not, and the message reads as in a 422.
+    let message = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let reason = message
+        .strip_suffix(&position)
+        .unwrap_or(&message)
+        .to_string();
+    ConfigError::Invalid(vec![Problem::new(path, reason)])
 }
 
 impl Document {
