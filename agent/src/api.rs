@@ -23,6 +23,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::appliance::{Appliance, ApplyError, InterfaceReader, Shared};
+use crate::management::ManagementPath;
 use crate::server::ConnectionLimits;
 use crate::tls::{Peer, TlsError, TlsState};
 
@@ -108,6 +109,8 @@ pub struct ApiState {
     interfaces: InterfaceReader,
     /// A request body must have arrived within this (408 otherwise).
     body_timeout: Duration,
+    /// The orchestrator's path from the boot configuration: no config may cut it.
+    management: Option<ManagementPath>,
     started: Instant,
     started_at: String,
     access: Access,
@@ -126,6 +129,7 @@ impl ApiState {
             shared,
             interfaces,
             body_timeout: ConnectionLimits::default().body_timeout,
+            management: None,
             started: Instant::now(),
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             access,
@@ -136,6 +140,12 @@ impl ApiState {
     /// How long a request body may take to arrive (`--body-timeout`).
     pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// The management path a config must keep (`--boot-config`).
+    pub fn with_management(mut self, management: Option<ManagementPath>) -> Self {
+        self.management = management;
         self
     }
 
@@ -503,6 +513,20 @@ where
             )
         }
     };
+    if let Some(path) = &s.management {
+        let problems = path.check(&config);
+        if !problems.is_empty() {
+            tracing::warn!(peer = %who, "config refused: it would cut the orchestrator's path");
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!(
+                    "the config would cut the orchestrator's path to this appliance: {} problem(s)",
+                    problems.len()
+                ),
+                &problems,
+            );
+        }
+    }
     // The apply runs in its own task: a client that hangs up must not cancel a transaction
     // half-way. The lock serialises concurrent PUTs.
     let appliance = s.appliance.clone();

@@ -159,6 +159,9 @@ pub struct Appliance {
     pub shared: Arc<Mutex<Shared>>,
     /// Held while NICs are named: the API's [`InterfaceReader`] names new NICs too.
     naming: Arc<tokio::sync::Mutex<()>>,
+    /// The orchestrator's path from the boot configuration: a saved config that would cut it
+    /// is not restored.
+    management: Option<crate::management::ManagementPath>,
 }
 
 /// Reads the NICs and their kernel state for `GET /v1/system/interfaces` without the
@@ -239,6 +242,7 @@ impl Appliance {
             services: Services::new(services_options(&state_path)),
             shared: Arc::new(Mutex::new(Shared::default())),
             naming: Arc::new(tokio::sync::Mutex::new(())),
+            management: None,
         };
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
@@ -258,6 +262,11 @@ impl Appliance {
     /// The port the API listens on: the firewall opens it on the management NIC.
     pub fn set_api_port(&mut self, port: u16) {
         self.firewall.api_port = port;
+    }
+
+    /// The management path the saved config must keep (`--boot-config`).
+    pub fn set_management_path(&mut self, path: Option<crate::management::ManagementPath>) {
+        self.management = path;
     }
 
     pub fn current(&self) -> Option<&RouterConfig> {
@@ -290,6 +299,16 @@ impl Appliance {
             }
         };
         let config = akanda_model::parse(&bytes).map_err(|e| format!("saved config: {e}"))?;
+        if let Some(path) = &self.management {
+            let problems = path.check(&config);
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                return Err(format!(
+                    "the saved config would cut the orchestrator's path (boot configuration): {}",
+                    list.join("; ")
+                ));
+            }
+        }
         self.apply(config).await.map_err(|e| describe_error(&e))?;
         Ok(true)
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use akanda_agent::api::{self, Access, ApiState};
 use akanda_agent::appliance::Appliance;
+use akanda_agent::management::ManagementPath;
 use akanda_agent::server;
 use akanda_agent::store::StateDir;
 use akanda_agent::tls::{TlsFiles, TlsState};
@@ -269,6 +270,13 @@ async fn serve(
         }
         None => None,
     };
+    let management = boot.as_ref().map(|(network, wanted)| ManagementPath {
+        ifname: network.ifname.clone(),
+        addresses: wanted.addresses.clone(),
+        mtu: wanted.mtu,
+        routes: wanted.routes.iter().map(|(dst, _)| *dst).collect(),
+    });
+    appliance.set_management_path(management.clone());
     let boot = boot.map(|(network, _)| network);
     let api_port = match (listen, &boot) {
         (Some(listen), _) => listen.port(),
@@ -291,7 +299,8 @@ async fn serve(
     let routes = api::routes(Arc::new(
         ApiState::new(appliance.clone(), shared, interfaces, access)
             .with_tls(tls_state.clone())
-            .with_body_timeout(limits.body_timeout),
+            .with_body_timeout(limits.body_timeout)
+            .with_management(management),
     ));
     match (listen, boot) {
         // With --boot-config too, `_boot` keeps the DHCP client (if any) running.
