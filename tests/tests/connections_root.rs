@@ -6,7 +6,8 @@
 //! - the API's answer time while 300 stalled connections are open (printed, for the notes),
 //!   and a flood beyond the connection cap, which holds no more descriptors than the cap;
 //! - `accept` failing for want of descriptors (EMFILE) does not spin the CPU;
-//! - a connection flood on a metadata proxy from one tenant address leaves it serving others.
+//! - a connection flood on a metadata proxy from one tenant address leaves it serving others,
+//!   and its request bodies are capped.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -473,4 +474,10 @@ fn a_metadata_flood_from_one_address_leaves_the_proxy_serving_the_others() {
         .map(|l| l["refused_connections"].as_u64().unwrap_or(0))
         .sum::<u64>();
     assert!(refused >= 268, "{status}");
+
+    // A request body over the proxy's cap is refused before anything goes upstream.
+    let answer = lab.t1().sh(
+        "head -c 100000 /dev/zero | curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Expect:' --data-binary @- http://169.254.169.254/openstack/latest/password",
+    );
+    assert_eq!(answer.trim(), "413", "{answer}");
 }
