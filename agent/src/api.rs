@@ -11,17 +11,20 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use akanda_model::{ConfigError, Problem};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use crate::appliance::{Appliance, ApplyError, Shared};
+use crate::appliance::{Appliance, ApplyError, InterfaceReader, Shared};
+use crate::management::ManagementPath;
+use crate::server::ConnectionLimits;
 use crate::tls::{Peer, TlsError, TlsState};
 
 /// Largest config accepted: 10,000 floating IPs and hundreds of ports fit well below this.
@@ -103,6 +106,11 @@ pub enum Access {
 pub struct ApiState {
     appliance: Arc<tokio::sync::Mutex<Appliance>>,
     shared: Arc<Mutex<Shared>>,
+    interfaces: InterfaceReader,
+    /// A request body must have arrived within this (408 otherwise).
+    body_timeout: Duration,
+    /// The orchestrator's path from the boot configuration: no config may cut it.
+    management: Option<ManagementPath>,
     started: Instant,
     started_at: String,
     access: Access,
@@ -113,16 +121,32 @@ impl ApiState {
     pub fn new(
         appliance: Arc<tokio::sync::Mutex<Appliance>>,
         shared: Arc<Mutex<Shared>>,
+        interfaces: InterfaceReader,
         access: Access,
     ) -> Self {
         ApiState {
             appliance,
             shared,
+            interfaces,
+            body_timeout: ConnectionLimits::default().body_timeout,
+            management: None,
             started: Instant::now(),
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             access,
             tls: None,
         }
+    }
+
+    /// How long a request body may take to arrive (`--body-timeout`).
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// The management path a config must keep (`--boot-config`).
+    pub fn with_management(mut self, management: Option<ManagementPath>) -> Self {
+        self.management = management;
+        self
     }
 
     /// The TLS material in force, which `PUT /v1/system/tls` replaces.
@@ -221,7 +245,8 @@ pub fn routes(
         .and(warp::put())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .and(with_state.clone())
         .and(peer)
         .then(put_config);
@@ -229,7 +254,8 @@ pub fn routes(
         .and(warp::put())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(MAX_TLS_BODY))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .and(with_state.clone())
         .and(peer)
         .then(put_tls);
@@ -239,20 +265,22 @@ pub fn routes(
     let status = warp::path!("v1" / "status")
         .and(warp::get())
         .and(with_state)
-        .then(|s: Arc<ApiState>| async move {
-            // Daemon states live with the appliance; an apply in progress holds it, so the
-            // status waits at most briefly for them and answers without them otherwise.
-            let services = match tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                s.appliance.lock(),
-            )
-            .await
-            {
-                Ok(appliance) => appliance.services_status(),
-                Err(_) => json!("busy: an apply is in progress"),
-            };
+        .map(|s: Arc<ApiState>| {
+            // Daemon states live with the appliance. While an apply holds it, the status shows
+            // them as the last apply left them rather than wait.
+            let live = s.appliance.try_lock().ok().map(|a| a.services_status());
             let mut body = status(&s);
-            body["services"] = services;
+            body["services_as_of"] = json!(if live.is_some() { "now" } else { "last_apply" });
+            body["services"] = match live {
+                Some(services) => services,
+                None => s
+                    .shared
+                    .lock()
+                    .expect("status lock")
+                    .services
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null),
+            };
             ok_json(&body)
         });
 
@@ -341,14 +369,14 @@ async fn firewall_rules() -> Response {
 }
 
 async fn get_interfaces(s: Arc<ApiState>) -> Response {
-    match s.appliance.lock().await.interfaces().await {
+    match s.interfaces.interfaces().await {
         Ok(list) => ok_json(&json!({ "interfaces": list })),
         Err(e) => apply_error(e),
     }
 }
 
 async fn get_interface(name: String, s: Arc<ApiState>) -> Response {
-    match s.appliance.lock().await.interfaces().await {
+    match s.interfaces.interfaces().await {
         Ok(list) => match list.into_iter().find(|i| i.ifname == name) {
             Some(i) => ok_json(&json!({ "interface": i })),
             None => error(
@@ -369,12 +397,75 @@ pub fn is_json_content_type(value: &str) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-async fn put_config(
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the request body did not arrive within {0:?}")]
+    TimedOut(Duration),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("reading the request body: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    fn response(&self) -> Response {
+        let status = match self {
+            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        };
+        error(status, &self.to_string(), &[])
+    }
+}
+
+/// Reads the whole body within `timeout` and `limit` bytes. The Content-Length was checked
+/// against `limit` already; this also bounds what a lying or chunked client sends.
+async fn read_body<S, B>(
+    body: S,
+    declared: Option<u64>,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let collect = async move {
+        let mut body = body;
+        // Sized once from the declared length (already checked against the limit): growing by
+        // doubling would hold up to twice the body at its peak.
+        let mut out = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+            if (out.len() + chunk.remaining()) as u64 > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(out.freeze())
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| BodyError::TimedOut(timeout))?
+}
+
+async fn put_config<S, B>(
     content_type: Option<String>,
-    body: Bytes,
+    declared: Option<u64>,
+    body: S,
     s: Arc<ApiState>,
     peer: Option<Arc<Peer>>,
-) -> Response {
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
     let who = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
     if let Some(refused) = s.refused() {
         tracing::warn!(peer = %who, "config change refused: plain HTTP was not allowed");
@@ -387,7 +478,25 @@ async fn put_config(
             &[],
         );
     }
-    let config = match akanda_model::parse(&body) {
+    // The body is read and parsed completely before the apply lock is even asked for: a slow
+    // or stalled client holds nothing but its own connection.
+    let body = match read_body(body, declared, MAX_BODY, s.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(peer = %who, error = %e, "config body refused");
+            return e.response();
+        }
+    };
+    // Parsing a large config takes a core for a while: off the threads serving reads.
+    let parsed = tokio::task::spawn_blocking(move || akanda_model::parse(&body)).await;
+    let Ok(parsed) = parsed else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the config parser failed",
+            &[],
+        );
+    };
+    let config = match parsed {
         Ok(c) => c,
         Err(ConfigError::Syntax(msg)) => {
             return error(
@@ -404,6 +513,20 @@ async fn put_config(
             )
         }
     };
+    if let Some(path) = &s.management {
+        let problems = path.check(&config);
+        if !problems.is_empty() {
+            tracing::warn!(peer = %who, "config refused: it would cut the orchestrator's path");
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!(
+                    "the config would cut the orchestrator's path to this appliance: {} problem(s)",
+                    problems.len()
+                ),
+                &problems,
+            );
+        }
+    }
     // The apply runs in its own task: a client that hangs up must not cancel a transaction
     // half-way. The lock serialises concurrent PUTs.
     let appliance = s.appliance.clone();
@@ -454,12 +577,17 @@ const MAX_TLS_BODY: u64 = 1024 * 1024;
 /// flight keep theirs. Refused (422, naming the field) unless the certificate and key belong
 /// together, the certificate is current and the CA parses; the material in force then stays.
 /// Only over mutual TLS. The answer names the new certificate, never the key.
-async fn put_tls(
+async fn put_tls<S, B>(
     content_type: Option<String>,
-    body: Bytes,
+    declared: Option<u64>,
+    body: S,
     s: Arc<ApiState>,
     peer: Option<Arc<Peer>>,
-) -> Response {
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
     let who = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
     let Some(tls) = s.tls.clone() else {
         return error(
@@ -475,6 +603,10 @@ async fn put_tls(
             &[],
         );
     }
+    let body = match read_body(body, declared, MAX_TLS_BODY, s.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return e.response(),
+    };
     let doc: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         // serde_json's message quotes no input, only positions.

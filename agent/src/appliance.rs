@@ -148,6 +148,9 @@ pub struct Shared {
     pub current_hash: Option<String>,
     pub netlink_writes_total: u64,
     pub netfilter_batches_total: u64,
+    /// The daemons as the last apply left them: `/v1/status` shows this while an apply
+    /// holds the appliance.
+    pub services: Option<serde_json::Value>,
 }
 
 pub struct Appliance {
@@ -173,6 +176,74 @@ pub struct Appliance {
     /// dnsmasq, bird, the metadata proxy, GARP and the host name.
     services: Services,
     pub shared: Arc<Mutex<Shared>>,
+    /// Held while NICs are named: the API's [`InterfaceReader`] names new NICs too.
+    naming: Arc<tokio::sync::Mutex<()>>,
+    /// The external NIC of the config in force, for [`InterfaceReader`].
+    external_nic: Arc<std::sync::Mutex<Option<String>>>,
+    /// The orchestrator's path from the boot configuration: a saved config that would cut it
+    /// is not restored.
+    management: Option<crate::management::ManagementPath>,
+}
+
+/// Reads the NICs and their kernel state for `GET /v1/system/interfaces` without the
+/// appliance (see [`Appliance::interface_reader`]). New NICs are named `geN` here as in an
+/// apply (a hot-plugged NIC must be listed before the config that uses it is sent).
+pub struct InterfaceReader {
+    nl: Netlink,
+    nics_path: std::path::PathBuf,
+    naming: Arc<tokio::sync::Mutex<()>>,
+    /// The external NIC of the config in force (set by each successful apply).
+    external: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl InterfaceReader {
+    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
+        let nics = {
+            let _naming = self.naming.lock().await;
+            nics::name_nics(&self.nl, &self.nics_path)
+                .await
+                .map_err(|e| ApplyError::Unavailable(format!("naming NICs: {e}")))?
+        };
+        let kernel = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        let mut views = interface_views(&nics, &kernel);
+        // Floating IPs are local routes, not addresses; Astara listed them on the external
+        // NIC, and so does this view.
+        let external = self.external.lock().expect("external NIC lock").clone();
+        if let Some(view) = views.iter_mut().find(|v| Some(&v.ifname) == external.as_ref()) {
+            let floating = floating_ip_routes(&self.nl)
+                .await
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+            view.addresses
+                .extend(floating.iter().map(|ip| format!("{ip}/32")));
+        }
+        Ok(views)
+    }
+}
+
+fn interface_views(nics: &[Nic], kernel: &KernelState) -> Vec<InterfaceView> {
+    nics.iter()
+        .filter_map(|nic| {
+            let link = kernel.links.iter().find(|l| l.index == nic.index)?;
+            let addresses = kernel
+                .addresses
+                .iter()
+                .filter(|a| a.index == nic.index)
+                .map(|a| a.net.to_string())
+                .collect();
+            Some(InterfaceView {
+                ifname: nic.ifname.clone(),
+                lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
+                addresses,
+                mtu: link.mtu,
+                state: if link.up { "up" } else { "down" },
+                description: String::new(),
+                groups: Vec::new(),
+                media: None,
+            })
+        })
+        .collect()
 }
 
 /// One NIC as `GET /v1/system/interfaces` shows it (Astara's Interface shape).
@@ -208,6 +279,9 @@ impl Appliance {
             phases: Default::default(),
             services: Services::new(services_options(&state_path)),
             shared: Arc::new(Mutex::new(Shared::default())),
+            naming: Arc::new(tokio::sync::Mutex::new(())),
+            external_nic: Arc::default(),
+            management: None,
         };
         sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
@@ -227,6 +301,11 @@ impl Appliance {
     /// The port the API listens on: the firewall opens it on the management NIC.
     pub fn set_api_port(&mut self, port: u16) {
         self.firewall.api_port = port;
+    }
+
+    /// The management path the saved config must keep (`--boot-config`).
+    pub fn set_management_path(&mut self, path: Option<crate::management::ManagementPath>) {
+        self.management = path;
     }
 
     pub fn current(&self) -> Option<&RouterConfig> {
@@ -259,59 +338,36 @@ impl Appliance {
             }
         };
         let config = akanda_model::parse(&bytes).map_err(|e| format!("saved config: {e}"))?;
+        if let Some(path) = &self.management {
+            let problems = path.check(&config);
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                return Err(format!(
+                    "the saved config would cut the orchestrator's path (boot configuration): {}",
+                    list.join("; ")
+                ));
+            }
+        }
         self.apply(config).await.map_err(|e| describe_error(&e))?;
         Ok(true)
     }
 
     async fn nics(&self) -> Result<Vec<Nic>, ApplyError> {
+        let _naming = self.naming.lock().await;
         nics::name_nics(&self.nl, &self.state.nics_path())
             .await
             .map_err(|e| ApplyError::Unavailable(format!("naming NICs: {e}")))
     }
 
-    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
-        let nics = self.nics().await?;
-        let kernel = KernelState::read(&self.nl)
-            .await
-            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
-        let external = self
-            .current
-            .as_ref()
-            .and_then(|c| c.external_network())
-            .map(|n| n.ifname.as_str());
-        let floating = match &self.floating_ips {
-            Some(known) => known.clone(),
-            None => floating_ip_routes(&self.nl)
-                .await
-                .map_err(|e| ApplyError::Unavailable(e.to_string()))?,
-        };
-        Ok(nics
-            .iter()
-            .filter_map(|nic| {
-                let link = kernel.links.iter().find(|l| l.index == nic.index)?;
-                let mut addresses: Vec<String> = kernel
-                    .addresses
-                    .iter()
-                    .filter(|a| a.index == nic.index)
-                    .map(|a| a.net.to_string())
-                    .collect();
-                // Floating IPs are local routes now, not addresses; Astara listed them on
-                // the external NIC, and so does this view.
-                if external == Some(nic.ifname.as_str()) {
-                    addresses.extend(floating.iter().map(|ip| format!("{ip}/32")));
-                }
-                Some(InterfaceView {
-                    ifname: nic.ifname.clone(),
-                    lladdr: link.mac.as_ref().map(format_mac).unwrap_or_default(),
-                    addresses,
-                    mtu: link.mtu,
-                    state: if link.up { "up" } else { "down" },
-                    description: String::new(),
-                    groups: Vec::new(),
-                    media: None,
-                })
-            })
-            .collect())
+    /// A reader of the NICs on its own netlink socket, for the API: it never waits for an
+    /// apply (only for the NIC naming at the start of one, a few milliseconds).
+    pub fn interface_reader(&self) -> Result<InterfaceReader, ApplyError> {
+        Ok(InterfaceReader {
+            nl: Netlink::connect().map_err(|e| ApplyError::Unavailable(e.to_string()))?,
+            nics_path: self.state.nics_path(),
+            naming: self.naming.clone(),
+            external: self.external_nic.clone(),
+        })
     }
 
     /// Applies a config completely or not at all.
@@ -359,10 +415,13 @@ impl Appliance {
         shared.netlink_writes_total = self.nl.writes();
         shared.netfilter_batches_total = self.netfilter_batches;
         shared.last_apply = Some(record);
+        shared.services = Some(self.services.status());
         if result.is_ok() {
             shared.counters.applies_ok += 1;
             shared.current_hash = Some(hash);
             shared.current = Some(config.document.clone());
+            *self.external_nic.lock().expect("external NIC lock") =
+                config.external_network().map(|n| n.ifname.clone());
             self.current = Some(config);
         } else {
             shared.counters.applies_failed += 1;

@@ -3,7 +3,8 @@
 //!
 //! Layout: `desired` (pure: config → wanted kernel state) and `reconcile` (diff + apply) are
 //! the core; `netlink` is the only module that talks rtnetlink; `nics` names NICs `geN`;
-//! `appliance` owns the state and runs each apply as a transaction; `api` and `server` are
+//! `appliance` owns the state and runs each apply as a transaction; `management` keeps
+//! the orchestrator's path (from the boot configuration) out of any config's reach; `api` and `server` are
 //! the HTTP edge; `store` and `sysctl` are the file-system edges.
 
 pub mod api;
@@ -11,6 +12,7 @@ pub mod appliance;
 pub mod bootconfig;
 pub mod desired;
 pub mod firewall;
+pub mod management;
 pub mod netlink;
 pub mod nics;
 pub mod reconcile;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use akanda_agent::api::{self, Access, ApiState};
 use akanda_agent::appliance::Appliance;
+use akanda_agent::management::ManagementPath;
 use akanda_agent::server;
 use akanda_agent::store::StateDir;
 use akanda_agent::tls::{TlsFiles, TlsState};
@@ -29,6 +30,39 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// The API's connection limits (see docs/agent-api.md, "Connections"); the defaults suit a
+/// Service Instance, tests shorten the timeouts.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    #[arg(long, default_value_t = server::ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Time from accept to the end of the first request's headers (TLS handshake included).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    header_read_timeout: std::time::Duration,
+    /// A kept-alive connection with nothing in flight is closed after this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    idle_timeout: std::time::Duration,
+    /// A request body must have arrived completely within this (else 408).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    body_timeout: std::time::Duration,
+    /// HTTP/2 streams in flight on one connection.
+    #[arg(long, default_value_t = server::ConnectionLimits::default().max_http2_streams)]
+    max_http2_streams: u32,
+}
+
+impl From<LimitArgs> for server::ConnectionLimits {
+    fn from(a: LimitArgs) -> Self {
+        server::ConnectionLimits {
+            max_connections: a.max_connections.max(1),
+            header_read_timeout: a.header_read_timeout,
+            idle_timeout: a.idle_timeout,
+            body_timeout: a.body_timeout,
+            max_http2_streams: a.max_http2_streams.max(1),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -64,6 +98,8 @@ enum Command {
         /// clientAuth usage and a current validity.
         #[arg(long, requires_all = ["tls_cert", "tls_key"], value_name = "FILE")]
         client_ca: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Check a config file; prints every problem. Exit 0 valid, 1 invalid, 2 unreadable.
     Validate { file: PathBuf },
@@ -82,6 +118,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             client_ca,
+            limits,
         } => {
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
@@ -102,7 +139,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(serve(listen, boot_config, state_dir, insecure_http, tls)) {
+            match runtime.block_on(serve(
+                listen,
+                boot_config,
+                state_dir,
+                insecure_http,
+                tls,
+                limits.into(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -163,6 +207,7 @@ async fn serve(
     state_dir: PathBuf,
     insecure_http: bool,
     tls: Option<TlsFiles>,
+    limits: server::ConnectionLimits,
 ) -> anyhow::Result<()> {
     if tls.is_none() && boot_config.is_none() && !insecure_http {
         anyhow::bail!(
@@ -225,6 +270,13 @@ async fn serve(
         }
         None => None,
     };
+    let management = boot.as_ref().map(|(network, wanted)| ManagementPath {
+        ifname: network.ifname.clone(),
+        addresses: wanted.addresses.clone(),
+        mtu: wanted.mtu,
+        routes: wanted.routes.iter().map(|(dst, _)| *dst).collect(),
+    });
+    appliance.set_management_path(management.clone());
     let boot = boot.map(|(network, _)| network);
     let api_port = match (listen, &boot) {
         (Some(listen), _) => listen.port(),
@@ -239,10 +291,16 @@ async fn serve(
         Err(e) => tracing::error!(error = %e, "the saved config could not be re-applied"),
     }
     let shared = appliance.shared.clone();
+    let interfaces = appliance
+        .interface_reader()
+        .context("opening the interface reader")?;
     let appliance = Arc::new(tokio::sync::Mutex::new(appliance));
     let scheme = if tls_state.is_some() { "https" } else { "http" };
     let routes = api::routes(Arc::new(
-        ApiState::new(appliance.clone(), shared, access).with_tls(tls_state.clone()),
+        ApiState::new(appliance.clone(), shared, interfaces, access)
+            .with_tls(tls_state.clone())
+            .with_body_timeout(limits.body_timeout)
+            .with_management(management),
     ));
     match (listen, boot) {
         // With --boot-config too, `_boot` keeps the DHCP client (if any) running.
@@ -250,7 +308,7 @@ async fn serve(
             let listener =
                 server::bind(listen).with_context(|| format!("listening on {listen}"))?;
             tracing::info!(%listen, scheme, version = env!("CARGO_PKG_VERSION"), "serving the API");
-            server::serve(listener, routes, shutdown_signal(), tls_state).await;
+            server::serve(listener, routes, shutdown_signal(), tls_state, limits).await;
         }
         (None, Some(mut boot)) => {
             tracing::info!(listen = ?boot.listen, scheme, version = env!("CARGO_PKG_VERSION"), "serving the API");
@@ -269,6 +327,7 @@ async fn serve(
                         let _ = stopped.wait_for(|s| *s).await;
                     },
                     tls_state.clone(),
+                    limits,
                 )
             });
             futures::future::join_all(loops).await;

@@ -5,6 +5,7 @@
 //! - [`validate()`]: turns a document into a [`RouterConfig`] or a list of [`Problem`]s;
 //! - [`parse`]: bytes → config, telling malformed JSON (HTTP 400) from an invalid config (422).
 
+pub mod bounds;
 pub mod config;
 pub mod document;
 mod domain;
@@ -30,31 +31,45 @@ pub enum ConfigError {
 }
 
 /// Parses and validates a config document.
+///
+/// The bytes go straight into the typed [`Document`], never through an untyped JSON tree: the
+/// [limits](bounds) stop the parse at the first list over its limit, so memory stays
+/// proportional to what the limits allow, whatever the body holds.
 pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
-    // Straight from the bytes when the document is well-formed: going through a
-    // `serde_json::Value` first costs a second tree of allocations (10,000 floating IPs:
-    // milliseconds). Any error takes the path below, which words it exactly as before.
-    // (Only for an object: a derived struct would also accept a JSON array, by position.)
-    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if object {
-        if let Ok(doc) = serde_json::from_slice::<Document>(bytes) {
-            return validate(&doc).map_err(ConfigError::Invalid);
-        }
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-    if !value.is_object() {
+    // A first pass keeps nothing: malformed JSON is told apart (400) from a well-formed but
+    // invalid config (422) wherever the two occur, and overlong strings are refused.
+    let mut scan = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, bounds::Scan>(&mut scan)
+        .map_err(path_error)
+        .and_then(|_| scan.end().map_err(|e| ConfigError::Syntax(e.to_string())))?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
         return Err(ConfigError::Invalid(vec![Problem::new(
             "",
             "the config must be a JSON object",
         )]));
     }
-    let doc: Document = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::Invalid(vec![Problem::new(path, e.into_inner().to_string())])
-    })?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let doc: Document = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     validate(&doc).map_err(ConfigError::Invalid)
+}
+
+/// A deserialisation error: malformed JSON, or a problem at a path.
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let e = e.into_inner();
+    if e.classify() != serde_json::error::Category::Data {
+        return ConfigError::Syntax(e.to_string());
+    }
+    // The position says nothing the path does not, and the message reads as in a 422.
+    let message = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let reason = message
+        .strip_suffix(&position)
+        .unwrap_or(&message)
+        .to_string();
+    ConfigError::Invalid(vec![Problem::new(path, reason)])
 }
 
 impl Document {
@@ -63,50 +78,36 @@ impl Document {
         serde_json::to_vec(self).expect("a Document always serialises")
     }
 
-    /// SHA-256 of the canonical JSON, hex: identifies a config in `/v1/status`.
+    /// SHA-256 of the canonical JSON of the [redacted](Document::redacted) document, hex:
+    /// identifies a config in `/v1/status` and in the orchestrator (rug-lite computes the
+    /// same). Secrets are not in it, so a leaked hash cannot be used to test guesses of a
+    /// pre-shared key offline; a change of a secret alone does not change it.
     pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.to_canonical_json()))
+        hex::encode(Sha256::digest(self.redacted().to_canonical_json()))
     }
 
     /// Whether `vpn` asks for any VPN service. Astara's orchestrator always sends `"vpn": {}`,
     /// and `{"ipsec": []}` when no VPN service exists: both mean "no VPN", as do null and an
-    /// absent key. Any member that is not null, an empty list or an empty object asks for one.
+    /// absent key.
     pub fn requests_vpn(&self) -> bool {
-        let empty = |v: &serde_json::Value| match v {
-            serde_json::Value::Null => true,
-            serde_json::Value::Array(a) => a.is_empty(),
-            serde_json::Value::Object(o) => o.is_empty(),
-            _ => false,
-        };
-        match &self.vpn {
-            Some(serde_json::Value::Object(services)) => !services.values().all(empty),
-            Some(other) => !empty(other),
-            None => false,
-        }
+        self.vpn.as_ref().is_some_and(|v| !v.ipsec.is_empty())
     }
 
-    /// The document with secrets (VPN pre-shared keys) replaced, for showing it back.
+    /// The document with secrets (VPN pre-shared keys) replaced by [`REDACTED`], for showing
+    /// it back and for hashing.
     pub fn redacted(&self) -> Document {
         let mut doc = self.clone();
-        if let Some(vpn) = doc.vpn.as_mut() {
-            redact_secrets(vpn);
+        for service in doc.vpn.iter_mut().flat_map(|v| v.ipsec.iter_mut()) {
+            for connection in &mut service.ipsec_connections {
+                if connection.psk.is_some() {
+                    connection.psk = Some(REDACTED.to_string());
+                }
+            }
         }
         doc
     }
 }
 
-fn redact_secrets(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if k == "psk" {
-                    *v = serde_json::Value::String("***".into());
-                } else {
-                    redact_secrets(v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
-        _ => {}
-    }
-}
+/// What a secret reads as when a document is shown. A config that holds it as a secret's
+/// value is refused: it is a GET sent back as a PUT, not a key.
+pub const REDACTED: &str = "***";

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde_json::Value;
 
+use crate::bounds::*;
 use crate::config::*;
 use crate::document::*;
 use crate::problem::Problem;
@@ -131,6 +132,16 @@ impl Validator {
             self.problem(path, reason);
             return None;
         };
+        if net.prefix_len() == 0 {
+            self.problem(
+                path,
+                format!(
+                    "{} has prefix length 0: every address would be on-link on this NIC",
+                    quoted(s)
+                ),
+            );
+            return None;
+        }
         let ip = net.addr();
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
             self.problem(
@@ -216,9 +227,7 @@ impl Validator {
             }
         }
         if let Some(vpn) = &doc.vpn {
-            if !vpn.is_object() && !vpn.is_null() {
-                self.problem("vpn", "must be an object");
-            }
+            self.vpn(vpn);
         }
         let orchestrator = self.orchestrator(doc.orchestrator.as_ref());
 
@@ -231,7 +240,8 @@ impl Validator {
         self.check_networks_together(&networks);
 
         let default_v4_gateway = self.default_v4_gateway(doc, &networks);
-        let floating_ips = self.floating_ips(&doc.floating_ips, &networks);
+        self.check_upstream_gateway(&networks, default_v4_gateway);
+        let floating_ips = self.floating_ips(&doc.floating_ips, &networks, default_v4_gateway);
         let static_routes = doc
             .static_routes
             .iter()
@@ -246,7 +256,8 @@ impl Validator {
             .iter()
             .enumerate()
             .map(|(i, a)| self.anchor(a, &index("anchors", i), &ifnames, &address_book))
-            .collect();
+            .collect::<Vec<Anchor>>();
+        self.check_ruleset_budget(doc, &anchors, &address_book);
 
         RouterConfig {
             tenant_id,
@@ -262,6 +273,28 @@ impl Validator {
             labels,
             anchors,
             document: doc.clone(),
+        }
+    }
+
+    /// VPN is carried, not applied: only what would be wrong whatever an implementation does
+    /// is checked here.
+    fn vpn(&mut self, vpn: &VpnDoc) {
+        for (i, service) in vpn.ipsec.iter().enumerate() {
+            let service_path = index("vpn.ipsec", i);
+            for (j, connection) in service.ipsec_connections.iter().enumerate() {
+                let path = field(&index(&field(&service_path, "ipsec_connections"), j), "psk");
+                match connection.psk.as_deref() {
+                    Some(crate::REDACTED) => self.problem(
+                        path,
+                        format!(
+                            "{} is the redaction placeholder a GET shows, not a key: send the pre-shared key itself",
+                            quoted(crate::REDACTED)
+                        ),
+                    ),
+                    Some("") => self.problem(path, "must not be empty"),
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -432,7 +465,18 @@ impl Validator {
                 self.problem(&cidr_path, "is required");
                 None
             }
-            Some(c) => self.cidr(c, &cidr_path),
+            Some(c) => self.cidr(c, &cidr_path).filter(|net| {
+                // A /0 subnet would make the whole Internet on-link: neighbours' traffic would
+                // be answered by this router (ARP/ND), and every other prefix overlaps it.
+                let whole = net.prefix_len() == 0;
+                if whole {
+                    self.problem(
+                        &cidr_path,
+                        format!("{net} covers every address: a subnet cannot be /0"),
+                    );
+                }
+                !whole
+            }),
         };
         let gw_path = field(path, "gateway_ip");
         let gateway_ip = match doc.gateway_ip.as_deref() {
@@ -619,8 +663,29 @@ impl Validator {
         let mut addresses: HashMap<IpAddr, String> = HashMap::new();
         let mut prefixes: Vec<(IpNet, String)> = Vec::new();
         let mut singletons: HashMap<NetworkType, usize> = HashMap::new();
+        let mut fixed_ips: HashMap<IpAddr, String> = HashMap::new();
+        let allocations: usize = networks.iter().map(|n| n.allocations.len()).sum();
+        if allocations > MAX_ALLOCATIONS_TOTAL {
+            self.problem(
+                "networks",
+                format!("{allocations} allocations in all: the limit is {MAX_ALLOCATIONS_TOTAL}"),
+            );
+        }
         for (i, n) in networks.iter().enumerate() {
             let path = index("networks", i);
+            // Two ports with one address: DHCP, the metadata proxy and NAT would each pick one.
+            // (The router's own port is an allocation too, in Astara: its addresses are the
+            // interface's, which is fine.)
+            for (j, a) in n.allocations.iter().enumerate() {
+                for (k, (ip, _)) in a.ip_addresses.iter().enumerate() {
+                    let ip_path = format!("{path}.allocations[{j}].ip_addresses[{k}]");
+                    if let Some(first) = fixed_ips.insert(*ip, ip_path.clone()) {
+                        if first != ip_path {
+                            self.problem(&ip_path, format!("{ip} is also the address of {first}"));
+                        }
+                    }
+                }
+            }
             if !n.id.is_empty() {
                 if let Some(first) = ids.insert(&n.id, i) {
                     self.problem(
@@ -712,7 +777,35 @@ impl Validator {
         Some(v4)
     }
 
-    fn floating_ips(&mut self, docs: &[FloatingIpDoc], networks: &[Network]) -> Vec<FloatingIp> {
+    /// The router's external addresses must not be the upstream gateway's: the router would
+    /// answer ARP/ND for it and take the upstream's traffic.
+    fn check_upstream_gateway(
+        &mut self,
+        networks: &[Network],
+        default_v4_gateway: Option<Ipv4Addr>,
+    ) {
+        let gateways = upstream_gateways(networks, default_v4_gateway);
+        for (i, n) in networks.iter().enumerate() {
+            if n.network_type != NetworkType::External {
+                continue;
+            }
+            for (j, a) in n.addresses.iter().enumerate() {
+                if gateways.contains(&a.addr()) {
+                    self.problem(
+                        format!("networks[{i}].interface.addresses[{j}]"),
+                        format!("{} is the upstream gateway's address", a.addr()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn floating_ips(
+        &mut self,
+        docs: &[FloatingIpDoc],
+        networks: &[Network],
+        default_v4_gateway: Option<Ipv4Addr>,
+    ) -> Vec<FloatingIp> {
         let subnets_of = |t: NetworkType| -> Vec<IpNet> {
             networks
                 .iter()
@@ -726,6 +819,7 @@ impl Validator {
             .iter()
             .flat_map(|n| n.addresses.iter().map(|a| a.addr()))
             .collect();
+        let upstream_gateways = upstream_gateways(networks, default_v4_gateway);
         let mut seen_floating: HashMap<IpAddr, usize> = HashMap::new();
         let mut seen_fixed: HashMap<IpAddr, usize> = HashMap::new();
         let mut out = Vec::new();
@@ -761,6 +855,17 @@ impl Validator {
                     self.problem(f_path(), format!("{f} is not inside any external subnet"));
                 } else if interface_addresses.contains(&f) {
                     self.problem(f_path(), format!("{f} is also an interface address"));
+                } else if upstream_gateways.contains(&f) {
+                    self.problem(
+                        f_path(),
+                        format!("{f} is the upstream gateway: answering for it would cut every neighbour off"),
+                    );
+                }
+                if f.is_ipv6() {
+                    self.problem(
+                        f_path(),
+                        format!("{f}: IPv6 floating IPs are not implemented (they would be accepted and never NATed)"),
+                    );
                 }
                 if let Some(first) = seen_floating.insert(f, i) {
                     self.problem(f_path(), format!("{f} is also floating_ips[{first}]"));
@@ -792,6 +897,58 @@ impl Validator {
             }
         }
         out
+    }
+
+    /// The totals the per-list limits do not bound, and the rendered ruleset's budget: each
+    /// filter rule renders one nf_tables rule per (source, destination) CIDR pair, so an
+    /// address book crossed with itself multiplies. Counted here, before anything is built.
+    fn check_ruleset_budget(
+        &mut self,
+        doc: &Document,
+        anchors: &[Anchor],
+        address_book: &BTreeMap<String, Vec<IpNet>>,
+    ) {
+        let book_entries: usize = doc.address_book.values().map(Vec::len).sum();
+        if book_entries > MAX_ADDRESS_BOOK_TOTAL {
+            self.problem(
+                "address_book",
+                format!("{book_entries} CIDRs in all: the limit is {MAX_ADDRESS_BOOK_TOTAL}"),
+            );
+        }
+        let rules: usize = doc.anchors.iter().map(|a| a.rules.len()).sum();
+        if rules > MAX_ANCHOR_RULES_TOTAL {
+            self.problem(
+                "anchors",
+                format!("{rules} rules in all: the limit is {MAX_ANCHOR_RULES_TOTAL}"),
+            );
+        }
+        let expansion = |ep: &Option<Endpoint>| match ep {
+            Some(Endpoint::AddressBook(name)) => address_book.get(name).map_or(0, Vec::len),
+            _ => 1,
+        };
+        let mut rendered = 0usize;
+        for (i, anchor) in anchors.iter().enumerate() {
+            for (j, rule) in anchor.rules.iter().enumerate() {
+                let this = expansion(&rule.source).saturating_mul(expansion(&rule.destination));
+                if this > MAX_RENDERED_RULES {
+                    self.problem(
+                        format!("anchors[{i}].rules[{j}]"),
+                        format!(
+                            "renders {this} firewall rules (source × destination CIDRs): the budget for all rules is {MAX_RENDERED_RULES}"
+                        ),
+                    );
+                }
+                rendered = rendered.saturating_add(this);
+            }
+        }
+        if rendered > MAX_RENDERED_RULES {
+            self.problem(
+                "anchors",
+                format!(
+                    "the rules render {rendered} firewall rules (source × destination CIDRs): the budget is {MAX_RENDERED_RULES}"
+                ),
+            );
+        }
     }
 
     fn cidr_lists(
@@ -995,6 +1152,16 @@ impl Validator {
             redirect_port,
         })
     }
+}
+
+/// The upstream gateways: the external subnets' `gateway_ip` and `default_v4_gateway`.
+fn upstream_gateways(networks: &[Network], default_v4_gateway: Option<Ipv4Addr>) -> Vec<IpAddr> {
+    networks
+        .iter()
+        .filter(|n| n.network_type == NetworkType::External)
+        .flat_map(|n| n.subnets.iter().filter_map(|s| s.gateway_ip))
+        .chain(default_v4_gateway.map(IpAddr::V4))
+        .collect()
 }
 
 fn is_ge_name(s: &str) -> bool {

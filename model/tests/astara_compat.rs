@@ -401,5 +401,20 @@ fn an_empty_vpn_section_asks_for_no_vpn() {
         "admin_state_up": true, "external_v4_ip": "172.16.77.2", "external_v6_ip": null,
         "subnet_id": "s", "router_id": "r", "ipsec_connections": [{"psk": "secret"}]}]});
     assert!(document(Some(service)).requests_vpn());
-    assert!(document(Some(json!({"wireguard": {"peers": 1}}))).requests_vpn());
+}
+
+/// A VPN kind this agent does not know is refused, not dropped: the orchestrator learns that
+/// it was not taken.
+#[test]
+fn an_unknown_vpn_kind_is_refused() {
+    let mut doc = astara_router(
+        vec![subnet("v4", "192.168.0.0/24", "192.168.0.1")],
+        &["192.168.0.1/24"],
+        vec![],
+    );
+    doc["vpn"] = json!({"wireguard": {"peers": 1}});
+    let found = problems(&doc);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].path, "vpn.wireguard");
+    assert!(found[0].reason.contains("unknown field"), "{found:#?}");
 }

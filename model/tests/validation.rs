@@ -527,6 +527,47 @@ fn psk_is_redacted_and_hash_is_stable() {
     assert_eq!(again, config);
 }
 
+/// `config_hash` (`/v1/status`) is the hash of the redacted document: configs that differ only
+/// in their pre-shared key hash alike, so a leaked hash cannot confirm a guessed key offline.
+#[test]
+fn the_hash_carries_no_secret() {
+    let doc = conformance("astara-router-full.json");
+    let config = parse(doc.to_string().as_bytes()).unwrap();
+    let mut guessed = doc.clone();
+    guessed["vpn"]["ipsec"][0]["ipsec_connections"][0]["psk"] = json!("a-wrong-guess");
+    let guessed = parse(guessed.to_string().as_bytes()).unwrap();
+    assert_eq!(config.document.hash(), guessed.document.hash());
+    let redacted = config.document.redacted().to_canonical_json();
+    assert_eq!(
+        config.document.hash(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&redacted))
+    );
+    // Everything else still changes it.
+    let mut renamed = doc.clone();
+    renamed["vpn"]["ipsec"][0]["name"] = json!("another");
+    let renamed = parse(renamed.to_string().as_bytes()).unwrap();
+    assert_ne!(config.document.hash(), renamed.document.hash());
+}
+
+/// A GET sent back as a PUT carries the placeholder, not the key: refused, naming the field.
+#[test]
+fn the_redaction_placeholder_is_refused_as_a_secret() {
+    let doc = conformance("astara-router-full.json");
+    let config = parse(doc.to_string().as_bytes()).unwrap();
+    let shown = serde_json::to_vec(&config.document.redacted()).unwrap();
+    match parse(&shown) {
+        Err(ConfigError::Invalid(problems)) => {
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            assert_eq!(problems[0].path, "vpn.ipsec[0].ipsec_connections[0].psk");
+            assert!(
+                problems[0].reason.contains("redaction placeholder"),
+                "{problems:#?}"
+            );
+        }
+        other => panic!("accepted or not a 422: {other:?}"),
+    }
+}
+
 #[test]
 fn anchors_resolve_address_book_and_icmp() {
     let mut doc = basic();

@@ -766,7 +766,8 @@ fn header_safe_or(s: &str, fallback: &str) -> String {
 }
 
 /// The hash the agent will report once it holds this document (`/v1/status` `config_hash`):
-/// the hash of the document as the agent parses it back.
+/// the hash of the document as the agent parses it back, secrets redacted
+/// ([`Document::hash`]; the agent computes it the same way).
 pub(crate) fn agent_hash(document: &Document) -> Result<String, akanda_model::ConfigError> {
     let config = akanda_model::parse(&serde_json::to_vec(document).expect("serialises"))?;
     Ok(config.document.hash())

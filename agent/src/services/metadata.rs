@@ -36,16 +36,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use http_body_util::Limited;
 use tokio::task::JoinHandle;
 
 use super::ServicesError;
 
 type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// A client's request body, forwarded up to [`MAX_REQUEST_BODY`] bytes (then the upstream
+/// request fails and the client gets 502).
+type UpstreamBody = Limited<Incoming>;
 
 /// Connections served at once per listener; more wait in the accept backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one client address may hold on a listener: more are closed at once, so one
+/// instance cannot take the listener from the others on its network.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The timeouts of a metadata connection: first request's headers, idle keep-alive. Request
+/// bodies (a password POST is the largest) are capped at [`MAX_REQUEST_BODY`] and must arrive
+/// within the upstream timeout, which bounds the whole request.
+const LIMITS: crate::server::ConnectionLimits = crate::server::ConnectionLimits {
+    max_connections: MAX_CONNECTIONS,
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(30),
+    body_timeout: Duration::from_secs(30),
+    max_http2_streams: 1,
+};
+/// Largest request body forwarded: Nova's metadata takes at most a password (256 bytes).
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// Largest request head read.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Headers a client may not set: they carry the proxy's identification of the client.
 const IDENTITY_HEADERS: [&str; 6] = [
@@ -140,6 +161,45 @@ struct Counters {
     requests: AtomicU64,
     unknown_source: AtomicU64,
     upstream_errors: AtomicU64,
+    /// Connections closed at once because their source held too many.
+    refused_connections: AtomicU64,
+}
+
+/// Connections open per client address on one listener.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted in [`PerSource`] until dropped.
+struct SourceSlot {
+    sources: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 struct Listener {
@@ -158,7 +218,7 @@ impl Drop for Listener {
 /// All metadata listeners.
 pub struct MetadataProxy {
     timeout: Duration,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     listeners: BTreeMap<String, Listener>,
 }
 
@@ -239,6 +299,7 @@ impl MetadataProxy {
                     "requests": l.counters.requests.load(Ordering::Relaxed),
                     "unknown_source": l.counters.unknown_source.load(Ordering::Relaxed),
                     "upstream_errors": l.counters.upstream_errors.load(Ordering::Relaxed),
+                    "refused_connections": l.counters.refused_connections.load(Ordering::Relaxed),
                 }),
             );
         }
@@ -260,44 +321,60 @@ async fn serve(
     ifname: String,
     shared: Arc<RwLock<NetworkMetadata>>,
     counters: Arc<Counters>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     timeout: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(LIMITS.max_connections));
+    let sources = Arc::new(PerSource::default());
+    let mut backoff = None;
+    let what = format!("metadata {ifname}");
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Some((stream, peer, permit)) =
+            crate::server::accept_within(&tcp, &slots, &mut backoff, &what).await
+        else {
             return;
         };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(%ifname, "metadata accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let client_ip = peer.ip().to_canonical();
+        let Some(source_slot) = sources.take(client_ip) else {
+            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%ifname, %client_ip, "metadata connection refused: too many from this address");
+            continue;
         };
         let shared = shared.clone();
         let counters = counters.clone();
         let client = client.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, source_slot);
+            let activity = crate::server::Activity::new();
+            let stream = crate::server::Watched::new(stream, activity.clone());
+            let requests = activity.clone();
             let service = hyper::service::service_fn(move |req| {
-                handle(
+                let in_flight = requests.request();
+                let response = handle(
                     req,
-                    peer.ip().to_canonical(),
+                    client_ip,
                     shared.clone(),
                     counters.clone(),
                     client.clone(),
                     timeout,
-                )
+                );
+                async move {
+                    let response = response.await;
+                    drop(in_flight);
+                    response
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(LIMITS.header_read_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "metadata connection: {e}");
-            }
+            let served = async {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "metadata connection: {e}");
+                }
+            };
+            crate::server::watch(served, &activity, &LIMITS, peer).await;
         });
     }
 }
@@ -359,7 +436,7 @@ async fn handle(
     client_ip: IpAddr,
     shared: Arc<RwLock<NetworkMetadata>>,
     counters: Arc<Counters>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     timeout: Duration,
 ) -> Result<Response<ProxyBody>, Infallible> {
     counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -369,6 +446,17 @@ async fn handle(
         tracing::info!(%client_ip, network = %meta.network_id, "metadata request from an unknown address");
         return Ok(plain(StatusCode::NOT_FOUND, "unknown instance"));
     };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Ok(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large for the metadata service",
+        ));
+    }
+    let req = req.map(|body| Limited::new(body, MAX_REQUEST_BODY));
     let upstream_req = match upstream_request(req, client_ip, &device_id, &meta) {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,171 @@
+//! The orchestrator's path cannot be cut by a config (issue 12): with a boot configuration
+//! (an extracted config drive naming the management NIC and address), each attempt to drop,
+//! re-type, re-address or re-MTU the management network, or to capture its traffic with a
+//! route or a DNS server, is refused with a 422 naming the field, and the box is left exactly
+//! as it was (kernel dump, saved config). A saved config that would cut the path (written by
+//! an older agent) is not re-applied at start.
+
+use std::time::Duration;
+
+use akanda_tests::{dump_state, require_root, Agent, RouterLab};
+use serde_json::{json, Value};
+
+/// An extracted config drive: the management NIC by MAC, its static address, MTU 1500.
+fn config_drive(lab: &RouterLab) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let latest = dir.path().join("openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    let mac = RouterLab::ROUTER_MACS[0];
+    let nd = json!({
+        "links": [{"id": "tap0", "type": "tap", "ethernet_mac_address": mac, "mtu": 1500}],
+        "networks": [{"id": "network0", "link": "tap0", "type": "ipv6",
+                      "ip_address": RouterLab::MGMT_ADDR, "netmask": "ffff:ffff:ffff:ffff::",
+                      "routes": [], "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa"}]
+    });
+    let meta = json!({"uuid": "u", "meta": {"akanda_mgmt_mac": mac,
+        "akanda_api_port": lab.port().to_string(), "akanda_insecure_http": "true"}});
+    std::fs::write(latest.join("network_data.json"), nd.to_string()).unwrap();
+    std::fs::write(latest.join("meta_data.json"), meta.to_string()).unwrap();
+    dir
+}
+
+fn boot_agent(lab: &RouterLab, drive: &std::path::Path) -> Agent {
+    let drive = drive.display().to_string();
+    let mut agent = Agent::spawn_with_args(
+        lab.router(),
+        lab.listen_addr(),
+        Some(lab.state_dir()),
+        &["--boot-config", &drive],
+    );
+    agent.wait_ready(lab.mgmt(), Duration::from_secs(20));
+    agent
+}
+
+/// The index of the network on NIC `ifname` in `config`.
+fn network_on(config: &Value, ifname: &str) -> usize {
+    config["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|n| n["interface"]["ifname"] == ifname)
+        .unwrap_or_else(|| panic!("no network on {ifname}"))
+}
+
+#[test]
+fn no_config_can_cut_the_orchestrators_path() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("mgmtcut");
+    let drive = config_drive(&lab);
+    let mut agent = boot_agent(&lab, drive.path());
+    let http = lab.http();
+    let config = lab.fitted_config();
+    let r = http.put_json("/v1/system/config", &config);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ge0 = lab.ifname_for(RouterLab::ROUTER_MACS[0]);
+    let m = network_on(&config, &ge0);
+    let t1 = network_on(&config, &lab.ifname_for(RouterLab::ROUTER_MACS[2]));
+
+    let kernel_before = dump_state(lab.router());
+    let saved_before = std::fs::read(lab.state_dir().join("config.json")).unwrap();
+    let shown_before = http.get("/v1/system/config").body;
+
+    type Cut = Box<dyn Fn(&mut Value)>;
+    let attempts: Vec<(&str, Cut, String)> = vec![
+        (
+            "drop the management network",
+            Box::new(move |c| {
+                c["networks"].as_array_mut().unwrap().remove(m);
+            }),
+            "networks".into(),
+        ),
+        (
+            "re-type it",
+            Box::new(move |c| c["networks"][m]["network_type"] = json!("isolated")),
+            format!("networks[{m}].network_type"),
+        ),
+        (
+            "re-address it",
+            Box::new(move |c| {
+                c["networks"][m]["interface"]["addresses"] = json!(["fdca:3ba5:a17a:acda::77/64"])
+            }),
+            format!("networks[{m}].interface.addresses"),
+        ),
+        (
+            "give it another MTU",
+            Box::new(move |c| c["networks"][m]["interface"]["mtu"] = json!(1400)),
+            format!("networks[{m}].interface.mtu"),
+        ),
+        (
+            "route its prefix elsewhere",
+            Box::new(|c| {
+                c["static_routes"] = json!([["fdca:3ba5:a17a:acda::/96", RouterLab::EXT_GW_V6]])
+            }),
+            "static_routes[0]".into(),
+        ),
+        (
+            "route the orchestrator through a tenant",
+            Box::new(move |c| {
+                let subnets = c["networks"][t1]["subnets"].as_array_mut().unwrap();
+                let v6 = subnets
+                    .iter_mut()
+                    .find(|s| s["cidr"].as_str().unwrap().contains(':'))
+                    .unwrap();
+                v6["host_routes"] = json!([{"destination": format!("{}/128", RouterLab::MGMT_PEER_ADDR),
+                    "nexthop": RouterLab::T1_V6}]);
+            }),
+            format!("networks[{t1}].subnets[1].host_routes[0]"),
+        ),
+        (
+            "give tenants a DNS server on the management network",
+            Box::new(move |c| {
+                c["networks"][t1]["subnets"][0]["dns_nameservers"] =
+                    json!([RouterLab::MGMT_PEER_ADDR])
+            }),
+            format!("networks[{t1}].subnets[0].dns_nameservers[0]"),
+        ),
+    ];
+    for (what, cut, path) in &attempts {
+        let mut bad = config.clone();
+        cut(&mut bad);
+        let r = http.put_json("/v1/system/config", &bad);
+        assert_eq!(r.status, 422, "{what}: {}", r.body);
+        let details = r.json()["details"].clone();
+        assert!(
+            details
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["path"] == path.as_str() && !d["reason"].as_str().unwrap().is_empty()),
+            "{what}: no detail at {path}: {details}"
+        );
+        assert_eq!(
+            dump_state(lab.router()),
+            kernel_before,
+            "{what}: the kernel changed"
+        );
+        assert_eq!(
+            std::fs::read(lab.state_dir().join("config.json")).unwrap(),
+            saved_before,
+            "{what}: the saved config changed"
+        );
+        assert_eq!(http.get("/v1/system/config").body, shown_before, "{what}");
+    }
+    agent.stop();
+
+    // A saved config that cuts the path (as an older agent could have saved it) is not
+    // re-applied at start: the management address stays, and the API answers.
+    let mut cut = config.clone();
+    cut["networks"].as_array_mut().unwrap().remove(m);
+    std::fs::write(lab.state_dir().join("config.json"), cut.to_string()).unwrap();
+    let agent = boot_agent(&lab, drive.path());
+    assert!(
+        agent.log().contains("would cut the orchestrator's path"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(http.get("/v1/status").status, 200);
+    let r = http.put_json("/v1/system/config", &config);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
