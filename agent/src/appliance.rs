@@ -211,7 +211,10 @@ impl InterfaceReader {
         // Floating IPs are local routes, not addresses; Astara listed them on the external
         // NIC, and so does this view.
         let external = self.external.lock().expect("external NIC lock").clone();
-        if let Some(view) = views.iter_mut().find(|v| Some(&v.ifname) == external.as_ref()) {
+        if let Some(view) = views
+            .iter_mut()
+            .find(|v| Some(&v.ifname) == external.as_ref())
+        {
             let floating = floating_ip_routes(&self.nl)
                 .await
                 .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
