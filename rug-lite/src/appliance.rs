@@ -10,13 +10,15 @@ use akanda_model::Document;
 use serde_json::Value;
 
 use crate::cloud::{ApplianceError, ApplianceTarget};
-use crate::tls::{self, ClientIdentity};
+use crate::tls::{self, ClientIdentity, IssueClient};
 
 enum Transport {
     Plain(reqwest::Client),
     /// One client per appliance: each verifies that appliance's own identity.
     Mutual {
-        identity: ClientIdentity,
+        identity: Mutex<ClientIdentity>,
+        /// Re-issues rug-lite's client certificate when less than this is left of it.
+        renew: Option<(IssueClient, Duration)>,
         timeout: Duration,
         clients: Mutex<HashMap<(String, IpAddr, u16), reqwest::Client>>,
         /// The end of validity of the certificate each appliance last presented.
@@ -42,10 +44,22 @@ impl AgentClient {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn mutual_tls(identity: ClientIdentity, timeout: Duration) -> Self {
+        Self::mutual_tls_with_renewal(identity, None, timeout)
+    }
+
+    /// Mutual TLS whose client certificate is re-issued by `renew.0` when less than `renew.1`
+    /// of it is left (checked before each call).
+    pub(crate) fn mutual_tls_with_renewal(
+        identity: ClientIdentity,
+        renew: Option<(IssueClient, Duration)>,
+        timeout: Duration,
+    ) -> Self {
         AgentClient {
             transport: Transport::Mutual {
-                identity,
+                identity: Mutex::new(identity),
+                renew,
                 timeout,
                 clients: Mutex::new(HashMap::new()),
                 expiry: Mutex::new(HashMap::new()),
@@ -65,6 +79,7 @@ impl AgentClient {
             Transport::Plain(http) => Ok((http.clone(), format!("http://{socket}{path}"))),
             Transport::Mutual {
                 identity,
+                renew,
                 timeout,
                 clients,
                 ..
@@ -75,6 +90,27 @@ impl AgentClient {
                 let url = format!("https://{name}:{}{path}", target.port);
                 let key = (target.router_id.clone(), target.address, target.port);
                 let mut clients = clients.lock().expect("client cache lock");
+                let mut identity = identity.lock().expect("client identity lock");
+                if let Some((issue, before)) = renew {
+                    if identity.not_after < SystemTime::now() + *before {
+                        match issue() {
+                            Ok(fresh) => {
+                                tracing::info!(
+                                    not_after = %humantime::format_rfc3339_seconds(fresh.not_after),
+                                    "rug-lite's client certificate renewed"
+                                );
+                                *identity = fresh;
+                                // Every cached client carries the old certificate.
+                                clients.clear();
+                            }
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                not_after = %humantime::format_rfc3339_seconds(identity.not_after),
+                                "rug-lite's client certificate could not be renewed; the current one is kept"
+                            ),
+                        }
+                    }
+                }
                 if let Some(c) = clients.get(&key) {
                     return Ok((c.clone(), url));
                 }
@@ -257,6 +293,55 @@ mod tests {
     use crate::tls::Ca;
     use std::sync::Arc;
     use warp::Filter;
+
+    #[test]
+    fn the_client_certificate_is_renewed_before_it_expires() {
+        let (ca, ca_key) =
+            akanda_pki::Ca::generate("renewal CA", akanda_pki::Validity::days(30)).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let short = ca
+            .issue_client(
+                "rug-lite",
+                akanda_pki::Validity::between(now, now + time::Duration::hours(1)),
+            )
+            .unwrap();
+        let identity = ClientIdentity::new(ca.cert_pem(), &short.cert_pem, &short.key_pem).unwrap();
+        let issued = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ca = Arc::new((ca, ca_key));
+        let renew: IssueClient = Box::new({
+            let (issued, ca) = (Arc::clone(&issued), Arc::clone(&ca));
+            move || {
+                issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let c =
+                    ca.0.issue_client("rug-lite", akanda_pki::Validity::days(20))?;
+                ClientIdentity::new(ca.0.cert_pem(), &c.cert_pem, &c.key_pem)
+            }
+        });
+        let client = AgentClient::mutual_tls_with_renewal(
+            identity,
+            Some((renew, Duration::from_secs(86_400))),
+            Duration::from_secs(5),
+        );
+        let target = ApplianceTarget {
+            router_id: "r1".into(),
+            address: "fdca::5".parse().unwrap(),
+            port: 5000,
+        };
+        client.endpoint(&target, "/v1/status").unwrap();
+        client.endpoint(&target, "/v1/status").unwrap();
+        // Once: the fresh certificate has 20 days left, more than the one-day window.
+        assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let Transport::Mutual { identity, .. } = &client.transport else {
+            unreachable!()
+        };
+        let left = identity
+            .lock()
+            .unwrap()
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(19 * 86_400), "{left:?}");
+    }
 
     /// A test stand-in for the agent's HTTP API: answers like akanda-agent (docs/agent-api.md)
     /// and validates PUT bodies with the model, as the agent does.

@@ -132,6 +132,13 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
                 .with_server_lifetime(*server_cert_lifetime);
             let (cert, key) = ca.issue_client()?;
             let identity = tls::ClientIdentity::new(ca.ca_cert_pem(), &cert, &key)?;
+            // rug-lite's own certificate (a year) is renewed while it runs, in the same
+            // window as the appliances' (`tls.renew_before`).
+            let issuer = tls::Ca::load(ca_cert, ca_key).context("[tls] ca_cert / ca_key")?;
+            let renew: tls::IssueClient = Box::new(move || {
+                let (cert, key) = issuer.issue_client()?;
+                tls::ClientIdentity::new(issuer.ca_cert_pem(), &cert, &key)
+            });
             cert_renew_before = *renew_before;
             tracing::info!(
                 server_cert_lifetime = %humantime::format_duration(*server_cert_lifetime),
@@ -139,7 +146,11 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
                 "mutual TLS to the appliances"
             );
             (
-                appliance::AgentClient::mutual_tls(identity, appliance_timeout),
+                appliance::AgentClient::mutual_tls_with_renewal(
+                    identity,
+                    Some((renew, *renew_before)),
+                    appliance_timeout,
+                ),
                 Some(ca),
             )
         }

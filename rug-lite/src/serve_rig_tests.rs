@@ -861,6 +861,8 @@ async fn benchmark_serve_on_the_rig() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let samples = 20;
+    // rug-lite's default debounce (1 s) unless RUG_LITE_BENCH_DEBOUNCE says otherwise.
+    let debounce = std::env::var("RUG_LITE_BENCH_DEBOUNCE").unwrap_or_else(|_| "1s".into());
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
     let (a, b) = (fastrand::u16(1..), fastrand::u8(1..250));
@@ -936,6 +938,8 @@ period = "1h"
 startup_spread = "1ms"
 [admin]
 socket = "{}"
+[scheduler]
+debounce = "{debounce}"
 "#,
             ca_cert_path.display(),
             ca_key_path.display(),
@@ -1106,11 +1110,11 @@ socket = "{}"
     println!("  {n} routers created through Neutron (demo user)    {created:>10.2?}");
     println!("  … all configured over mutual TLS (from the first call) {all_configured:>10.2?}");
     println!(
-        "  Neutron call → route applied in the appliance ({samples} samples): p50 {:.0?}, p95 {:.0?}, min {:.0?}, max {:.0?}",
-        quantile(&latencies, 0.5),
-        quantile(&latencies, 0.95),
-        latencies[0],
-        latencies[latencies.len() - 1]
+        "  Neutron call → route applied in the appliance ({samples} samples, debounce {debounce}): p50 {} ms, p95 {} ms, min {} ms, max {} ms",
+        quantile(&latencies, 0.5).as_millis(),
+        quantile(&latencies, 0.95).as_millis(),
+        latencies[0].as_millis(),
+        latencies[latencies.len() - 1].as_millis()
     );
     println!("  full resync of {n} routers (restart → all configured) {resync:>10.2?}");
     println!(

@@ -199,7 +199,12 @@ pub(crate) struct ClientIdentity {
     roots: Arc<rustls::RootCertStore>,
     cert_chain: Vec<CertificateDer<'static>>,
     key_pem: String,
+    /// When the client certificate stops being valid.
+    pub(crate) not_after: SystemTime,
 }
+
+/// Issues a fresh client identity (rug-lite's certificate, renewed while it runs).
+pub(crate) type IssueClient = Box<dyn Fn() -> Result<ClientIdentity, TlsError> + Send + Sync>;
 
 impl ClientIdentity {
     pub(crate) fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
@@ -214,10 +219,15 @@ impl ClientIdentity {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| setup(&e))?;
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| setup(&e))?;
+        let leaf = cert_chain
+            .first()
+            .ok_or_else(|| setup(&"no client certificate"))?;
+        let not_after = akanda_pki::not_after_der(leaf).map_err(|e| setup(&e))?;
         Ok(ClientIdentity {
             roots: Arc::new(roots),
             cert_chain,
             key_pem: key_pem.to_string(),
+            not_after: not_after.into(),
         })
     }
 
