@@ -14,16 +14,18 @@ use crate::tls::{self, ClientIdentity, IssueClient};
 
 enum Transport {
     Plain(reqwest::Client),
-    /// One client per appliance: each verifies that appliance's own identity.
-    Mutual {
-        identity: Mutex<ClientIdentity>,
-        /// Re-issues rug-lite's client certificate when less than this is left of it.
-        renew: Option<(IssueClient, Duration)>,
-        timeout: Duration,
-        clients: Mutex<HashMap<(String, IpAddr, u16), reqwest::Client>>,
-        /// The end of validity of the certificate each appliance last presented.
-        expiry: Mutex<HashMap<(String, IpAddr, u16), SystemTime>>,
-    },
+    Mutual(Box<MutualTls>),
+}
+
+/// One client per appliance: each verifies that appliance's own identity.
+struct MutualTls {
+    identity: Mutex<ClientIdentity>,
+    /// Re-issues rug-lite's client certificate when less than this is left of it.
+    renew: Option<(IssueClient, Duration)>,
+    timeout: Duration,
+    clients: Mutex<HashMap<(String, IpAddr, u16), reqwest::Client>>,
+    /// The end of validity of the certificate each appliance last presented.
+    expiry: Mutex<HashMap<(String, IpAddr, u16), SystemTime>>,
 }
 
 pub(crate) struct AgentClient {
@@ -57,13 +59,13 @@ impl AgentClient {
         timeout: Duration,
     ) -> Self {
         AgentClient {
-            transport: Transport::Mutual {
+            transport: Transport::Mutual(Box::new(MutualTls {
                 identity: Mutex::new(identity),
                 renew,
                 timeout,
                 clients: Mutex::new(HashMap::new()),
                 expiry: Mutex::new(HashMap::new()),
-            },
+            })),
         }
     }
 
@@ -77,13 +79,14 @@ impl AgentClient {
         let socket = SocketAddr::new(target.address, target.port);
         match &self.transport {
             Transport::Plain(http) => Ok((http.clone(), format!("http://{socket}{path}"))),
-            Transport::Mutual {
-                identity,
-                renew,
-                timeout,
-                clients,
-                ..
-            } => {
+            Transport::Mutual(m) => {
+                let MutualTls {
+                    identity,
+                    renew,
+                    timeout,
+                    clients,
+                    ..
+                } = &**m;
                 // The URL names the router, so TLS checks the router's DNS SAN; `resolve`
                 // sends it to the management address, which the verifier checks too.
                 let name = tls::router_dns_name(&target.router_id);
@@ -138,7 +141,8 @@ impl AgentClient {
     pub(crate) fn certificate_expiry(&self, target: &ApplianceTarget) -> Option<SystemTime> {
         match &self.transport {
             Transport::Plain(_) => None,
-            Transport::Mutual { expiry, .. } => expiry
+            Transport::Mutual(m) => m
+                .expiry
                 .lock()
                 .expect("expiry lock")
                 .get(&(target.router_id.clone(), target.address, target.port))
@@ -155,7 +159,8 @@ impl AgentClient {
             .send()
             .await
             .map_err(|e| ApplianceError::Unreachable(chain(&e)))?;
-        if let Transport::Mutual { expiry, .. } = &self.transport {
+        if let Transport::Mutual(m) = &self.transport {
+            let expiry = &m.expiry;
             let not_after = response
                 .extensions()
                 .get::<reqwest::tls::TlsInfo>()
@@ -243,10 +248,8 @@ impl AgentClient {
         if !status.is_success() {
             return Err(Self::refused(status, &body));
         }
-        if let Transport::Mutual {
-            clients, expiry, ..
-        } = &self.transport
-        {
+        if let Transport::Mutual(m) = &self.transport {
+            let (clients, expiry) = (&m.clients, &m.expiry);
             let key = (target.router_id.clone(), target.address, target.port);
             clients.lock().expect("client cache lock").remove(&key);
             expiry.lock().expect("expiry lock").remove(&key);
@@ -331,10 +334,11 @@ mod tests {
         client.endpoint(&target, "/v1/status").unwrap();
         // Once: the fresh certificate has 20 days left, more than the one-day window.
         assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
-        let Transport::Mutual { identity, .. } = &client.transport else {
+        let Transport::Mutual(m) = &client.transport else {
             unreachable!()
         };
-        let left = identity
+        let left = m
+            .identity
             .lock()
             .unwrap()
             .not_after
