@@ -172,13 +172,153 @@ impl Drop for Serve {
 struct World {
     admin: Arc<HttpCloud>,
     demo: HttpCloud,
+    /// The agents' API over mutual TLS, with a client certificate of the run's CA.
     agent: AgentClient,
     serve: Serve,
     compute: StandInCompute,
     fabric: Arc<Fabric>,
+    mgmt: String,
+    /// The project of the admin (rug-lite's servers and ports live there).
+    admin_project: String,
+    config: PathBuf,
+    log: PathBuf,
+    queue: String,
+    _dir: tempfile::TempDir,
 }
 
 impl World {
+    /// The operator's part (admin), then rug-lite started: a CA for rug-lite and the
+    /// appliances; the management network (IPv6, static, no gateway, its low addresses left
+    /// to hosts: rug-lite's is ::1, on the stand-in's management bridge, where rug-lite finds
+    /// it); the stand-in compute host; `rug-lite serve` with its periodic resync set to an
+    /// hour, heard from once its queue has a consumer. `settings` is appended to its TOML.
+    /// None (skipped) without the rig or root.
+    async fn set_up(name: &str, settings: &str) -> Option<World> {
+        let (admin_creds, demo_creds, amqp_url) = rig_env()?;
+        if !hv::require_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
+        let (ca, ca_key) =
+            akanda_pki::Ca::generate("rig serve CA", akanda_pki::Validity::days(1)).unwrap();
+        let (ca_cert_path, ca_key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        akanda_pki::write_public(&ca_cert_path, ca.cert_pem().as_bytes()).unwrap();
+        akanda_pki::write_private(&ca_key_path, ca_key.as_bytes()).unwrap();
+        let test_ca = crate::tls::Ca::from_pem(ca.cert_pem(), &ca_key).unwrap();
+        let (cert, key) = test_ca.issue_client().unwrap();
+        let agent = AgentClient::mutual_tls(
+            ClientIdentity::new(test_ca.ca_cert_pem(), &cert, &key).unwrap(),
+            Duration::from_secs(5),
+        );
+        let plain = || AgentClient::plain_http(Duration::from_secs(5)).unwrap();
+        let admin =
+            Arc::new(HttpCloud::new(admin_creds, Duration::from_secs(30), plain(), None).unwrap());
+        sweep_leftovers(&admin).await;
+        let demo = HttpCloud::new(demo_creds, Duration::from_secs(30), plain(), None).unwrap();
+        let network = admin
+            .call(
+                Service::Network,
+                Method::POST,
+                "/networks",
+                &[],
+                Some(&json!({"network": {"name": format!("rug-lite-serve-{name}-mgt-{tag}")}})),
+            )
+            .await
+            .unwrap()
+            .unwrap()["network"]
+            .clone();
+        let mgmt = network["id"].as_str().unwrap().to_string();
+        let admin_project = network["project_id"].as_str().unwrap().to_string();
+        let prefix = format!(
+            "fdca:3ba6:{:x}:{:x}",
+            fastrand::u16(1..),
+            fastrand::u16(1..)
+        );
+        admin
+            .call(
+                Service::Network,
+                Method::POST,
+                "/subnets",
+                &[],
+                Some(&json!({"subnet": {"network_id": mgmt, "ip_version": 6,
+                    "cidr": format!("{prefix}::/64"), "gateway_ip": null, "enable_dhcp": false,
+                    "allocation_pools": [{"start": format!("{prefix}::100"),
+                                          "end": format!("{prefix}::fff")}]}})),
+            )
+            .await
+            .unwrap();
+        let fabric = Fabric::new(format!("{prefix}::1/64").parse().unwrap());
+        let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric), &mgmt);
+        let queue = format!("rug-lite-{name}-{tag}");
+        let config = dir.path().join("rug-lite.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[amqp]
+url = "{amqp_url}"
+queue = "{queue}"
+[appliance]
+image = "fake-image"
+flavor = "m1.tiny"
+management_network = "{mgmt}"
+boot_timeout = "300s"
+[tls]
+ca_cert = "{}"
+ca_key = "{}"
+[admin]
+socket = "{}"
+{settings}
+"#,
+                ca_cert_path.display(),
+                ca_key_path.display(),
+                dir.path().join("admin.sock").display()
+            ),
+        )
+        .unwrap();
+        // rig-test keeps the log with the rig's ($BASE/log).
+        let log = std::env::var_os("RUG_LITE_TEST_SERVE_LOG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("rug-lite.log"));
+        let serve = Serve::start(&config, &log);
+        let w = World {
+            admin,
+            demo,
+            agent,
+            serve,
+            compute,
+            fabric,
+            mgmt,
+            admin_project,
+            config,
+            log,
+            queue,
+            _dir: dir,
+        };
+        w.wait_consuming(Duration::from_secs(60)).await;
+        Some(w)
+    }
+
+    /// Waits until rug-lite's queue has a consumer: events are heard from then on.
+    async fn wait_consuming(&self, bound: Duration) -> Duration {
+        let started = Instant::now();
+        while queue_consumers(&self.queue) != Some(1) {
+            assert!(
+                started.elapsed() < bound,
+                "rug-lite's queue {} has no consumer after {bound:?}:\n{}",
+                self.queue,
+                self.serve.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        started.elapsed()
+    }
+
+    /// Restarts `rug-lite serve` (after [`Serve::stop`]) with the same settings and log.
+    fn restart(&mut self) {
+        self.serve = Serve::start(&self.config, &self.log);
+    }
+
     async fn post(&self, path: &str, key: &str, body: Value) -> Value {
         let v = self
             .demo
@@ -290,123 +430,20 @@ async fn tenant_network(w: &World, name: &str, cidr: &str, gateway: &str) -> (St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_converges_routers_from_neutron_events_as_the_demo_user_on_the_rig() {
-    let Some((admin_creds, demo_creds, amqp_url)) = rig_env() else {
-        return;
-    };
-    if !hv::require_root() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
-    let (a, b) = (fastrand::u16(1..), fastrand::u8(1..250));
-
-    // The operator's part (admin): a CA for rug-lite and the appliances, and the management
-    // network: IPv6, static, no gateway, its low addresses left to hosts (rug-lite's is ::1,
-    // on the stand-in's management bridge; rug-lite finds it there).
-    let (ca, ca_key) =
-        akanda_pki::Ca::generate("rig serve CA", akanda_pki::Validity::days(1)).unwrap();
-    let (ca_cert_path, ca_key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-    akanda_pki::write_public(&ca_cert_path, ca.cert_pem().as_bytes()).unwrap();
-    akanda_pki::write_private(&ca_key_path, ca_key.as_bytes()).unwrap();
-    let test_ca = crate::tls::Ca::from_pem(ca.cert_pem(), &ca_key).unwrap();
-    let (cert, key) = test_ca.issue_client().unwrap();
-    let agent = AgentClient::mutual_tls(
-        ClientIdentity::new(test_ca.ca_cert_pem(), &cert, &key).unwrap(),
-        Duration::from_secs(5),
-    );
-    let plain = || AgentClient::plain_http(Duration::from_secs(5)).unwrap();
-    let admin =
-        Arc::new(HttpCloud::new(admin_creds, Duration::from_secs(30), plain(), None).unwrap());
-    sweep_leftovers(&admin).await;
-    let demo = HttpCloud::new(demo_creds, Duration::from_secs(30), plain(), None).unwrap();
-    let mgmt = admin
-        .call(
-            Service::Network,
-            Method::POST,
-            "/networks",
-            &[],
-            Some(&json!({"network": {"name": format!("rug-lite-serve-mgt-{tag}")}})),
-        )
-        .await
-        .unwrap()
-        .unwrap()["network"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let prefix = format!("fdca:3ba6:{a:x}:{b:x}");
-    admin
-        .call(
-            Service::Network,
-            Method::POST,
-            "/subnets",
-            &[],
-            Some(&json!({"subnet": {"network_id": mgmt, "ip_version": 6,
-                "cidr": format!("{prefix}::/64"), "gateway_ip": null, "enable_dhcp": false,
-                "allocation_pools": [{"start": format!("{prefix}::100"),
-                                      "end": format!("{prefix}::1ff")}]}})),
-        )
-        .await
-        .unwrap();
-    let host: IpNet = format!("{prefix}::1/64").parse().unwrap();
-    let fabric = Fabric::new(host);
-    let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric), &mgmt);
-
-    let queue = format!("rug-lite-it-{tag}");
-    let config = dir.path().join("rug-lite.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[amqp]
-url = "{amqp_url}"
-queue = "{queue}"
-[appliance]
-image = "fake-image"
-flavor = "m1.tiny"
-management_network = "{mgmt}"
-boot_timeout = "300s"
-[tls]
-ca_cert = "{}"
-ca_key = "{}"
-[resync]
+    let settings = r#"[resync]
 period = "1h"
 startup_spread = "1s"
-[admin]
-socket = "{}"
 [scheduler]
 debounce = "200ms"
 max_debounce = "2s"
 backoff_base = "1s"
-backoff_max = "10s"
-"#,
-            ca_cert_path.display(),
-            ca_key_path.display(),
-            dir.path().join("admin.sock").display()
-        ),
-    )
-    .unwrap();
-    // rig-test keeps the log with the rig's ($BASE/log).
-    let log = std::env::var_os("RUG_LITE_TEST_SERVE_LOG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.path().join("rug-lite.log"));
-    let serve = Serve::start(&config, &log);
-    let mut w = World {
-        admin,
-        demo,
-        agent,
-        serve,
-        compute,
-        fabric,
+backoff_max = "10s""#;
+    let Some(mut w) = World::set_up("it", settings).await else {
+        return;
     };
-    // rug-lite is listening once its queue has a consumer: events are heard from then on.
-    let started = Instant::now();
-    while queue_consumers(&queue) != Some(1) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "rug-lite's queue {queue} has no consumer after 60 s:\n{}",
-            w.serve.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
+    let (a, b) = (fastrand::u16(1..), fastrand::u8(1..250));
+    let queue = w.queue.clone();
 
     // The upstream: a host on ext-net holding the subnet's gateway address, with no route to
     // any tenant network (so a reply to a tenant proves SNAT).
@@ -639,7 +676,7 @@ backoff_max = "10s"
     )
     .await;
     let t = Instant::now();
-    w.serve = Serve::start(&config, &log);
+    w.restart();
     let (rec, _) = w
         .converged(&r1, Some(&r1_hash), Duration::from_secs(90))
         .await;
@@ -722,7 +759,7 @@ backoff_max = "10s"
         .call(
             Service::Network,
             Method::DELETE,
-            &format!("/networks/{mgmt}"),
+            &format!("/networks/{}", w.mgmt),
             &[],
             None,
         )
@@ -850,12 +887,6 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: RIG_BENCH=1 scripts/rig-test"]
 async fn benchmark_serve_on_the_rig() {
-    let Some((admin_creds, demo_creds, amqp_url)) = rig_env() else {
-        return;
-    };
-    if !hv::require_root() {
-        return;
-    }
     let n: usize = std::env::var("RUG_LITE_BENCH_ROUTERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -863,25 +894,14 @@ async fn benchmark_serve_on_the_rig() {
     let samples = 20;
     // rug-lite's default debounce (1 s) unless RUG_LITE_BENCH_DEBOUNCE says otherwise.
     let debounce = std::env::var("RUG_LITE_BENCH_DEBOUNCE").unwrap_or_else(|_| "1s".into());
-    let dir = tempfile::tempdir().unwrap();
-    let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
-    let (a, b) = (fastrand::u16(1..), fastrand::u8(1..250));
-    let (ca, ca_key) =
-        akanda_pki::Ca::generate("rig bench CA", akanda_pki::Validity::days(1)).unwrap();
-    let (ca_cert_path, ca_key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-    akanda_pki::write_public(&ca_cert_path, ca.cert_pem().as_bytes()).unwrap();
-    akanda_pki::write_private(&ca_key_path, ca_key.as_bytes()).unwrap();
-    let test_ca = crate::tls::Ca::from_pem(ca.cert_pem(), &ca_key).unwrap();
-    let (cert, key) = test_ca.issue_client().unwrap();
-    let agent = AgentClient::mutual_tls(
-        ClientIdentity::new(test_ca.ca_cert_pem(), &cert, &key).unwrap(),
-        Duration::from_secs(5),
+    let settings = format!(
+        "[resync]\nperiod = \"1h\"\nstartup_spread = \"1ms\"\n[scheduler]\ndebounce = \"{debounce}\""
     );
-    let plain = || AgentClient::plain_http(Duration::from_secs(5)).unwrap();
-    let admin =
-        Arc::new(HttpCloud::new(admin_creds, Duration::from_secs(30), plain(), None).unwrap());
-    let demo = HttpCloud::new(demo_creds, Duration::from_secs(30), plain(), None).unwrap();
-    sweep_leftovers(&admin).await;
+    let Some(mut w) = World::set_up("bench", &settings).await else {
+        return;
+    };
+    let tag = format!("{}-{}", std::process::id(), fastrand::u16(..));
+    let (admin, admin_project) = (Arc::clone(&w.admin), w.admin_project.clone());
     let admin_call = |method: Method, service: Service, path: String, body: Value| {
         let admin = Arc::clone(&admin);
         async move {
@@ -892,76 +912,6 @@ async fn benchmark_serve_on_the_rig() {
                 .unwrap_or(Value::Null)
         }
     };
-    let mgmt = admin_call(
-        Method::POST,
-        Service::Network,
-        "/networks".into(),
-        json!({"network": {"name": format!("rug-lite-serve-bench-mgt-{tag}")}}),
-    )
-    .await["network"]
-        .clone();
-    let (mgmt, admin_project) = (
-        mgmt["id"].as_str().unwrap().to_string(),
-        mgmt["project_id"].as_str().unwrap().to_string(),
-    );
-    let prefix = format!("fdca:3ba7:{a:x}:{b:x}");
-    admin_call(
-        Method::POST,
-        Service::Network,
-        "/subnets".into(),
-        json!({"subnet": {"network_id": mgmt, "ip_version": 6,
-            "cidr": format!("{prefix}::/64"), "gateway_ip": null, "enable_dhcp": false,
-            "allocation_pools": [{"start": format!("{prefix}::100"),
-                                  "end": format!("{prefix}::fff")}]}}),
-    )
-    .await;
-    let fabric = Fabric::new(format!("{prefix}::1/64").parse().unwrap());
-    let compute = StandInCompute::start(Arc::clone(&admin), Arc::clone(&fabric), &mgmt);
-    let queue = format!("rug-lite-bench-{tag}");
-    let config = dir.path().join("rug-lite.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[amqp]
-url = "{amqp_url}"
-queue = "{queue}"
-[appliance]
-image = "fake-image"
-flavor = "m1.tiny"
-management_network = "{mgmt}"
-boot_timeout = "300s"
-[tls]
-ca_cert = "{}"
-ca_key = "{}"
-[resync]
-period = "1h"
-startup_spread = "1ms"
-[admin]
-socket = "{}"
-[scheduler]
-debounce = "{debounce}"
-"#,
-            ca_cert_path.display(),
-            ca_key_path.display(),
-            dir.path().join("admin.sock").display()
-        ),
-    )
-    .unwrap();
-    let log = std::env::var_os("RUG_LITE_TEST_SERVE_LOG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.path().join("rug-lite.log"));
-    let serve = Serve::start(&config, &log);
-    let mut w = World {
-        admin: Arc::clone(&admin),
-        demo,
-        agent,
-        serve,
-        compute,
-        fabric,
-    };
-    while queue_consumers(&queue) != Some(1) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 
     // Quotas: N servers in rug-lite's project, N routers and networks in demo's.
     admin_call(
@@ -1074,6 +1024,7 @@ debounce = "{debounce}"
     let (rss_running, hwm_running) = rss_mib(w.serve.pid());
     let (status, _) = w.serve.stop();
     assert!(status.success());
+    let log = w.log.clone();
     let pushes = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -1083,7 +1034,7 @@ debounce = "{debounce}"
     };
     let pushes_before = pushes();
     let t = Instant::now();
-    w.serve = Serve::start(&config, &log);
+    w.restart();
     loop {
         let list = w.serve.cli(&["list"]);
         let configured = list
@@ -1162,7 +1113,7 @@ debounce = "{debounce}"
         .call(
             Service::Network,
             Method::DELETE,
-            &format!("/networks/{mgmt}"),
+            &format!("/networks/{}", w.mgmt),
             &[],
             None,
         )
