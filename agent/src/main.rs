@@ -380,10 +380,17 @@ fn tls_from_boot(
     if unchanged {
         tracing::info!(dir = %dir.display(), "TLS material: the config drive's is unchanged, serving the files in the state directory");
     } else {
-        akanda_pki::write_private(&files.cert, material.server_cert.as_bytes())?;
-        akanda_pki::write_private(&files.key, material.server_key.as_bytes())?;
-        akanda_pki::write_private(&files.client_ca, material.ca_cert.as_bytes())?;
-        akanda_pki::write_private(&marker, drive_hash.as_bytes())?;
+        // The marker last: present only when the three files before it are whole.
+        akanda_agent::store::write_all_then(
+            &[
+                (&files.cert, material.server_cert.as_bytes()),
+                (&files.key, material.server_key.as_bytes()),
+                (&files.client_ca, material.ca_cert.as_bytes()),
+            ],
+            (&marker, drive_hash.as_bytes()),
+            0o600,
+        )
+        .with_context(|| format!("writing the TLS material to {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), "TLS material from the config drive written (0600)");
     }
     Ok(files)

@@ -82,6 +82,29 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     Staged::write(path, bytes, mode)?.commit()
 }
 
+/// Writes several files atomically (each a temp file renamed into place, mode `mode`) with
+/// one `syncfs` of their filesystem for all of them, then `last` the same way: a crash leaves
+/// `last` only if every file before it is complete. Where per-file fsyncs are slow (a VM's
+/// first boot writes its TLS material: eight fsyncs cost ~0.8 s under TCG), two syncs do.
+pub fn write_all_then(files: &[(&Path, &[u8])], last: (&Path, &[u8]), mode: u32) -> io::Result<()> {
+    let unsynced = |path: &Path, bytes: &[u8]| -> io::Result<()> {
+        let staged = Staged::create(path, bytes, mode)?;
+        staged.rename()
+    };
+    let sync = |path: &Path| -> io::Result<()> {
+        let dir = File::open(path.parent().unwrap_or(Path::new(".")))?;
+        nix::unistd::syncfs(&dir).map_err(io::Error::from)
+    };
+    for (path, bytes) in files {
+        unsynced(path, bytes)?;
+    }
+    if let Some((path, _)) = files.first() {
+        sync(path)?;
+    }
+    unsynced(last.0, last.1)?;
+    sync(last.0)
+}
+
 /// A file written and fsynced under a temporary name beside `path`, not yet renamed into
 /// place. Dropped uncommitted, it is removed; a crash leaves only a dot-file that the next
 /// write of the same path truncates.
@@ -94,6 +117,13 @@ pub struct Staged {
 
 impl Staged {
     fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+        let staged = Staged::create(path, bytes, mode)?;
+        File::open(&staged.tmp)?.sync_all()?;
+        Ok(staged)
+    }
+
+    /// Writes the temp file, not synced.
+    fn create(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = path
             .file_name()
@@ -115,15 +145,21 @@ impl Staged {
             .open(&staged.tmp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
-        file.sync_all()?;
         Ok(staged)
     }
 
-    /// Renames the file into place and fsyncs the directory.
-    pub fn commit(mut self) -> io::Result<()> {
+    /// Renames the file into place, without syncing anything.
+    fn rename(mut self) -> io::Result<()> {
         fs::rename(&self.tmp, &self.path)?;
         self.committed = true;
-        File::open(self.path.parent().unwrap_or(Path::new(".")))?.sync_all()
+        Ok(())
+    }
+
+    /// Renames the file into place and fsyncs the directory.
+    pub fn commit(self) -> io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.rename()?;
+        File::open(dir)?.sync_all()
     }
 }
 
@@ -181,5 +217,27 @@ mod tests {
         state.stage_config(b"new").unwrap().commit().unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(names(), vec![std::ffi::OsString::from("config.json")]);
+    }
+
+    #[test]
+    fn files_then_last_are_written_whole_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, last) = (
+            dir.path().join("a.pem"),
+            dir.path().join("b.key"),
+            dir.path().join("marker"),
+        );
+        fs::write(&a, "old").unwrap();
+        write_all_then(&[(&a, b"A"), (&b, b"B")], (&last, b"done"), 0o600).unwrap();
+        for (path, want) in [(&a, "A"), (&b, "B"), (&last, "done")] {
+            assert_eq!(fs::read_to_string(path).unwrap(), want);
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "no temp file left"
+        );
     }
 }
