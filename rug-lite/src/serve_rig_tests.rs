@@ -343,6 +343,93 @@ socket = "{}"
             .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
     }
 
+    /// A router (demo user), with a gateway on `external` if given: its id.
+    async fn router(&self, name: &str, external: Option<&str>) -> String {
+        let mut body = json!({"router": {"name": name}});
+        if let Some(ext) = external {
+            body["router"]["external_gateway_info"] = json!({"network_id": ext});
+        }
+        let router = self.post("/routers", "router", body).await;
+        router["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until these deleted routers have no server, no port and no record left.
+    async fn wait_gone(&self, routers: &[&String], bound: Duration) {
+        let t = Instant::now();
+        loop {
+            let listed = self.serve.cli(&["list"]).expect("router list");
+            let mut left = 0;
+            for router in routers {
+                let tag = ownership::router_tag(router);
+                let servers = self.admin.list_servers_tagged(&tag).await.unwrap();
+                let ports = self
+                    .admin
+                    .list_ports(&PortFilter {
+                        tag: Some(tag),
+                        ..PortFilter::default()
+                    })
+                    .await
+                    .unwrap();
+                let in_list = listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["router_id"] == router.as_str());
+                left += servers.len() + ports.len() + usize::from(in_list);
+            }
+            if left == 0 {
+                return;
+            }
+            assert!(
+                t.elapsed() < bound,
+                "servers, ports or records of the deleted routers left after {bound:?}: {left}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops rug-lite (it must exit 0), deletes these tenant networks, then the management
+    /// network.
+    async fn tear_down(mut self, networks: &[&String]) {
+        let (status, _) = self.serve.stop();
+        assert!(status.success(), "rug-lite exit after SIGTERM: {status}");
+        for net in networks {
+            self.delete(&format!("/networks/{net}")).await;
+        }
+        self.admin
+            .call(
+                Service::Network,
+                Method::DELETE,
+                &format!("/networks/{}", self.mgmt),
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Sets the router's extra routes, `(destination, nexthop)` (demo user).
+    async fn routes(&self, router: &str, routes: &[(&str, &str)]) {
+        let routes: Vec<Value> = routes
+            .iter()
+            .map(|(d, n)| json!({"destination": d, "nexthop": n}))
+            .collect();
+        self.put(
+            &format!("/routers/{router}"),
+            json!({"router": {"routes": routes}}),
+        )
+        .await;
+    }
+
+    /// `add_router_interface` or `remove_router_interface` of a subnet.
+    async fn interface(&self, router: &str, action: &str, subnet: &str) {
+        self.put(
+            &format!("/routers/{router}/{action}_router_interface"),
+            json!({"subnet_id": subnet}),
+        )
+        .await;
+    }
+
     /// Waits until `router show` says `configured` with a hash other than `previous`, and the
     /// agent, asked over mutual TLS, reports that very hash. The record, and how long it took.
     async fn converged(
@@ -470,20 +557,10 @@ backoff_max = "10s""#;
     )
     .await;
     let r1 = w
-        .post(
-            "/routers",
-            "router",
-            json!({"router": {"name": format!("rug-lite-serve-1-{tag}"),
-                              "external_gateway_info": {"network_id": ext}}}),
-        )
+        .router(&format!("rug-lite-serve-1-{tag}"), Some(&ext))
         .await;
-    let r1 = r1["id"].as_str().unwrap().to_string();
     let gateway_ip: IpAddr = r1_gateway(&w, &r1).await;
-    w.put(
-        &format!("/routers/{r1}/add_router_interface"),
-        json!({"subnet_id": tenant_subnet}),
-    )
-    .await;
+    w.interface(&r1, "add", &tenant_subnet).await;
     let vm_port = w
         .post(
             "/ports",
@@ -564,19 +641,8 @@ backoff_max = "10s""#;
         &format!("{net_b}.1"),
     )
     .await;
-    let r2 = w
-        .post(
-            "/routers",
-            "router",
-            json!({"router": {"name": format!("rug-lite-serve-2-{tag}")}}),
-        )
-        .await;
-    let r2 = r2["id"].as_str().unwrap().to_string();
-    w.put(
-        &format!("/routers/{r2}/add_router_interface"),
-        json!({"subnet_id": net2_subnet}),
-    )
-    .await;
+    let r2 = w.router(&format!("rug-lite-serve-2-{tag}"), None).await;
+    w.interface(&r2, "add", &net2_subnet).await;
 
     // 2. A second interface on router 1 → hot-plugged and pushed.
     let net_c = format!("10.{}.{}", b.wrapping_add(1), a % 250);
@@ -588,11 +654,7 @@ backoff_max = "10s""#;
     )
     .await;
     let hash1 = rec1["config_hash"].as_str().unwrap().to_string();
-    w.put(
-        &format!("/routers/{r1}/add_router_interface"),
-        json!({"subnet_id": net3_subnet}),
-    )
-    .await;
+    w.interface(&r1, "add", &net3_subnet).await;
     let (rec, took) = w
         .converged(&r1, Some(&hash1), Duration::from_secs(90))
         .await;
@@ -602,12 +664,8 @@ backoff_max = "10s""#;
 
     // 3. The router's routes change → pushed.
     let hash = rec["config_hash"].as_str().unwrap().to_string();
-    w.put(
-        &format!("/routers/{r1}"),
-        json!({"router": {"routes": [{"destination": "192.0.2.0/24",
-                                      "nexthop": format!("{net_a}.50")}]}}),
-    )
-    .await;
+    w.routes(&r1, &[("192.0.2.0/24", &format!("{net_a}.50"))])
+        .await;
     let (rec, took) = w.converged(&r1, Some(&hash), Duration::from_secs(60)).await;
     let route = w.guest(&rec, |g| ip_route(g, "192.0.2.0/24"));
     assert!(route.contains(&format!("via {net_a}.50")), "{route}");
@@ -629,24 +687,14 @@ backoff_max = "10s""#;
     let restart = Instant::now();
     rabbitmqctl(&["stop_app"]);
     rabbitmqctl(&["start_app"]);
-    while queue_consumers(&queue) != Some(1) {
-        assert!(
-            restart.elapsed() < Duration::from_secs(120),
-            "rug-lite did not consume from {queue} again within 120 s of the broker restart"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    w.wait_consuming(Duration::from_secs(120)).await;
     eprintln!(
         "RabbitMQ restarted; rug-lite consuming again {:?} after the restart began",
         restart.elapsed()
     );
     let hash = rec["config_hash"].as_str().unwrap().to_string();
-    w.put(
-        &format!("/routers/{r1}"),
-        json!({"router": {"routes": [{"destination": "198.51.100.0/24",
-                                      "nexthop": format!("{net_a}.51")}]}}),
-    )
-    .await;
+    w.routes(&r1, &[("198.51.100.0/24", &format!("{net_a}.51"))])
+        .await;
     let (rec, took) = w.converged(&r1, Some(&hash), Duration::from_secs(90)).await;
     let route = w.guest(&rec, |g| ip_route(g, "198.51.100.0/24"));
     assert!(route.contains(&format!("via {net_a}.51")), "{route}");
@@ -667,14 +715,9 @@ backoff_max = "10s""#;
         None,
         "the queue goes with rug-lite"
     );
-    w.put(&format!("/routers/{r1}"), json!({"router": {"routes": []}}))
+    w.routes(&r1, &[]).await;
+    w.routes(&r2, &[("203.0.113.128/25", &format!("{net_b}.9"))])
         .await;
-    w.put(
-        &format!("/routers/{r2}"),
-        json!({"router": {"routes": [{"destination": "203.0.113.128/25",
-                                      "nexthop": format!("{net_b}.9")}]}}),
-    )
-    .await;
     let t = Instant::now();
     w.restart();
     let (rec, _) = w
@@ -700,71 +743,20 @@ backoff_max = "10s""#;
         (&r2, vec![&net2_subnet]),
     ] {
         // Neutron keeps an interface that a route needs.
-        w.put(
-            &format!("/routers/{router}"),
-            json!({"router": {"routes": []}}),
-        )
-        .await;
+        w.routes(router, &[]).await;
         for subnet in subnets {
-            w.put(
-                &format!("/routers/{router}/remove_router_interface"),
-                json!({"subnet_id": subnet}),
-            )
-            .await;
+            w.interface(router, "remove", subnet).await;
         }
         w.delete(&format!("/routers/{router}")).await;
     }
     let t = Instant::now();
-    loop {
-        let listed = w.serve.cli(&["list"]).expect("router list");
-        let mut left = 0;
-        for router in [&r1, &r2] {
-            let tag = ownership::router_tag(router);
-            let servers = w.admin.list_servers_tagged(&tag).await.unwrap();
-            let ports = w
-                .admin
-                .list_ports(&PortFilter {
-                    tag: Some(tag),
-                    ..PortFilter::default()
-                })
-                .await
-                .unwrap();
-            let in_list = listed
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["router_id"] == router.as_str());
-            left += servers.len() + ports.len() + usize::from(in_list);
-        }
-        if left == 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "servers, ports or records of the deleted routers left after 120 s: {left}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    w.wait_gone(&[&r1, &r2], Duration::from_secs(120)).await;
     eprintln!(
         "both routers' servers and ports deleted {:?} after the Neutron calls",
         t.elapsed()
     );
-    let (status, _) = w.serve.stop();
-    assert!(status.success(), "{status}");
-    for net in [&tenant, &net2, &net3] {
-        w.delete(&format!("/networks/{net}")).await;
-    }
     drop(upstream);
-    w.admin
-        .call(
-            Service::Network,
-            Method::DELETE,
-            &format!("/networks/{}", w.mgmt),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    w.tear_down(&[&tenant, &net2, &net3]).await;
 }
 
 /// Removes what a crashed earlier run of this test left in the rig (routers, tenant VM ports
@@ -956,19 +948,9 @@ async fn benchmark_serve_on_the_rig() {
         )
         .await;
         let router = w
-            .post(
-                "/routers",
-                "router",
-                json!({"router": {"name": format!("rug-lite-serve-bench-{tag}-{i}"),
-                                  "external_gateway_info": {"network_id": ext}}}),
-            )
+            .router(&format!("rug-lite-serve-bench-{tag}-{i}"), Some(&ext))
             .await;
-        let router = router["id"].as_str().unwrap().to_string();
-        w.put(
-            &format!("/routers/{router}/add_router_interface"),
-            json!({"subnet_id": subnet}),
-        )
-        .await;
+        w.interface(&router, "add", &subnet).await;
         routers.push((router, network, subnet, net));
     }
     let created = t.elapsed();
@@ -999,12 +981,7 @@ async fn benchmark_serve_on_the_rig() {
         let rec = w.serve.show(router).unwrap();
         let nexthop = format!("{net}.{}", 10 + k);
         let t = Instant::now();
-        w.put(
-            &format!("/routers/{router}"),
-            json!({"router": {"routes": [{"destination": "198.51.100.0/24",
-                                          "nexthop": nexthop}]}}),
-        )
-        .await;
+        w.routes(router, &[("198.51.100.0/24", &nexthop)]).await;
         loop {
             let route = w.guest(&rec, |g| ip_route(g, "198.51.100.0/24"));
             if route.contains(&format!("via {nexthop} ")) {
@@ -1075,48 +1052,17 @@ async fn benchmark_serve_on_the_rig() {
 
     // Clean up: every router deleted, rug-lite deletes their servers and ports.
     for (router, _, subnet, _) in &routers {
-        w.put(
-            &format!("/routers/{router}"),
-            json!({"router": {"routes": []}}),
-        )
-        .await;
-        w.put(
-            &format!("/routers/{router}/remove_router_interface"),
-            json!({"subnet_id": subnet}),
-        )
-        .await;
+        w.routes(router, &[]).await;
+        w.interface(router, "remove", subnet).await;
         w.delete(&format!("/routers/{router}")).await;
     }
     let t = Instant::now();
-    while w
-        .serve
-        .cli(&["list"])
-        .and_then(|l| l.as_array().map(Vec::len))
-        != Some(0)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "routers not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let ids: Vec<&String> = routers.iter().map(|r| &r.0).collect();
+    w.wait_gone(&ids, Duration::from_secs(600)).await;
     println!(
         "  {n} routers deleted → their servers and ports gone   {:>10.2?}",
         t.elapsed()
     );
-    let (status, _) = w.serve.stop();
-    assert!(status.success());
-    for (_, network, ..) in &routers {
-        w.delete(&format!("/networks/{network}")).await;
-    }
-    w.admin
-        .call(
-            Service::Network,
-            Method::DELETE,
-            &format!("/networks/{}", w.mgmt),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let networks: Vec<&String> = routers.iter().map(|r| &r.1).collect();
+    w.tear_down(&networks).await;
 }
