@@ -311,6 +311,34 @@ impl Appliance {
         self.management = path;
     }
 
+    /// The orchestrator's path of an agent started with `--listen ADDR` and no boot
+    /// configuration: the NIC that holds ADDR, with that address, which a config may then
+    /// not take away (the API serves on it). None for a wildcard or loopback address, or an
+    /// address no NIC holds.
+    pub async fn management_path_of(
+        &self,
+        listen: std::net::IpAddr,
+    ) -> Result<Option<crate::management::ManagementPath>, ApplyError> {
+        if listen.is_unspecified() || listen.is_loopback() {
+            return Ok(None);
+        }
+        let nics = self.nics().await?;
+        let kernel = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        let Some(address) = kernel.addresses.iter().find(|a| a.net.addr() == listen) else {
+            return Ok(None);
+        };
+        Ok(nics.iter().find(|n| n.index == address.index).map(|nic| {
+            crate::management::ManagementPath {
+                ifname: nic.ifname.clone(),
+                addresses: vec![address.net],
+                mtu: None,
+                routes: Vec::new(),
+            }
+        }))
+    }
+
     pub fn current(&self) -> Option<&RouterConfig> {
         self.current.as_ref()
     }
@@ -756,7 +784,14 @@ impl Appliance {
         attempted: &DesiredState,
         before: &KernelState,
     ) -> Result<(), String> {
-        let previous = before.as_desired(attempted.links.keys().map(String::as_str));
+        let mut previous = before.as_desired(attempted.links.keys().map(String::as_str));
+        // The previous config's external addresses went in as optimistic ones (DAD runs):
+        // put them back the same way, not with NODAD, or the box differs from before.
+        if let Some(ext) = self.current.as_ref().and_then(|c| c.external_network()) {
+            if let Some(link) = previous.links.get_mut(&ext.ifname) {
+                link.nodad = false;
+            }
+        }
         let mut now = KernelState::read(&self.nl)
             .await
             .map_err(|e| e.to_string())?;

@@ -270,12 +270,23 @@ async fn serve(
         }
         None => None,
     };
-    let management = boot.as_ref().map(|(network, wanted)| ManagementPath {
-        ifname: network.ifname.clone(),
-        addresses: wanted.addresses.clone(),
-        mtu: wanted.mtu,
-        routes: wanted.routes.iter().map(|(dst, _)| *dst).collect(),
-    });
+    let management = match (boot.as_ref(), listen) {
+        (Some((network, wanted)), _) => Some(ManagementPath {
+            ifname: network.ifname.clone(),
+            addresses: wanted.addresses.clone(),
+            mtu: wanted.mtu,
+            routes: wanted.routes.iter().map(|(dst, _)| *dst).collect(),
+        }),
+        // Without a boot configuration, the address the API serves on is the path to keep.
+        (None, Some(listen)) => appliance
+            .management_path_of(listen.ip())
+            .await
+            .with_context(|| format!("finding the NIC of {listen}"))?,
+        (None, None) => None,
+    };
+    if let Some(path) = &management {
+        tracing::info!(nic = %path.ifname, addresses = ?path.addresses, "the orchestrator's path a config may not cut");
+    }
     appliance.set_management_path(management.clone());
     let boot = boot.map(|(network, _)| network);
     let api_port = match (listen, &boot) {
