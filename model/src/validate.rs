@@ -309,6 +309,20 @@ impl Validator {
         }
     }
 
+    /// A Neutron id: it reaches dnsmasq's config file and the metadata proxy's headers, so a
+    /// newline or a quote in it would inject a directive or a header.
+    fn identifier(&mut self, id: &str, path: &str) {
+        if !id.is_empty() && !is_identifier(id) {
+            self.problem(
+                path,
+                format!(
+                    "{} is not an id: 1 to 255 letters, digits, '-', '_', '.' or ':' (it reaches daemon config files and HTTP headers)",
+                    quoted(id)
+                ),
+            );
+        }
+    }
+
     fn orchestrator(&mut self, doc: Option<&OrchestratorDoc>) -> Orchestrator {
         let default_address = IpAddr::from_str(DEFAULT_ORCHESTRATOR_ADDRESS).expect("constant");
         let Some(doc) = doc else {
@@ -344,6 +358,7 @@ impl Validator {
 
     fn network(&mut self, doc: &NetworkDoc, path: &str) -> Network {
         let id = self.required(&doc.network_id, &field(path, "network_id"));
+        self.identifier(&id, &field(path, "network_id"));
         let network_type = self
             .enum_value(
                 doc.network_type.as_deref(),
@@ -459,6 +474,7 @@ impl Validator {
 
     fn subnet(&mut self, doc: &SubnetDoc, path: &str) -> Subnet {
         let id = self.required(&doc.id, &field(path, "id"));
+        self.identifier(&id, &field(path, "id"));
         let cidr_path = field(path, "cidr");
         let cidr = match &doc.cidr {
             None => {
@@ -1205,6 +1221,13 @@ pub fn is_allocation_hostname(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// The id grammar: 1 to 255 of `A-Z a-z 0-9 - _ . :` (UUIDs and Astara's own ids).
+fn is_identifier(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 fn is_header_safe(s: &str) -> bool {

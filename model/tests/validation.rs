@@ -594,3 +594,32 @@ fn anchors_resolve_address_book_and_icmp() {
     assert_eq!(rules[1].protocol, Some(akanda_model::Protocol::Icmp));
     assert_eq!(rules[1].source, None);
 }
+
+#[test]
+fn network_and_subnet_ids_cannot_carry_a_directive_or_a_header() {
+    // A network id reaches dnsmasq's config file and the metadata proxy's headers.
+    for bad in [
+        "x\ndhcp-range=0.0.0.0,255.255.255.255",
+        "x\r\nX-Injected: 1",
+        "a b",
+        "\"quoted\"",
+        "#comment",
+        &"x".repeat(256),
+    ] {
+        let mut doc = basic();
+        set(&mut doc, "/networks/2/network_id", json!(bad));
+        assert_problem(&doc, "networks[2].network_id", "is not an id");
+        let mut doc = basic();
+        set(&mut doc, "/networks/2/subnets/0/id", json!(bad));
+        assert_problem(&doc, "networks[2].subnets[0].id", "is not an id");
+    }
+    for good in [
+        "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf",
+        "mgt-subnet-id",
+        "a.b:c_d",
+    ] {
+        let mut doc = basic();
+        set(&mut doc, "/networks/2/network_id", json!(good));
+        assert!(problems(&doc).is_empty(), "{good}: {:?}", problems(&doc));
+    }
+}

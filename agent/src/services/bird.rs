@@ -347,7 +347,11 @@ impl Bird {
         super::create_dir(&self.paths.dir, 0o700)?;
         let next = self.paths.next();
         write_file(&next, conf.as_bytes(), 0o600)?;
-        self.check(&next).await?;
+        if let Err(e) = self.check(&next).await {
+            // A refused config leaves no file behind.
+            let _ = std::fs::remove_file(&next);
+            return Err(e);
+        }
         let rename = |paths: &BirdPaths| {
             std::fs::rename(paths.next(), paths.conf()).map_err(|source| ServicesError::Write {
                 path: paths.conf(),

@@ -472,7 +472,11 @@ impl DnsmasqSet {
             // Check the new main file before it replaces the one a restart would read.
             let next = paths.dir.join("dnsmasq.conf.next");
             write_file(&next, files.conf.as_bytes(), 0o644)?;
-            check_conf(&self.binary, &next).await?;
+            if let Err(e) = check_conf(&self.binary, &next).await {
+                // A refused config leaves no file behind.
+                let _ = std::fs::remove_file(&next);
+                return Err(e);
+            }
             std::fs::rename(&next, paths.conf()).map_err(|source| ServicesError::Write {
                 path: paths.conf(),
                 source,
