@@ -16,7 +16,7 @@ pub use config::*;
 pub use document::Document;
 pub use domain::{MacAddr, MacAddrError, NicName, NicNameError, MAIN_ROUTE_TABLE};
 pub use problem::Problem;
-pub use validate::{is_allocation_hostname, normalise_mac, validate};
+pub use validate::{is_allocation_hostname, is_header_safe, normalise_mac, validate};
 
 use sha2::{Digest, Sha256};
 

@@ -1230,7 +1230,9 @@ fn is_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-fn is_header_safe(s: &str) -> bool {
+/// Printable ASCII without spaces, at most 255 bytes: the agent sends these values in HTTP
+/// headers (the metadata proxy's `X-Tenant-ID`, `X-Instance-ID`).
+pub fn is_header_safe(s: &str) -> bool {
     s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic())
 }
 

@@ -16,6 +16,7 @@
 //! Deviations from Astara, on purpose: the router's extra routes are sent as `static_routes`
 //! (Astara dropped them); the host name is per router (`ak-<router id>`), not per tenant.
 
+use akanda_model::is_header_safe;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -750,11 +751,6 @@ fn hostname_label(id: &str) -> String {
         .take(60)
         .collect();
     label.trim_matches('-').to_string()
-}
-
-/// Printable ASCII without spaces: the agent sends these in HTTP headers.
-fn is_header_safe(s: &str) -> bool {
-    s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn header_safe_or(s: &str, fallback: &str) -> String {
