@@ -598,11 +598,20 @@ fn a_removed_network_stops_routing_and_management_stays() {
     assert_no_ping(lab.t1(), RouterLab::T2_V4);
     assert_pings(lab.t1(), "192.168.0.1");
 
-    // Even a config without the management network keeps the management address: the
-    // orchestrator must never be locked out by a push.
+    // A config without the management network is refused, naming `networks` (the agent
+    // serves on ge0's address: the orchestrator must never be locked out by a push), and the
+    // management address stays.
     let mut no_mgmt = removed.clone();
     no_mgmt["networks"].as_array_mut().unwrap().remove(0);
-    put_ok(&lab, &no_mgmt);
+    let resp = put(&lab, &no_mgmt);
+    assert_eq!(resp.status, 422, "{}", resp.body);
+    assert!(
+        resp.json()["details"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p["path"] == "networks")),
+        "{}",
+        resp.body
+    );
     assert!(addresses(&lab, "ge0").contains(&format!("{}/64", RouterLab::MGMT_ADDR)));
     assert_eq!(lab.http().get("/v1/status").status, 200);
 }
