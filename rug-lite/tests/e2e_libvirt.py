@@ -57,8 +57,12 @@ def check(name, ok, detail=''):
     return ok
 
 
+# rug-lite refuses RUG_LITE_* variables it does not know; the test harness sets some of its own.
+RUG_ENV = {k: v for k, v in os.environ.items() if not k.startswith('RUG_LITE_')}
+
+
 def rug(*args):
-    out = subprocess.run([RUG, *args, '--config', conf], capture_output=True, text=True)
+    out = subprocess.run([RUG, *args, '--config', conf], capture_output=True, text=True, env=RUG_ENV)
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
@@ -133,9 +137,12 @@ startup_spread = "1s"
 socket = "{work}/admin.sock"
 ''')
 serve = subprocess.Popen([RUG, 'serve', '--config', conf], stdout=open(f'{work}/serve.log', 'w'),
-                         stderr=subprocess.STDOUT)
+                         stderr=subprocess.STDOUT, env=RUG_ENV)
 try:
     time.sleep(5)
+    if serve.poll() is not None:
+        log(f'rug-lite serve exited {serve.returncode}: ' + open(f'{work}/serve.log').read()[-2000:])
+        sys.exit(1)
     # ---- 1. create: events only (resync period 600 s) ------------------------------------
     router = c.network.create_router(name='e2e-router', external_gateway_info={'network_id': ext.id})
     c.network.add_interface_to_router(router, subnet_id=sn.id)
