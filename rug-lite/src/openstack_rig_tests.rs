@@ -50,6 +50,39 @@ async fn raw(
         .unwrap_or(Value::Null)
 }
 
+/// Deletes a router as Neutron wants it: its extra routes cleared (an interface a route uses
+/// cannot be removed), these subnets' interfaces removed, then the router.
+async fn delete_router(cloud: &HttpCloud, router_id: &str, subnets: &[&String]) {
+    raw(
+        cloud,
+        Service::Network,
+        Method::PUT,
+        &format!("/routers/{router_id}"),
+        json!({"router": {"routes": []}}),
+    )
+    .await;
+    for subnet in subnets {
+        raw(
+            cloud,
+            Service::Network,
+            Method::PUT,
+            &format!("/routers/{router_id}/remove_router_interface"),
+            json!({"subnet_id": subnet}),
+        )
+        .await;
+    }
+    cloud
+        .call(
+            Service::Network,
+            Method::DELETE,
+            &format!("/routers/{router_id}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+}
+
 async fn servers_named(cloud: &HttpCloud, tag: &str) -> Vec<Server> {
     cloud.list_servers_tagged(tag).await.unwrap()
 }
@@ -266,24 +299,7 @@ async fn neutron_and_nova_through_the_traits_on_the_rig() {
         .unwrap_err()
         .is_not_found());
 
-    raw(
-        &cloud,
-        Service::Network,
-        Method::PUT,
-        &format!("/routers/{router_id}/remove_router_interface"),
-        json!({"subnet_id": subnet_id}),
-    )
-    .await;
-    cloud
-        .call(
-            Service::Network,
-            Method::DELETE,
-            &format!("/routers/{router_id}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    delete_router(&cloud, &router_id, &[&subnet_id]).await;
     cloud
         .call(
             Service::Network,
@@ -645,34 +661,7 @@ async fn a_router_gets_an_appliance_configured_over_mutual_tls_on_the_rig() {
         .unwrap();
 
     // The router is deleted: its server, then its ports, are deleted.
-    raw(
-        &cloud,
-        Service::Network,
-        Method::PUT,
-        &format!("/routers/{router_id}"),
-        json!({"router": {"routes": []}}),
-    )
-    .await;
-    for subnet in [&tenant_subnet, &second_subnet] {
-        raw(
-            &cloud,
-            Service::Network,
-            Method::PUT,
-            &format!("/routers/{router_id}/remove_router_interface"),
-            json!({"subnet_id": subnet}),
-        )
-        .await;
-    }
-    cloud
-        .call(
-            Service::Network,
-            Method::DELETE,
-            &format!("/routers/{router_id}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    delete_router(&cloud, &router_id, &[&tenant_subnet, &second_subnet]).await;
     drop(guest);
     let started = Instant::now();
     loop {
