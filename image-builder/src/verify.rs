@@ -458,6 +458,16 @@ impl Drop for Vm {
     }
 }
 
+/// 512 random bytes, base64: what Nova's API puts in every server's `meta_data.json`.
+fn nova_random_seed() -> Result<String, VerifyError> {
+    use base64::Engine as _;
+    let mut seed = [0u8; 512];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(io("reading /dev/urandom"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(seed))
+}
+
 fn mac(n: u8) -> String {
     // Locally administered, unique per verify run so concurrent runs never share a MAC.
     let pid = std::process::id();
@@ -746,7 +756,8 @@ fn run(
             "uuid": "6f0b1c2d-3e4f-4a6b-8c8d-9e0f1a2b3c4d", "name": "ak-verify",
             "hostname": "ak-verify.novalocal", "availability_zone": "nova", "launch_index": 0,
             "project_id": "d22b149cee9b4eac8349c517eda00b89", "devices": [],
-            "meta": {"akanda_mgmt_mac": macs[0]}
+            "meta": {"akanda_mgmt_mac": macs[0]},
+            "random_seed": nova_random_seed()?
         });
         configdrive::make(
             opts.config_drive_format,

@@ -77,6 +77,7 @@ pub enum BootConfigError {
 }
 
 mod drive;
+mod entropy;
 mod network;
 mod nova;
 
@@ -157,6 +158,20 @@ pub fn read_source(source: &Source, wait: Duration) -> Result<Management, BootCo
         }
     };
     let mut management = parse(&nd, &md)?;
+    // Before anything asks for random numbers (the TLS set-up does): see `entropy`.
+    match &management.random_seed {
+        Some(seed) => match entropy::credit(seed) {
+            Ok(bits) => tracing::info!(
+                bytes = seed.bytes().len(),
+                credited_bits = bits,
+                "the config drive's random seed is in the kernel's pool"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not add the config drive's random seed to the kernel's pool")
+            }
+        },
+        None => tracing::info!("the config drive has no random seed (meta_data.json random_seed)"),
+    }
     management.user_data = parse_user_data(&ud)?;
     if let Some(ud) = &management.user_data {
         tracing::info!(

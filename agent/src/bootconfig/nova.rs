@@ -49,6 +49,42 @@ struct NdRoute {
 struct MetaData {
     #[serde(default)]
     meta: BTreeMap<String, serde_json::Value>,
+    /// 512 random bytes, base64, that Nova's API generates for each server.
+    #[serde(default)]
+    random_seed: Option<String>,
+}
+
+/// Nova's per-server `random_seed`: bytes for the kernel's random pool. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RandomSeed(Vec<u8>);
+
+impl RandomSeed {
+    /// More than Nova's 512 bytes is refused: the seed only has to initialise the CRNG.
+    pub const MAX_BYTES: usize = 4096;
+
+    /// The base64 text of `meta_data.json`, or `None` when it is not base64 or is empty or
+    /// larger than [`Self::MAX_BYTES`] (a seed is an optimisation, never a reason to fail a
+    /// boot).
+    pub fn from_base64(text: &str) -> Option<RandomSeed> {
+        use base64::Engine as _;
+        if text.len() > Self::MAX_BYTES.div_ceil(3) * 4 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()?;
+        (!bytes.is_empty()).then_some(RandomSeed(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RandomSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RandomSeed({} bytes)", self.0.len())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -74,6 +110,8 @@ pub struct Management {
     pub insecure_http: bool,
     /// rug-lite's boot document from `user_data`, if there is one.
     pub user_data: Option<UserData>,
+    /// `meta_data.json`'s `random_seed`, when it is valid.
+    pub random_seed: Option<RandomSeed>,
 }
 
 impl Management {
@@ -89,6 +127,7 @@ impl Management {
             port: DEFAULT_API_PORT,
             insecure_http: false,
             user_data: None,
+            random_seed: None,
         }
     }
 
@@ -223,6 +262,7 @@ pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootCo
         port,
         insecure_http,
         user_data: None,
+        random_seed: md.random_seed.as_deref().and_then(RandomSeed::from_base64),
     };
     for net in nd.networks.iter().filter(|n| n.link == link.id) {
         match net.kind.as_str() {
@@ -588,6 +628,31 @@ pub(super) mod tests {
         assert!(m.routes.is_empty());
         assert!(!m.dhcp4 && !m.slaac);
         assert_eq!(m.port, DEFAULT_API_PORT);
+        let seed = m.random_seed.expect("Nova's random_seed");
+        assert_eq!(seed.bytes().len(), 512, "Nova writes 512 random bytes");
+        assert_eq!(
+            format!("{seed:?}"),
+            "RandomSeed(512 bytes)",
+            "never printed"
+        );
+    }
+
+    #[test]
+    fn a_random_seed_that_is_not_usable_is_ignored_not_fatal() {
+        let md = |seed: &str| format!(r#"{{"random_seed": {seed}}}"#);
+        for bad in [
+            "\"not base64!\"".to_string(),
+            "\"\"".to_string(),
+            format!("\"{}\"", "QUJD".repeat(RandomSeed::MAX_BYTES / 3 + 2)),
+        ] {
+            let m = parse(ND_NOVA.as_bytes(), md(&bad).as_bytes()).unwrap();
+            assert_eq!(m.random_seed, None, "{bad:.40}");
+        }
+        let m = parse(ND_NOVA.as_bytes(), md("\"QUJD\"").as_bytes()).unwrap();
+        assert_eq!(m.random_seed.unwrap().bytes(), b"ABC");
+        // A seed that is not a string is a malformed meta_data.json, named as such.
+        let e = parse(ND_NOVA.as_bytes(), md("5").as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("meta_data.json"), "{e}");
     }
 
     #[test]
