@@ -1,8 +1,9 @@
 //! The orchestrator's path cannot be cut by a config (issue 12): with a boot configuration
 //! (an extracted config drive naming the management NIC and address), each attempt to drop,
-//! re-type, re-address or re-MTU the management network, or to capture its traffic with a
-//! route or a DNS server, is refused with a 422 naming the field, and the box is left exactly
-//! as it was (kernel dump, saved config). A saved config that would cut the path (written by
+//! re-type, re-address or re-MTU the management network (at the interface or the network
+//! level), to add a second one, or to capture its traffic with a route, a host route, a DNS
+//! server, an overlapping tenant subnet or a tenant address, is refused with a 422 naming the
+//! field, and the box is left exactly as it was (kernel dump, saved config). A saved config that would cut the path (written by
 //! an older agent) is not re-applied at start.
 
 use std::time::Duration;
@@ -96,6 +97,43 @@ fn no_config_can_cut_the_orchestrators_path() {
             "give it another MTU",
             Box::new(move |c| c["networks"][m]["interface"]["mtu"] = json!(1400)),
             format!("networks[{m}].interface.mtu"),
+        ),
+        (
+            "give it another MTU at the network level",
+            Box::new(move |c| c["networks"][m]["mtu"] = json!(1400)),
+            format!("networks[{m}].interface.mtu"),
+        ),
+        (
+            "make a tenant network a second management network",
+            Box::new(move |c| c["networks"][t1]["network_type"] = json!("management")),
+            format!("networks[{t1}].network_type"),
+        ),
+        (
+            "put a tenant subnet over its prefix",
+            Box::new(move |c| {
+                let net = &mut c["networks"][t1];
+                let v6 = net["subnets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .position(|s| s["cidr"].as_str().unwrap().contains(':'))
+                    .unwrap();
+                net["subnets"][v6]["cidr"] = json!("fdca:3ba5:a17a:acda::/64");
+                net["subnets"][v6]["gateway_ip"] = json!("fdca:3ba5:a17a:acda::99");
+                // Otherwise valid: no allocation left outside the subnets.
+                net["allocations"] = json!([]);
+            }),
+            format!("networks[{t1}].subnets[1].cidr"),
+        ),
+        (
+            "give a tenant NIC an address inside it",
+            Box::new(move |c| {
+                c["networks"][t1]["interface"]["addresses"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("fdca:3ba5:a17a:acda::99/128"))
+            }),
+            format!("networks[{t1}].interface.addresses[2]"),
         ),
         (
             "route its prefix elsewhere",

@@ -227,6 +227,15 @@ impl Expression for MapLookup {
     }
 }
 
+/// `fib saddr . iif oif present` into register 1 (nftnl has no `fib` expression).
+struct FibSaddrIifOifPresent;
+
+impl Expression for FibSaddrIifOifPresent {
+    fn to_expr(&self, _rule: &NftRule) -> NonNull<sys::nftnl_expr> {
+        ffi::fib_saddr_iif_oif_present()
+    }
+}
+
 fn nfproto(f: Family) -> u8 {
     match f {
         Family::V4 => libc::NFPROTO_IPV4 as u8,
@@ -328,6 +337,11 @@ fn build_rule<'a>(
                 rule.add_expr(&Conntrack::Status);
                 rule.add_expr(&Bitwise::new(ConntrackStatus::DST_NAT.bits(), 0u32));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            }
+            Match::FibSaddrIifMissing => {
+                // As nft compiles it: "present" into register 1, compared with 0.
+                rule.add_expr(&FibSaddrIifOifPresent);
+                rule.add_expr(&Cmp::new(CmpOp::Eq, 0u32));
             }
         }
     }

@@ -27,6 +27,11 @@ pub const FIP_SNAT_MAP: &str = "fip_snat";
 pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
 pub const SSH_PORT: u16 = 22;
 pub const BGP_PORT: u16 = 179;
+/// The comment of every rule that keeps the management network and the API apart from the
+/// other NICs (`input`, `forward`).
+pub const ISOLATION: &str = "management isolation";
+/// The comment of the anti-spoofing rule (`forward`).
+pub const SPOOFED: &str = "spoofed source";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -125,6 +130,10 @@ pub enum Match {
     CtState(Vec<CtState>),
     /// The connection was destination-NATed (a floating IP).
     CtDnat,
+    /// `fib saddr . iif oif missing`: the router has no route back to the packet's source out
+    /// of the NIC the packet came in on (a strict reverse-path check against the live FIB, as
+    /// `rp_filter=1` does, for both families). In the forward hook only.
+    FibSaddrIifMissing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +260,8 @@ struct Router<'a> {
     /// IPv4 only: Neutron has no IPv6 floating IPs (the model accepts v6 pairs but there is
     /// no IPv6 NAT).
     floating_ips: Vec<&'a FloatingIp>,
+    /// The NIC of every network, in document order.
+    named: Vec<&'a str>,
 }
 
 impl<'a> Router<'a> {
@@ -273,7 +284,35 @@ impl<'a> Router<'a> {
                 .iter()
                 .filter(|f| f.floating_ip.is_ipv4())
                 .collect(),
+            named: config.networks.iter().map(|n| n.ifname.as_str()).collect(),
         }
+    }
+}
+
+impl Router<'_> {
+    /// The management network's prefixes: its addresses' networks and its subnets, without
+    /// link-local ones (every NIC has those: neighbour discovery needs them) and `/0`.
+    fn management_prefixes(&self) -> Vec<IpNet> {
+        let Some(m) = self.management else {
+            return Vec::new();
+        };
+        let link_local: [IpNet; 2] = [
+            "fe80::/10".parse().expect("constant"),
+            "169.254.0.0/16".parse().expect("constant"),
+        ];
+        let mut out: Vec<IpNet> = Vec::new();
+        let candidates = m
+            .addresses
+            .iter()
+            .map(IpNet::trunc)
+            .chain(m.subnets.iter().map(|s| s.cidr.trunc()));
+        for p in candidates {
+            let local = link_local.iter().any(|l| l.contains(&p) || p.contains(l));
+            if p.prefix_len() > 0 && !local && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
     }
 }
 
@@ -531,6 +570,53 @@ mod tests {
         );
         let basic = build(&test_config::basic(), FirewallOptions { api_port: 5000 });
         assert_eq!(element_delta(&basic, &renumbered), None);
+    }
+
+    #[test]
+    fn pass_rules_from_anywhere_come_after_isolation_and_anti_spoofing() {
+        let mut doc = test_config::basic_json();
+        doc["anchors"] = serde_json::json!([{"name": "open", "rules": [
+            {"action": "pass"},
+            {"action": "pass", "source": "0.0.0.0/0"},
+            {"action": "pass", "family": "inet6", "source": "::/0"},
+            {"action": "pass", "protocol": "tcp", "destination_port": 5000}
+        ]}]);
+        let rs = build(
+            &test_config::parse(&doc),
+            FirewallOptions { api_port: 5000 },
+        );
+        let chain = |name: &str| &rs.chains.iter().find(|c| c.name == name).unwrap().rules;
+        let forward = chain("forward");
+        let jump = forward
+            .iter()
+            .position(|r| r.verdict == Verdict::Jump(forward::TENANT_RULES_CHAIN.into()))
+            .unwrap();
+        let guards: Vec<usize> = forward
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.comment.as_deref(), Some(ISOLATION | SPOOFED)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(guards, [0, 1, 2], "{forward:#?}");
+        assert!(guards.iter().all(|g| *g < jump));
+        assert_eq!(chain(forward::TENANT_RULES_CHAIN).len(), 4);
+        // Tenant rules are jumped to from `forward` only.
+        for c in &rs.chains {
+            let jumps = c
+                .rules
+                .iter()
+                .any(|r| r.verdict == Verdict::Jump(forward::TENANT_RULES_CHAIN.into()));
+            assert_eq!(jumps, c.name == "forward", "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn text_renders_the_reverse_path_check_as_nft_does() {
+        let rule = Rule::new(vec![Match::FibSaddrIifMissing], Verdict::Drop).comment(SPOOFED);
+        assert_eq!(
+            super::super::text::render_rule(&rule),
+            "fib saddr . iif oif missing counter drop comment \"spoofed source\""
+        );
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn render_rule(rule: &Rule) -> String {
                 format!("ct state {}", names.join(","))
             }
             Match::CtDnat => "ct status dnat".into(),
+            Match::FibSaddrIifMissing => "fib saddr . iif oif missing".into(),
         });
     }
     if rule.counter {

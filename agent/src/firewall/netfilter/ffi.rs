@@ -1,7 +1,8 @@
 //! The firewall's only `unsafe` code, each block with the invariant it relies on:
 //!
 //! - libnftnl, for what nftnl's safe API lacks: a set's map flag, key and data types, its
-//!   elements with data, and the map `lookup` expression (source and destination register);
+//!   elements with data, the map `lookup` expression (source and destination register) and
+//!   the `fib` expression (anti-spoofing);
 //! - libnftables (the library behind `nft`, linked, not run), to list the live table.
 //!
 //! Every function here is safe to call; the rest of `firewall/` denies `unsafe_code`.
@@ -99,6 +100,34 @@ pub(crate) fn map_lookup(set: &CStr, set_id: u32) -> NonNull<sys::nftnl_expr> {
         );
         sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
         sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, set_id);
+        expr
+    }
+}
+
+/// `enum nft_fib_result` and `enum nft_fib_flags` of `linux/netfilter/nf_tables.h` (not in
+/// the libc crate).
+const NFT_FIB_RESULT_OIF: u32 = 1;
+const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
+
+/// A `fib` expression: `fib saddr . iif oif present`, written to register 1 (zero when the
+/// route back to the source does not leave through the input NIC). The caller (nftnl's
+/// `Expression::to_expr`) hands it to the rule, which owns and frees it.
+pub(crate) fn fib_saddr_iif_oif_present() -> NonNull<sys::nftnl_expr> {
+    // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
+    // integer attributes. Ownership goes to the caller.
+    unsafe {
+        let expr = NonNull::new(sys::nftnl_expr_alloc(c"fib".as_ptr()))
+            .expect("libnftnl could not allocate an expression");
+        let e = expr.as_ptr();
+        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, libc::NFT_REG_1 as u32);
+        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_RESULT as u16, NFT_FIB_RESULT_OIF);
+        sys::nftnl_expr_set_u32(
+            e,
+            sys::NFTNL_EXPR_FIB_FLAGS as u16,
+            NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
+        );
         expr
     }
 }

@@ -4,17 +4,31 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::{established, CtState, Family, Match, Router, Rule, Verdict};
+use super::{established, CtState, Family, Match, Router, Rule, Verdict, ISOLATION, SPOOFED};
 
 /// The regular chain of label counters.
 pub(super) const LABELS_CHAIN: &str = "labels";
 /// The regular chain of the config's anchors ([`super::tenant`]).
 pub(super) const TENANT_RULES_CHAIN: &str = "tenant_rules";
 
-/// Labels are counted before anything decides; tenant rules decide before the router's own
-/// policy (internal networks out and between each other, floating IPs in).
+/// First what no config can open: nothing is forwarded from or to the management network,
+/// and a packet whose source the router would not route back out of the NIC it came in on is
+/// dropped (anti-spoofing). Then labels are counted, before anything else decides; tenant
+/// rules decide before the router's own policy (internal networks out and between each other,
+/// floating IPs in).
 pub(super) fn rules(router: &Router, has_labels: bool, has_tenant_rules: bool) -> Vec<Rule> {
     let mut rules = Vec::new();
+    if let Some(m) = router.management {
+        for m in [Match::Iif(m.ifname.clone()), Match::Oif(m.ifname.clone())] {
+            rules.push(Rule::new(vec![m], Verdict::Drop).comment(ISOLATION));
+        }
+    }
+    // A strict reverse-path check against the FIB the config installed: a tenant's own
+    // subnets, and prefixes its static or host routes send through its NIC, pass from it; from
+    // the external NIC, whatever the router routes out there (its default route included), so
+    // not a tenant's subnets or the management network. The router's own addresses (floating
+    // IPs included: local routes) match no NIC.
+    rules.push(Rule::new(vec![Match::FibSaddrIifMissing], Verdict::Drop).comment(SPOOFED));
     if has_labels {
         rules.push(Rule::jump(LABELS_CHAIN));
     }
@@ -71,13 +85,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jumps_first_then_internal_out_and_floating_ips_in() {
+    fn isolation_and_anti_spoofing_first_then_jumps_then_policy() {
         let config = test_config::basic();
         let rules = rules(&Router::of(&config), true, true);
         let verdicts: Vec<_> = rules.iter().map(|r| r.verdict.clone()).collect();
         assert_eq!(
             verdicts,
             [
+                Verdict::Drop,
+                Verdict::Drop,
+                Verdict::Drop,
                 Verdict::Jump(LABELS_CHAIN.into()),
                 Verdict::Accept,
                 Verdict::Drop,
@@ -87,14 +104,24 @@ mod tests {
                 Verdict::Drop
             ]
         );
-        assert!(!rules[0].counter, "jumps are not counted");
+        // Nothing from or to the management network, whatever comes after.
+        assert_eq!(rules[0].matches, [Match::Iif("ge0".into())]);
+        assert_eq!(rules[1].matches, [Match::Oif("ge0".into())]);
+        assert!(rules[..2]
+            .iter()
+            .all(|r| r.comment.as_deref() == Some(ISOLATION)));
+        // Then the reverse-path check, before replies are accepted: a spoofed packet that
+        // matches someone else's connection is dropped too.
+        assert_eq!(rules[2].matches, [Match::FibSaddrIifMissing]);
+        assert_eq!(rules[2].comment.as_deref(), Some(SPOOFED));
+        assert!(!rules[3].counter, "jumps are not counted");
         assert_eq!(
-            rules[4].matches,
+            rules[7].matches,
             [Match::Iif("ge2".into()), Match::OifNot("ge0".into())],
             "never into the management network"
         );
         assert_eq!(
-            rules[5].matches,
+            rules[8].matches,
             [Match::Iif("ge1".into()), Match::CtDnat],
             "from outside only to floating IPs"
         );
@@ -105,7 +132,18 @@ mod tests {
         let config = test_config::basic();
         let rules = rules(&Router::of(&config), false, false);
         assert!(!rules.iter().any(|r| matches!(r.verdict, Verdict::Jump(_))));
-        assert_eq!(rules.len(), 5);
+        assert_eq!(rules.len(), 8);
+    }
+
+    #[test]
+    fn without_management_only_anti_spoofing_comes_first() {
+        let config = test_config::parse(&test_config::without("management"));
+        let rules = rules(&Router::of(&config), false, true);
+        assert_eq!(rules[0].matches, [Match::FibSaddrIifMissing]);
+        assert!(!rules
+            .iter()
+            .any(|r| r.comment.as_deref() == Some(ISOLATION)));
+        assert_eq!(rules[3].verdict, Verdict::Jump(TENANT_RULES_CHAIN.into()));
     }
 
     #[test]
