@@ -599,7 +599,10 @@ mod stale_tests {
         let started = std::time::Instant::now();
         let stopped = kill_stale(|_, argv| is_daemon_of(argv, &["sh"], &run)).await;
         assert_eq!(stopped, 1);
-        assert!(started.elapsed() < Duration::from_secs(1), "it waited for a zombie");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it waited for a zombie"
+        );
         assert!(ours.wait().unwrap().signal().is_some());
         assert!(
             other.try_wait().unwrap().is_none(),
