@@ -13,7 +13,7 @@
 //! | `fail` | [`hit`] returns an error: the phase fails as if the kernel or a daemon refused |
 //! | `panic` | the agent panics there |
 //! | `kill` | the agent sends itself SIGKILL (a crash: no unwinding, no cleanup) |
-//! | `sleep:MS` | the agent sleeps MS milliseconds there, then carries on |
+//! | `sleep:MS` | the agent sleeps MS milliseconds there (blocking its thread), then carries on |
 //!
 //! The places ([`POINTS`]): the end of each apply phase (its work done, nothing after it yet),
 //! each daemon config check (`daemon_check`: in the middle of the services phase, some
