@@ -237,7 +237,7 @@ pub fn routes(
             if let Some(refused) = s.refused() {
                 return refused;
             }
-            let shared = s.shared.lock().expect("status lock");
+            let shared = crate::appliance::lock(&s.shared);
             let doc = shared.current.as_ref().map(|d| d.redacted());
             ok_json(&json!({ "configuration": doc.map(|d| json!(d)).unwrap_or(json!({})) }))
         });
@@ -273,10 +273,7 @@ pub fn routes(
             body["services_as_of"] = json!(if live.is_some() { "now" } else { "last_apply" });
             body["services"] = match live {
                 Some(services) => services,
-                None => s
-                    .shared
-                    .lock()
-                    .expect("status lock")
+                None => crate::appliance::lock(&s.shared)
                     .services
                     .clone()
                     .unwrap_or(serde_json::Value::Null),
@@ -676,7 +673,12 @@ where
     }
 }
 
-fn apply_error(e: ApplyError) -> Response {
+/// The answer to a failed apply. A phase that failed and was fully rolled back is a 409 (the
+/// previous config is in force), or a 500 when the failure was a panic (a bug of the agent's,
+/// the previous config still in force). A rollback that failed is a 503: the box is degraded
+/// (`/v1/status`), and the body names what was put back and what was not. `rollback` in
+/// the body carries the same as data.
+pub fn apply_error(e: ApplyError) -> Response {
     match e {
         ApplyError::DoesNotFit(problems) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -687,39 +689,71 @@ fn apply_error(e: ApplyError) -> Response {
             phase,
             cause,
             rollback,
+            panicked,
         } => {
-            let refusal = phase.refusal();
-            let (message, mut details) = if rollback.is_complete() {
+            let what = if panicked {
+                format!("the agent failed (a bug: it panicked) in phase {phase}")
+            } else {
+                format!("{} (phase {phase})", phase.refusal())
+            };
+            let restored: Vec<&str> = rollback.restored.iter().map(|p| p.name()).collect();
+            let (status, message) = if rollback.is_complete() {
+                let which = if restored.is_empty() {
+                    "nothing had been changed".to_string()
+                } else {
+                    format!("restored: {}", restored.join(", "))
+                };
                 (
-                    format!("{refusal}; the previous state was restored: {cause}"),
-                    vec![Problem::new("", cause)],
+                    if panicked {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::CONFLICT
+                    },
+                    format!("{what}; the previous state was restored ({which}): {cause}"),
                 )
             } else {
+                let failed: Vec<&str> = rollback.failed.iter().map(|(p, _)| p.name()).collect();
                 (
-                    format!("{refusal} and restoring the previous state failed: {cause}"),
-                    vec![Problem::new("", cause)],
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{what}, and the rollback failed: NOT restored: {}; restored: {}. The box is degraded until a config applies completely: {cause}",
+                        failed.join(", "),
+                        if restored.is_empty() { "nothing".to_string() } else { restored.join(", ") },
+                    ),
                 )
             };
+            let mut details = vec![Problem::new("", cause)];
             details.extend(
                 rollback
                     .failed
                     .iter()
                     .map(|(phase, e)| Problem::new("", format!("rollback of {phase}: {e}"))),
             );
-            error(StatusCode::CONFLICT, &message, &details)
+            details.extend(rollback.notes.iter().map(|n| Problem::new("", n.clone())));
+            let body = json!({
+                "error": message,
+                "details": details,
+                "rollback": rollback.to_json(),
+            });
+            warp::reply::with_status(warp::reply::json(&body), status).into_response()
         }
         ApplyError::Unavailable(msg) => error(StatusCode::SERVICE_UNAVAILABLE, &msg, &[]),
     }
 }
 
 fn status(s: &ApiState) -> serde_json::Value {
-    let shared = s.shared.lock().expect("status lock");
+    let shared = crate::appliance::lock(&s.shared);
+    // Degraded, the box is neither the config in force nor the refused one: no hash is
+    // claimed, so an orchestrator comparing hashes pushes again (which clears it).
+    let degraded = shared.degraded.as_ref();
     json!({
         "agent": "akanda-agent",
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": s.started_at,
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
-        "config_hash": shared.current_hash,
+        "health": if degraded.is_some() { "degraded" } else { "ok" },
+        "degraded": degraded,
+        "config_hash": if degraded.is_some() { None } else { shared.current_hash.as_ref() },
         "last_apply": shared.last_apply,
         "applies": { "ok": shared.counters.applies_ok, "failed": shared.counters.applies_failed },
         "netlink_writes_total": shared.netlink_writes_total,

@@ -12,13 +12,16 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use akanda_model::{Document, Problem, RouterConfig};
+use futures::FutureExt;
 use serde::Serialize;
 
 use crate::desired::{desired_state, DesiredState};
+use crate::failpoint;
 use crate::firewall::{self, FirewallOptions, Ruleset};
 use crate::netlink::{
     format_mac, Netlink, NetlinkError, FLOATING_IP_RULE_PRIORITY, FLOATING_IP_TABLE,
@@ -31,9 +34,11 @@ use crate::services::{Services, ServicesOptions};
 use crate::store::StateDir;
 use crate::sysctl;
 
-/// The phases of an apply that change the box, in order.
+/// The phases of an apply that change the box, in order (`Preflight` changes nothing the
+/// journal undoes: it names NICs and checks the config fits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    Preflight,
     LinksAddressesRoutes,
     Ruleset,
     Conntrack,
@@ -45,6 +50,7 @@ impl Phase {
     /// The phase's name, as in `/v1/status` `last_apply.phases_ms`.
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Preflight => "preflight",
             Phase::LinksAddressesRoutes => "links_addresses_routes",
             Phase::Ruleset => "ruleset",
             Phase::Conntrack => "conntrack",
@@ -53,12 +59,13 @@ impl Phase {
         }
     }
 
-    /// Who refused, in words for an operator.
+    /// What failed, in words for an operator.
     pub fn refusal(self) -> &'static str {
         match self {
-            Phase::LinksAddressesRoutes | Phase::Ruleset | Phase::Conntrack => {
-                "the kernel refused the config"
-            }
+            Phase::Preflight => "the apply could not be prepared",
+            Phase::LinksAddressesRoutes => "the kernel refused the links, addresses or routes",
+            Phase::Ruleset => "the kernel refused the ruleset",
+            Phase::Conntrack => "ending the moved floating IPs' sessions failed",
             Phase::Services => "a service could not be configured",
             Phase::Persist => "the config could not be saved",
         }
@@ -72,30 +79,72 @@ impl std::fmt::Display for Phase {
 }
 
 /// What unwinding the journal achieved: the phases put back, and those that could not be.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Rollback {
+    /// Phases put back as they were before the apply (last first, as unwound).
     pub restored: Vec<Phase>,
+    /// Phases that could not be put back, with why: the box is then degraded.
     pub failed: Vec<(Phase, String)>,
+    /// What no rollback undoes, said so that the answer stays true (ended sessions).
+    pub notes: Vec<String>,
 }
 
 impl Rollback {
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
     }
+
+    /// `{"complete", "restored": [phase], "not_restored": [{"phase", "error"}], "notes"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "complete": self.is_complete(),
+            "restored": self.restored.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            "not_restored": self.failed.iter().map(|(p, e)| NotRestored {
+                phase: p.name(),
+                error: e.clone(),
+            }).collect::<Vec<_>>(),
+            "notes": self.notes,
+        })
+    }
 }
 
-/// Why an apply failed. Every variant leaves the previous config in force.
+/// A phase a rollback could not put back.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotRestored {
+    pub phase: &'static str,
+    pub error: String,
+}
+
+/// Why the box is degraded: an apply failed and its rollback failed too, so the box is
+/// neither the config in force nor the one refused. Cleared by the next apply that
+/// succeeds (an apply reconciles every part of the box from what the kernel, the disk and the
+/// daemons actually have).
+#[derive(Debug, Clone, Serialize)]
+pub struct Degraded {
+    pub since: String,
+    /// The config whose apply failed.
+    pub config_hash: String,
+    pub phase: &'static str,
+    pub cause: String,
+    pub restored: Vec<&'static str>,
+    pub not_restored: Vec<NotRestored>,
+}
+
+/// Why an apply failed. Every variant but a `Failed` whose rollback is incomplete leaves the
+/// previous config in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The config names NICs this appliance does not have.
     #[error("the config does not fit this appliance")]
     DoesNotFit(Vec<Problem>),
-    /// A phase failed; `rollback` says what was restored.
+    /// A phase failed, or panicked (`panicked`: a bug of the agent's); `rollback` says what
+    /// was restored.
     #[error("{cause}")]
     Failed {
         phase: Phase,
         cause: String,
         rollback: Rollback,
+        panicked: bool,
     },
     /// The appliance could not do its part (netlink socket, state directory, sysctls).
     #[error("{0}")]
@@ -112,6 +161,49 @@ enum Undo {
     Services,
     /// Put the previous config back in the state directory (or remove the new one).
     Persist,
+}
+
+/// A NIC as it was before the agent first configured it (see `Appliance::leftovers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct LinkBefore {
+    mtu: u32,
+    up: bool,
+    addresses: BTreeSet<ipnet::IpNet>,
+}
+
+impl LinkBefore {
+    fn desired(&self) -> crate::desired::DesiredLink {
+        crate::desired::DesiredLink {
+            mtu: Some(self.mtu),
+            up: self.up,
+            addresses: self.addresses.clone(),
+            nodad: true,
+        }
+    }
+}
+
+/// `applying.json`: NICs an apply in progress configures beyond the saved config, as they
+/// were before, and the boot they belong to.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Intent {
+    boot_id: String,
+    links: std::collections::BTreeMap<String, LinkBefore>,
+}
+
+/// This boot of the kernel (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// What `/v1/status` shows of the last apply.
@@ -151,6 +243,14 @@ pub struct Shared {
     /// The daemons as the last apply left them: `/v1/status` shows this while an apply
     /// holds the appliance.
     pub services: Option<serde_json::Value>,
+    /// Set when a rollback failed; cleared by the next successful apply.
+    pub degraded: Option<Degraded>,
+}
+
+/// Locks a mutex even if a panic poisoned it: the data behind these (status, the external
+/// NIC's name) is replaced whole, never left half-written.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub struct Appliance {
@@ -162,12 +262,26 @@ pub struct Appliance {
     /// The floating IPs' local routes as last written (None: unknown, read the kernel). A
     /// no-op apply at 10,000 floating IPs must not dump them.
     floating_ips: Option<BTreeSet<Ipv4Addr>>,
-    /// The floating-IP table's policy rule is known to be in place.
-    floating_ip_rule: bool,
+    /// The floating-IP table's policy rule is known to be in place (`Some(true)`) or absent
+    /// (`Some(false)`); `None` until the first apply looks. It is there exactly while the
+    /// config has IPv4 floating IPs, so a rollback or a restart leaves it as it was.
+    floating_ip_rule: Option<bool>,
     /// The config being saved while the kernel work runs.
     persisting: Option<tokio::task::JoinHandle<std::io::Result<crate::store::Staged>>>,
     /// The staged config's commit began in this apply (see `restore_saved_config`).
     persist_committing: bool,
+    /// The saved config may differ from the config in force (putting it back failed): the
+    /// next apply saves even an unchanged config.
+    saved_dirty: bool,
+    /// The phase running now: the one a panic is charged to.
+    running: Phase,
+    /// NICs an earlier apply of this boot configured beyond the saved config and that no
+    /// apply has completed since (it was killed, or failed and could not roll back), as they
+    /// were before it. The next apply puts those its config does not name back as they were,
+    /// so a restart after a crash at any moment of an apply ends in the old config or the
+    /// new one, never a mix. Kept in `applying.json`, written (without fsync: a reboot
+    /// empties the kernel anyway) before the first kernel write of an apply that adds to it.
+    leftovers: std::collections::BTreeMap<String, LinkBefore>,
     firewall: FirewallOptions,
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
@@ -210,7 +324,7 @@ impl InterfaceReader {
         let mut views = interface_views(&nics, &kernel);
         // Floating IPs are local routes, not addresses; Astara listed them on the external
         // NIC, and so does this view.
-        let external = self.external.lock().expect("external NIC lock").clone();
+        let external = lock(&self.external).clone();
         if let Some(view) = views
             .iter_mut()
             .find(|v| Some(&v.ifname) == external.as_ref())
@@ -262,33 +376,112 @@ pub struct InterfaceView {
     pub media: Option<String>,
 }
 
+/// The daemons' programs and how long their config checks may take (`serve --dnsmasq`,
+/// `--bird`, `--daemon-check-timeout`).
+#[derive(Debug, Clone)]
+pub struct Daemons {
+    pub dnsmasq: std::path::PathBuf,
+    pub bird: std::path::PathBuf,
+    pub check_timeout: std::time::Duration,
+}
+
+impl Default for Daemons {
+    fn default() -> Self {
+        let services = ServicesOptions::default();
+        Daemons {
+            dnsmasq: services.dnsmasq,
+            bird: services.bird,
+            check_timeout: services.check_timeout,
+        }
+    }
+}
+
 impl Appliance {
-    /// Connects to the kernel and names the NICs.
-    pub async fn open(state: StateDir) -> Result<Appliance, ApplyError> {
+    /// Connects to the kernel, stops the daemons an earlier agent left when it was killed,
+    /// and names the NICs. Turns nothing on: [`Appliance::bootstrap`] comes next.
+    pub async fn open(state: StateDir, daemons: Daemons) -> Result<Appliance, ApplyError> {
         let nl = Netlink::connect().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         let state_path = state.path().to_path_buf();
-        let appliance = Appliance {
+        let services = ServicesOptions {
+            dnsmasq: daemons.dnsmasq,
+            bird: daemons.bird,
+            check_timeout: daemons.check_timeout,
+            ..services_options(&state_path)
+        };
+        let mut appliance = Appliance {
             nl,
             state,
             current: None,
             ruleset: None,
             floating_ips: None,
-            floating_ip_rule: false,
+            floating_ip_rule: None,
             persisting: None,
             persist_committing: false,
+            saved_dirty: false,
+            running: Phase::Preflight,
+            leftovers: Default::default(),
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
             last_conntrack_deleted: 0,
             phases: Default::default(),
-            services: Services::new(services_options(&state_path)),
+            services: Services::new(services),
             shared: Arc::new(Mutex::new(Shared::default())),
             naming: Arc::new(tokio::sync::Mutex::new(())),
             external_nic: Arc::default(),
             management: None,
         };
-        sysctl::ensure_router_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        // Daemons an earlier agent left when it was killed: stopped before anything starts.
+        let stopped = appliance.services.reap_stale().await;
+        if stopped > 0 {
+            tracing::warn!(stopped, "daemons left by an earlier agent were stopped");
+        }
+        appliance.leftovers = appliance.load_leftovers();
+        // Not forwarding: that waits for the bootstrap ruleset.
+        sysctl::ensure_address_sysctls().map_err(|e| ApplyError::Unavailable(e.to_string()))?;
         appliance.nics().await?;
         Ok(appliance)
+    }
+
+    /// The leftovers an earlier agent of this boot recorded (see `leftovers`).
+    fn load_leftovers(&self) -> std::collections::BTreeMap<String, LinkBefore> {
+        let intent = match self.state.load_intent() {
+            Ok(Some(bytes)) => serde_json::from_slice::<Intent>(&bytes),
+            Ok(None) => return Default::default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read {}", self.state.intent_path().display());
+                return Default::default();
+            }
+        };
+        match intent {
+            Ok(intent) if intent.boot_id == boot_id() => {
+                tracing::warn!(nics = ?intent.links.keys().collect::<Vec<_>>(),
+                    "an earlier agent was stopped during an apply: these NICs go back to how they were unless the config names them");
+                intent.links
+            }
+            Ok(_) => {
+                // Another boot: the kernel it described is gone.
+                let _ = self.state.remove_intent();
+                Default::default()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable {}", self.state.intent_path().display());
+                Default::default()
+            }
+        }
+    }
+
+    /// Installs the bootstrap ruleset (closed but for the agent's API and DHCP client),
+    /// replacing whatever table an earlier agent left, and only then turns on forwarding.
+    /// Call it before anything listens. An error means the agent must not serve.
+    pub fn bootstrap(&mut self) -> Result<(), String> {
+        failpoint::hit("bootstrap")?;
+        let bootstrap = firewall::ruleset::bootstrap(self.firewall);
+        // Not trusted: an earlier agent's table, or none.
+        self.ruleset = None;
+        self.install_ruleset(&bootstrap)
+            .map_err(|e| format!("installing the bootstrap ruleset: {e}"))?;
+        sysctl::ensure_router_sysctls().map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// dnsmasq, bird and the metadata proxy, for `/v1/status`.
@@ -343,18 +536,60 @@ impl Appliance {
         self.current.as_ref()
     }
 
-    /// Re-applies the last good config from the state directory (at start, before serving).
-    /// Without one, or when it cannot be applied, the router gets the bootstrap ruleset:
-    /// closed except for the agent's API, until the first good push.
+    /// Re-applies the last good config from the state directory (at start, after
+    /// [`Appliance::bootstrap`], before serving). Without one, what a killed first apply
+    /// left is cleared. Without one, or when it cannot be applied, the router must keep the
+    /// bootstrap ruleset ([`Appliance::keep_bootstrap`]) until the first good push.
     pub async fn restore(&mut self) -> Result<bool, String> {
         let result = self.restore_saved().await;
-        if !matches!(result, Ok(true)) {
-            let bootstrap = firewall::ruleset::bootstrap(self.firewall);
-            if let Err(e) = self.install_ruleset(&bootstrap) {
-                tracing::error!(error = %e, "installing the bootstrap ruleset failed");
-            }
+        if matches!(result, Ok(false)) && !self.leftovers.is_empty() {
+            self.clear_leftovers().await?;
         }
         result
+    }
+
+    /// Makes sure the bootstrap ruleset is in force when no config is (normally a no-op: a
+    /// failed apply's rollback puts it back). An error means the agent must not serve.
+    pub fn keep_bootstrap(&mut self) -> Result<(), String> {
+        let bootstrap = firewall::ruleset::bootstrap(self.firewall);
+        self.install_ruleset(&bootstrap)
+            .map_err(|e| format!("installing the bootstrap ruleset: {e}"))
+    }
+
+    /// No saved config, but a killed first apply configured NICs: those go back to how
+    /// they were, and the agent's routes and floating IPs go.
+    async fn clear_leftovers(&mut self) -> Result<(), String> {
+        let desired = DesiredState {
+            links: self
+                .leftovers
+                .iter()
+                .map(|(name, before)| (name.clone(), before.desired()))
+                .collect(),
+            ..DesiredState::default()
+        };
+        let mut now = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        now.floating_ips = floating_ip_routes(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        // NICs gone since (unplugged) need nothing.
+        let present = |name: &String| now.link(name).is_some();
+        let desired = DesiredState {
+            links: desired
+                .links
+                .into_iter()
+                .filter(|(n, _)| present(n))
+                .collect(),
+            ..desired
+        };
+        self.write_state(&desired, &now)
+            .await
+            .map_err(|e| format!("clearing what a stopped apply left: {e}"))?;
+        self.floating_ips = Some(Default::default());
+        tracing::info!(nics = ?self.leftovers.keys().collect::<Vec<_>>(), "what a stopped first apply left was cleared");
+        self.leftovers.clear();
+        self.state.remove_intent().map_err(|e| e.to_string())
     }
 
     async fn restore_saved(&mut self) -> Result<bool, String> {
@@ -419,7 +654,25 @@ impl Appliance {
         let batches_before = self.netfilter_batches;
         self.last_conntrack_deleted = 0;
         self.phases.clear();
-        let result = self.transaction(&config).await;
+        self.running = Phase::Preflight;
+        // A panic inside a phase is caught there and unwound; one outside the phases (while
+        // preflight names NICs or reads the kernel) changed nothing the journal undoes.
+        let result = match AssertUnwindSafe(self.transaction(&config))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(payload) => {
+                let cause = format!("the agent panicked: {}", panic_message(&*payload));
+                tracing::error!(phase = %self.running, %cause, "apply panicked outside its phases");
+                Err(ApplyError::Failed {
+                    phase: self.running,
+                    cause,
+                    rollback: Rollback::default(),
+                    panicked: true,
+                })
+            }
+        };
         let writes = self.nl.writes() - writes_before;
         let record = ApplyRecord {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -442,21 +695,51 @@ impl Appliance {
             ),
             Err(e) => tracing::warn!(hash = %hash, error = %describe_error(e), "config rejected"),
         }
-        let mut shared = self.shared.lock().expect("status lock");
+        let services = self.services.status();
+        let mut shared = lock(&self.shared);
         shared.netlink_writes_total = self.nl.writes();
         shared.netfilter_batches_total = self.netfilter_batches;
-        shared.last_apply = Some(record);
-        shared.services = Some(self.services.status());
-        if result.is_ok() {
-            shared.counters.applies_ok += 1;
-            shared.current_hash = Some(hash);
-            shared.current = Some(config.document.clone());
-            *self.external_nic.lock().expect("external NIC lock") =
-                config.external_network().map(|n| n.ifname.clone());
-            self.current = Some(config);
-        } else {
-            shared.counters.applies_failed += 1;
+        shared.last_apply = Some(record.clone());
+        shared.services = Some(services);
+        match &result {
+            Ok(()) => {
+                shared.counters.applies_ok += 1;
+                shared.current_hash = Some(hash);
+                shared.current = Some(config.document.clone());
+                if let Some(was) = shared.degraded.take() {
+                    tracing::info!(since = %was.since, "no longer degraded: a config applied completely");
+                }
+                *lock(&self.external_nic) = config.external_network().map(|n| n.ifname.clone());
+                self.current = Some(config);
+            }
+            Err(ApplyError::Failed {
+                phase,
+                cause,
+                rollback,
+                ..
+            }) if !rollback.is_complete() => {
+                shared.counters.applies_failed += 1;
+                let degraded = Degraded {
+                    since: record.time,
+                    config_hash: hash,
+                    phase: phase.name(),
+                    cause: cause.clone(),
+                    restored: rollback.restored.iter().map(|p| p.name()).collect(),
+                    not_restored: rollback
+                        .failed
+                        .iter()
+                        .map(|(p, e)| NotRestored {
+                            phase: p.name(),
+                            error: e.clone(),
+                        })
+                        .collect(),
+                };
+                tracing::error!(not_restored = ?degraded.not_restored, "DEGRADED: the rollback failed, the box is half-configured until a config applies completely");
+                shared.degraded = Some(degraded);
+            }
+            Err(_) => shared.counters.applies_failed += 1,
         }
+        drop(shared);
         result
     }
 
@@ -513,21 +796,70 @@ impl Appliance {
             Some(known) => known,
             None => floating_ip_routes(&self.nl).await.map_err(unavailable)?,
         };
-        let desired = desired_state(config, self.current.as_ref());
-        let mut journal = Vec::new();
-        if let Err((phase, cause)) = self
-            .run_phases(config, &desired, &before, &mut journal, clock)
-            .await
-        {
-            tracing::warn!(%phase, %cause, "apply failed; restoring the previous state");
-            let rollback = self.unwind(journal, &desired, &before).await;
-            return Err(ApplyError::Failed {
-                phase,
-                cause,
-                rollback,
-            });
+        let mut desired = desired_state(config, self.current.as_ref());
+        // What a stopped apply left on NICs this config does not name goes back as it was.
+        // On a NIC it names, only an MTU it leaves alone goes back.
+        for (name, was) in &self.leftovers {
+            if config.networks.iter().any(|n| &n.ifname == name) {
+                if let Some(link) = desired.links.get_mut(name) {
+                    link.mtu.get_or_insert(was.mtu);
+                }
+            } else if before.link(name).is_some() {
+                desired.links.insert(name.clone(), was.desired());
+            }
         }
-        Ok(())
+        let mut journal = Vec::new();
+        let leftovers_before = self.leftovers.clone();
+        // A panic in a phase unwinds the journal like an error does; the appliance's own
+        // records of that phase are then not trusted (see `unwind`).
+        let outcome =
+            AssertUnwindSafe(self.run_phases(config, &desired, &before, &mut journal, clock))
+                .catch_unwind()
+                .await;
+        let (phase, cause, panicked) = match outcome {
+            Ok(Ok(())) => {
+                self.services.settle();
+                if !self.leftovers.is_empty() || self.state.intent_path().exists() {
+                    self.leftovers.clear();
+                    if let Err(e) = self.state.remove_intent() {
+                        tracing::warn!(error = %e, "cannot remove {}", self.state.intent_path().display());
+                    }
+                }
+                return Ok(());
+            }
+            Ok(Err((phase, cause))) => (phase, cause, false),
+            Err(payload) => (
+                self.running,
+                format!("the agent panicked: {}", panic_message(&*payload)),
+                true,
+            ),
+        };
+        if panicked {
+            tracing::error!(%phase, %cause, "apply panicked; restoring the previous state");
+        } else {
+            tracing::warn!(%phase, %cause, "apply failed; restoring the previous state");
+        }
+        let mut rollback = self.unwind(journal, &desired, &before, panicked).await;
+        self.services.settle();
+        if rollback.is_complete() && self.leftovers != leftovers_before {
+            // The NICs this apply added to the intent are back as they were.
+            self.leftovers = leftovers_before;
+            if let Err(e) = self.write_leftovers() {
+                tracing::warn!(error = %e, "cannot rewrite {}", self.state.intent_path().display());
+            }
+        }
+        if self.last_conntrack_deleted > 0 {
+            rollback.notes.push(format!(
+                "{} connection-tracking sessions of floating IPs this config removed or moved were ended; ended sessions are not restored (their clients reconnect)",
+                self.last_conntrack_deleted
+            ));
+        }
+        Err(ApplyError::Failed {
+            phase,
+            cause,
+            rollback,
+            panicked,
+        })
     }
 
     /// The phases that change the box, each journaling its undo.
@@ -551,10 +883,11 @@ impl Appliance {
         // fsynced beside the saved one (the slow part), and renamed into place only once the
         // apply succeeded, before the 200. A crash or power cut before that leaves the last
         // good config in place; a failure discards the staged file.
-        let unchanged = self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.document == config.document);
+        let unchanged = !self.saved_dirty
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.document == config.document);
         self.persist_committing = false;
         if !unchanged {
             journal.push((Phase::Persist, Undo::Persist));
@@ -565,20 +898,28 @@ impl Appliance {
             }));
         }
 
-        // Many netlink writes: may half-happen, so the undo is journaled first.
+        // Many netlink writes: may half-happen, so the undo is journaled first, and what they
+        // change beyond the saved config is on disk before the first of them.
+        self.running = Phase::LinksAddressesRoutes;
         journal.push((Phase::LinksAddressesRoutes, Undo::Kernel));
+        self.record_intent(config, before)
+            .map_err(|e| (Phase::LinksAddressesRoutes, e))?;
         self.write_state(desired, before)
             .await
             .map_err(|e| (Phase::LinksAddressesRoutes, e))?;
         self.floating_ips = Some(desired.floating_ips.clone());
+        failpoint::hit("links_addresses_routes").map_err(|e| (Phase::LinksAddressesRoutes, e))?;
         lap(&mut self.phases, Phase::LinksAddressesRoutes);
 
-        // One atomic batch: only a batch that went in needs undoing.
-        let previous_ruleset = self.ruleset.clone();
+        // One atomic batch. Journaled before it is sent: a refused batch changed nothing (the
+        // undo then finds the ruleset unchanged), but a panic between the batch and its
+        // record must still be undone.
+        self.running = Phase::Ruleset;
+        journal.push((Phase::Ruleset, Undo::Ruleset(self.ruleset.clone())));
         let ruleset = firewall::build(config, self.firewall);
         self.install_ruleset(&ruleset)
             .map_err(|e| (Phase::Ruleset, e))?;
-        journal.push((Phase::Ruleset, Undo::Ruleset(previous_ruleset)));
+        failpoint::hit("ruleset").map_err(|e| (Phase::Ruleset, e))?;
         lap(&mut self.phases, Phase::Ruleset);
 
         // Sessions through a floating IP that is gone or now points elsewhere must end
@@ -593,9 +934,11 @@ impl Appliance {
         });
 
         // Several daemons: may half-happen.
+        self.running = Phase::Services;
         journal.push((Phase::Services, Undo::Services));
         let services = self.services.apply(config).await;
         lap(&mut self.phases, Phase::Services);
+        self.running = Phase::Conntrack;
         if let Some(sessions) = sessions {
             self.last_conntrack_deleted = sessions
                 .await
@@ -604,9 +947,13 @@ impl Appliance {
                 .map_err(|e| (Phase::Conntrack, e))?;
             lap(&mut self.phases, Phase::Conntrack);
         }
+        failpoint::hit("conntrack").map_err(|e| (Phase::Conntrack, e))?;
+        self.running = Phase::Services;
         services.map_err(|e| (Phase::Services, format!("services: {e}")))?;
+        failpoint::hit("services").map_err(|e| (Phase::Services, e))?;
         self.announce_new_external_addresses(config, desired, before);
 
+        self.running = Phase::Persist;
         if let Some(saving) = self.persisting.take() {
             let path = self.state.path().display().to_string();
             let staged = saving
@@ -614,6 +961,8 @@ impl Appliance {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(|e| (Phase::Persist, format!("saving the config to {path}: {e}")))?;
+            // Written and fsynced, not yet in place: a crash here leaves the previous config.
+            failpoint::hit("persist_staged").map_err(|e| (Phase::Persist, e))?;
             // The commit (rename, fsync of the directory) may half-happen: from here a
             // rollback writes the previous config back.
             self.persist_committing = true;
@@ -622,31 +971,118 @@ impl Appliance {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(|e| (Phase::Persist, format!("saving the config to {path}: {e}")))?;
+            self.saved_dirty = false;
+            // In place, not yet answered: a crash here leaves the new config.
+            failpoint::hit("persist_committed").map_err(|e| (Phase::Persist, e))?;
             // Only what the apply still waited for: the write ran alongside the kernel work.
             lap(&mut self.phases, Phase::Persist);
         }
         Ok(())
     }
 
-    /// Undoes the journal in reverse: exactly what ran, last first.
+    /// Records in `applying.json`, before the first kernel write, the NICs this apply
+    /// configures that the saved config does not (and those whose MTU it sets where the saved
+    /// config leaves it alone), as they are now. Nothing is written when there are none.
+    fn record_intent(&mut self, config: &RouterConfig, before: &KernelState) -> Result<(), String> {
+        let current = self.current.as_ref();
+        let named_before =
+            |ifname: &str| current.and_then(|c| c.networks.iter().find(|n| n.ifname == ifname));
+        let mut links = self.leftovers.clone();
+        for net in &config.networks {
+            if net.network_type == akanda_model::NetworkType::Management
+                || links.contains_key(&net.ifname)
+            {
+                continue;
+            }
+            let Some(link) = before.link(&net.ifname) else {
+                continue;
+            };
+            let new_nic = named_before(&net.ifname).is_none();
+            let mtu_set = net.mtu.is_some_and(|m| m != link.mtu)
+                && named_before(&net.ifname).is_some_and(|n| n.mtu.is_none());
+            if new_nic || mtu_set {
+                links.insert(
+                    net.ifname.clone(),
+                    LinkBefore {
+                        mtu: link.mtu,
+                        up: link.up,
+                        addresses: before.addresses_of(link.index),
+                    },
+                );
+            }
+        }
+        if links == self.leftovers {
+            return Ok(());
+        }
+        self.leftovers = links;
+        self.write_leftovers().map_err(|e| {
+            format!(
+                "recording the apply's intent in {}: {e}",
+                self.state.intent_path().display()
+            )
+        })
+    }
+
+    /// `applying.json` as `leftovers` says (removed when empty).
+    fn write_leftovers(&self) -> std::io::Result<()> {
+        if self.leftovers.is_empty() {
+            return self.state.remove_intent();
+        }
+        let intent = Intent {
+            boot_id: boot_id(),
+            links: self.leftovers.clone(),
+        };
+        self.state.save_intent(&serde_json::to_vec(&intent)?)
+    }
+
+    /// Undoes the journal in reverse: exactly what ran, last first. After a panic
+    /// (`panicked`) the appliance's record of what it installed may lag behind the kernel, so
+    /// the ruleset is reinstalled whole rather than diffed. An undo that fails (or panics)
+    /// does not stop the others; what it leaves unknown is forgotten, so the next apply
+    /// rebuilds it from scratch.
     async fn unwind(
         &mut self,
         journal: Vec<(Phase, Undo)>,
         attempted: &DesiredState,
         before: &KernelState,
+        panicked: bool,
     ) -> Rollback {
         let mut outcome = Rollback::default();
+        if panicked {
+            // Whatever the panic interrupted may have changed the rule without recording it.
+            self.floating_ip_rule = None;
+        }
         for (phase, undo) in journal.into_iter().rev() {
-            let result = match undo {
-                Undo::Services => self.restore_services().await,
-                Undo::Ruleset(previous) => self.restore_ruleset(previous),
-                Undo::Kernel => self.restore_kernel(attempted, before).await,
-                Undo::Persist => self.restore_saved_config().await,
-            };
+            let step = AssertUnwindSafe(async {
+                match undo {
+                    Undo::Services => self.restore_services().await,
+                    Undo::Ruleset(previous) => self.restore_ruleset(previous, panicked),
+                    Undo::Kernel => self.restore_kernel(attempted, before).await,
+                    Undo::Persist => self.restore_saved_config().await,
+                }
+            })
+            .catch_unwind()
+            .await;
+            let result = step.unwrap_or_else(|payload| {
+                Err(format!(
+                    "the rollback panicked: {}",
+                    panic_message(&*payload)
+                ))
+            });
             match result {
                 Ok(()) => outcome.restored.push(phase),
                 Err(e) => {
                     tracing::error!(%phase, error = %e, "rollback failed: the box may be half-configured");
+                    match phase {
+                        Phase::Ruleset => self.ruleset = None,
+                        Phase::LinksAddressesRoutes => {
+                            self.floating_ips = None;
+                            self.floating_ip_rule = None;
+                        }
+                        Phase::Persist => self.saved_dirty = true,
+                        // The services stay unsettled: the next apply checks their files.
+                        _ => {}
+                    }
                     outcome.failed.push((phase, e));
                 }
             }
@@ -675,7 +1111,9 @@ impl Appliance {
         Ok(())
     }
 
-    /// Puts the services back as the previous config had them.
+    /// Puts the services back as the previous config had them; with no previous config
+    /// (a router's first config failed), back to none: nothing the failed config started
+    /// keeps running.
     async fn restore_services(&mut self) -> Result<(), String> {
         match self.current.clone() {
             Some(previous) => self
@@ -683,7 +1121,11 @@ impl Appliance {
                 .apply(&previous)
                 .await
                 .map_err(|e| format!("restoring the previous services: {e}")),
-            None => Ok(()),
+            None => self
+                .services
+                .reset()
+                .await
+                .map_err(|e| format!("stopping the failed config's services: {e}")),
         }
     }
 
@@ -723,14 +1165,17 @@ impl Appliance {
         }
     }
 
-    /// Puts the previous ruleset back after a later step of the apply failed.
-    fn restore_ruleset(&mut self, previous: Option<Ruleset>) -> Result<(), String> {
-        if self.ruleset == previous {
+    /// Puts the previous ruleset back after a later step of the apply failed. `whole`:
+    /// what the kernel has is not known for sure (a panic), so the table is replaced whole.
+    fn restore_ruleset(&mut self, previous: Option<Ruleset>, whole: bool) -> Result<(), String> {
+        if !whole && self.ruleset == previous {
             return Ok(());
         }
+        failpoint::hit("rollback_ruleset")?;
         self.netfilter_batches += 1;
+        let installed = if whole { None } else { self.ruleset.as_ref() };
         tokio::task::block_in_place(|| match &previous {
-            Some(rs) => firewall::batch::update(self.ruleset.as_ref(), rs).map(|_| ()),
+            Some(rs) => firewall::batch::update(installed, rs).map(|_| ()),
             None => firewall::batch::delete_table(),
         })
         .map_err(|e| format!("restoring the previous ruleset: {e}"))?;
@@ -746,12 +1191,20 @@ impl Appliance {
     ) -> Result<(), String> {
         // Floating IPs first: their routes point at lo and need nothing else in place.
         let (add_fips, remove_fips) = plan_floating_ips(desired, actual);
-        if !desired.floating_ips.is_empty() && !self.floating_ip_rule {
-            self.nl
-                .ensure_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.floating_ip_rule = true;
+        let want_rule = !desired.floating_ips.is_empty();
+        if self.floating_ip_rule != Some(want_rule) {
+            if want_rule {
+                self.nl
+                    .ensure_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                self.nl
+                    .delete_rule(FLOATING_IP_TABLE, FLOATING_IP_RULE_PRIORITY)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            self.floating_ip_rule = Some(want_rule);
         }
         tokio::task::block_in_place(|| {
             self.nl

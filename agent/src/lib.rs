@@ -11,6 +11,7 @@ pub mod api;
 pub mod appliance;
 pub mod bootconfig;
 pub mod desired;
+pub mod failpoint;
 pub mod firewall;
 pub mod management;
 pub mod netlink;

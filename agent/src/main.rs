@@ -65,6 +65,33 @@ impl From<LimitArgs> for server::ConnectionLimits {
     }
 }
 
+/// The supervised daemons (docs/services.md).
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The dnsmasq program (run per tenant network, and for `--test` config checks).
+    #[arg(long, value_name = "PROGRAM", default_value = "dnsmasq")]
+    dnsmasq: PathBuf,
+    /// The bird program (BGP; `-p` config checks).
+    #[arg(long, value_name = "PROGRAM", default_value = "bird")]
+    bird: PathBuf,
+    /// How long a daemon's config check may run; it is then killed (with what it started)
+    /// and the apply fails, so a stuck check never holds the apply for long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    daemon_check_timeout: std::time::Duration,
+}
+
+impl From<DaemonArgs> for akanda_agent::appliance::Daemons {
+    fn from(a: DaemonArgs) -> Self {
+        akanda_agent::appliance::Daemons {
+            dnsmasq: a.dnsmasq,
+            bird: a.bird,
+            check_timeout: a.daemon_check_timeout,
+        }
+    }
+}
+
+// Parsed once at start: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Re-apply the last good config, then serve the API.
@@ -100,6 +127,8 @@ enum Command {
         client_ca: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        daemons: DaemonArgs,
     },
     /// Check a config file; prints every problem. Exit 0 valid, 1 invalid, 2 unreadable.
     Validate { file: PathBuf },
@@ -119,6 +148,7 @@ fn main() -> ExitCode {
             tls_key,
             client_ca,
             limits,
+            daemons,
         } => {
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
@@ -146,6 +176,7 @@ fn main() -> ExitCode {
                 insecure_http,
                 tls,
                 limits.into(),
+                daemons.into(),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -208,6 +239,7 @@ async fn serve(
     insecure_http: bool,
     tls: Option<TlsFiles>,
     limits: server::ConnectionLimits,
+    daemons: akanda_agent::appliance::Daemons,
 ) -> anyhow::Result<()> {
     if tls.is_none() && boot_config.is_none() && !insecure_http {
         anyhow::bail!(
@@ -216,13 +248,38 @@ async fn serve(
     }
     let state = StateDir::open(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))?;
-    let mut appliance = Appliance::open(state)
+    akanda_agent::failpoint::announce();
+    // Names the NICs and stops the daemons an earlier agent left when it was killed; turns
+    // nothing on.
+    let mut appliance = Appliance::open(state, daemons)
         .await
         .context("opening the appliance")?;
+    // The boot configuration is read now (it gives the API's port), and applied once the
+    // bootstrap ruleset is in place.
+    let wanted = match &boot_config {
+        Some(source) => Some(read_boot_config(source).await?),
+        None => None,
+    };
+    let api_port = match (listen, &wanted) {
+        (Some(listen), _) => listen.port(),
+        (None, Some(wanted)) => wanted.port,
+        (None, None) => unreachable!("clap requires --listen or --boot-config"),
+    };
+    appliance.set_api_port(api_port);
+    // Bootstrap first, on every start path: the ruleset is in place before any socket
+    // listens (the API, the metadata proxies) and before forwarding is turned on. Without it
+    // the agent does not serve.
+    appliance
+        .bootstrap()
+        .map_err(anyhow::Error::msg)
+        .context("the bootstrap ruleset could not be installed: not serving")?;
     // After the NICs are named (a rename would set the link down and drop its addresses),
     // before the saved config is restored.
-    let boot = match &boot_config {
-        Some(source) => Some(boot_network(source, listen.is_none()).await?),
+    let boot = match wanted {
+        Some(wanted) => Some((
+            configure_boot_network(&wanted, listen.is_none()).await?,
+            wanted,
+        )),
         None => None,
     };
     // Who may use the API: the command line's TLS files, else the config drive's, else plain
@@ -289,17 +346,18 @@ async fn serve(
     }
     appliance.set_management_path(management.clone());
     let boot = boot.map(|(network, _)| network);
-    let api_port = match (listen, &boot) {
-        (Some(listen), _) => listen.port(),
-        (None, Some(boot)) => boot.port,
-        (None, None) => unreachable!("clap requires --listen or --boot-config"),
-    };
-    appliance.set_api_port(api_port);
     // The last good config is back in the kernel before the API answers.
-    match appliance.restore().await {
+    let restored = appliance.restore().await;
+    match &restored {
         Ok(true) => tracing::info!("last good config re-applied"),
         Ok(false) => tracing::info!("no saved config: waiting for the first push"),
         Err(e) => tracing::error!(error = %e, "the saved config could not be re-applied"),
+    }
+    if !matches!(restored, Ok(true)) {
+        appliance
+            .keep_bootstrap()
+            .map_err(anyhow::Error::msg)
+            .context("the bootstrap ruleset could not be kept in force: not serving")?;
     }
     let shared = appliance.shared.clone();
     let interfaces = appliance
@@ -407,29 +465,30 @@ fn tls_from_boot(
     Ok(files)
 }
 
-/// Reads the boot configuration and configures the management NIC (`--boot-config`).
-async fn boot_network(
+/// Reads the boot configuration (`--boot-config`): nothing is configured yet.
+async fn read_boot_config(
     source: &akanda_agent::bootconfig::Source,
+) -> anyhow::Result<akanda_agent::bootconfig::Management> {
+    let source = source.clone();
+    // Probing block devices and mounting are blocking calls.
+    let wanted = tokio::task::spawn_blocking(move || {
+        akanda_agent::bootconfig::read_source(&source, std::time::Duration::from_secs(20))
+    })
+    .await
+    .context("reading the boot configuration")??;
+    Ok(wanted)
+}
+
+/// Configures the management NIC from the boot configuration, and opens the API's
+/// listeners unless `--listen` was given.
+async fn configure_boot_network(
+    wanted: &akanda_agent::bootconfig::Management,
     listen: bool,
-) -> anyhow::Result<(
-    akanda_agent::bootconfig::BootNetwork,
-    akanda_agent::bootconfig::Management,
-)> {
-    use akanda_agent::bootconfig;
-    let wanted = {
-        let source = source.clone();
-        // Probing block devices and mounting are blocking calls.
-        tokio::task::spawn_blocking(move || {
-            bootconfig::read_source(&source, std::time::Duration::from_secs(20))
-        })
-        .await
-        .context("reading the boot configuration")??
-    };
+) -> anyhow::Result<akanda_agent::bootconfig::BootNetwork> {
     let nl = akanda_agent::netlink::Netlink::connect().context("netlink")?;
-    let network = bootconfig::configure(&nl, &wanted, listen)
+    akanda_agent::bootconfig::configure(&nl, wanted, listen)
         .await
-        .context("configuring the management NIC from the boot configuration")?;
-    Ok((network, wanted))
+        .context("configuring the management NIC from the boot configuration")
 }
 
 async fn shutdown_signal() {

@@ -373,6 +373,30 @@ impl Netlink {
         Ok(true)
     }
 
+    /// Deletes the IPv4 policy rule `priority: from all lookup table` if there is one.
+    /// Returns whether it deleted one.
+    pub async fn delete_rule(&self, table: u32, priority: u32) -> Result<bool, NetlinkError> {
+        let rules = dump(
+            "dump IPv4 rules",
+            self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
+        )
+        .await?;
+        let Some(rule) = rules.into_iter().find(|r| {
+            rule_table(r) == table
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
+        }) else {
+            return Ok(false);
+        };
+        self.write(
+            Op::DelRule { table, priority },
+            self.handle.rule().del(rule).execute(),
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Renames a link. The kernel refuses (EBUSY) to rename a link that is
     /// up, so an up link is set down, renamed and set up again (three writes).
     /// Renaming a link to the name it already has sends nothing.
@@ -552,6 +576,7 @@ enum Op<'a> {
     ReplaceRoute(&'a Route),
     DelRoute(&'a Route),
     AddRule { table: u32, priority: u32 },
+    DelRule { table: u32, priority: u32 },
 }
 
 impl Op<'_> {
@@ -564,7 +589,7 @@ impl Op<'_> {
             | Op::AddAddress { index, .. }
             | Op::DelAddress { index, .. } => Some(*index),
             Op::ReplaceRoute(route) | Op::DelRoute(route) => route.oif,
-            Op::AddRule { .. } => None,
+            Op::AddRule { .. } | Op::DelRule { .. } => None,
         }
     }
 
@@ -586,6 +611,9 @@ impl Op<'_> {
             Op::DelRoute(route) => format!("delete route {}", route_text(route, &link)),
             Op::AddRule { table, priority } => {
                 format!("add rule lookup {table} pref {priority}")
+            }
+            Op::DelRule { table, priority } => {
+                format!("delete rule lookup {table} pref {priority}")
             }
         }
     }

@@ -21,6 +21,16 @@ impl StateDir {
         let root = root.into();
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o711))?;
+        // Temp files of writes a crash interrupted (`.NAME.tmp.PID`, see [`Staged`]): no one
+        // else writes here, and the file they were for is whole (old or new).
+        for entry in fs::read_dir(&root)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp.") && entry.path().is_file() {
+                fs::remove_file(entry.path())?;
+                tracing::info!(file = %name, "removed a temp file a crash left");
+            }
+        }
         Ok(StateDir { root })
     }
 
@@ -34,6 +44,32 @@ impl StateDir {
 
     pub fn nics_path(&self) -> PathBuf {
         self.root.join("nics.json")
+    }
+
+    /// What an apply in progress is about to change beyond the saved config (the NICs it
+    /// configures for the first time, as they were before): a restart after a crash puts
+    /// them back. See `Appliance` ("leftovers").
+    pub fn intent_path(&self) -> PathBuf {
+        self.root.join("applying.json")
+    }
+
+    /// Writes the intent, atomically (temp file, rename) but without fsync: it only has to
+    /// outlive the agent's process, not the machine (a reboot empties the kernel it
+    /// describes).
+    pub fn save_intent(&self, bytes: &[u8]) -> io::Result<()> {
+        Staged::create(&self.intent_path(), bytes, 0o600)?.rename()
+    }
+
+    pub fn load_intent(&self) -> io::Result<Option<Vec<u8>>> {
+        read_optional(&self.intent_path())
+    }
+
+    /// Removes the intent; a missing one is fine.
+    pub fn remove_intent(&self) -> io::Result<()> {
+        match fs::remove_file(self.intent_path()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The last config that applied successfully, if any.

@@ -42,10 +42,26 @@ pub fn ensure(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> 
     Ok(true)
 }
 
+/// Whether `key` turns forwarding on: those wait for the bootstrap ruleset.
+pub fn is_forwarding(key: &str) -> bool {
+    key.ends_with("/forwarding") || key == "net/ipv4/ip_forward"
+}
+
 pub fn ensure_router_sysctls() -> Result<usize, SysctlError> {
+    ensure_sysctls(|_| true)
+}
+
+/// The router's sysctls but forwarding (kept addresses, promoted secondaries): set before the
+/// NICs are renamed (a rename sets a link down), while forwarding waits for the bootstrap
+/// ruleset.
+pub fn ensure_address_sysctls() -> Result<usize, SysctlError> {
+    ensure_sysctls(|key| !is_forwarding(key))
+}
+
+fn ensure_sysctls(which: impl Fn(&str) -> bool) -> Result<usize, SysctlError> {
     let root = Path::new("/proc/sys");
     let mut written = 0;
-    for (key, value) in ROUTER_SYSCTLS {
+    for (key, value) in ROUTER_SYSCTLS.iter().filter(|(k, _)| which(k)) {
         if ensure(root, key, value)? {
             tracing::info!(key, value, "sysctl set");
             written += 1;

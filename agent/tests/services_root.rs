@@ -664,8 +664,9 @@ fn a_dnsmasq_left_by_a_crashed_agent_is_replaced() {
         })
         .await;
 
-        // The next agent stops it and serves with its own.
+        // The next agent stops it when it starts, and serves with its own.
         let mut services = Services::new(opts);
+        assert_eq!(services.reap_stale().await, 1);
         services.apply(&lab.config()).await.expect("apply");
         tokio::time::timeout(Duration::from_secs(5), stale.wait())
             .await

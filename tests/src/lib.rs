@@ -559,6 +559,34 @@ pub fn agent_bin() -> PathBuf {
     workspace_bin("akanda-agent")
 }
 
+/// The agent built with failpoints (`agent/src/failpoint.rs`), for the crash tests:
+/// `$AKANDA_FAILPOINT_AGENT_BIN` if set, else `target/<profile>/akanda-agent-failpoints`,
+/// which `cargo build -p akanda-agent --features failpoints --bin akanda-agent-failpoints`
+/// builds (as `scripts/test` does) without touching `akanda-agent`.
+pub fn failpoint_agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AKANDA_FAILPOINT_AGENT_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "AKANDA_FAILPOINT_AGENT_BIN={} is not a file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    let bin = dir.join("akanda-agent-failpoints");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p akanda-agent --features failpoints --bin akanda-agent-failpoints` first",
+        bin.display()
+    );
+    bin
+}
+
 /// A binary of this workspace, `target/<profile>/NAME`, beside the running test or bench
 /// executable (which lives in `target/<profile>/deps`).
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -643,7 +671,31 @@ impl Agent {
         state_dir: Option<&Path>,
         extra_args: &[&str],
     ) -> Agent {
-        Agent::spawn_inner(bin, ns, listen, state_dir, true, extra_args)
+        Agent::spawn_inner(bin, ns, listen, state_dir, true, extra_args, &[], true)
+    }
+
+    /// [`Agent::spawn_program`] with environment variables (e.g. `AKANDA_FAILPOINTS`) and,
+    /// when `pass_listen` is false, without `--listen` (the agent then listens where its
+    /// `--boot-config` says; `listen` is only where the tests reach it).
+    pub fn spawn_program_env(
+        bin: &Path,
+        ns: &Netns,
+        listen: SocketAddr,
+        state_dir: Option<&Path>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        pass_listen: bool,
+    ) -> Agent {
+        Agent::spawn_inner(
+            bin,
+            ns,
+            listen,
+            state_dir,
+            true,
+            extra_args,
+            env,
+            pass_listen,
+        )
     }
 
     /// Starts `akanda-agent serve --listen LISTEN --state-dir DIR` with mutual TLS (no
@@ -666,9 +718,10 @@ impl Agent {
         state_dir: Option<&Path>,
         tls_args: &[&str],
     ) -> Agent {
-        Agent::spawn_inner(bin, ns, listen, state_dir, false, tls_args)
+        Agent::spawn_inner(bin, ns, listen, state_dir, false, tls_args, &[], true)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn_inner(
         bin: &Path,
         ns: &Netns,
@@ -676,6 +729,8 @@ impl Agent {
         state_dir: Option<&Path>,
         plain_http: bool,
         extra_args: &[&str],
+        env: &[(&str, &str)],
+        pass_listen: bool,
     ) -> Agent {
         let tmp = tempfile::Builder::new()
             .prefix("akanda-agent-")
@@ -695,20 +750,18 @@ impl Agent {
         let bin_s = bin.to_string_lossy();
         let listen_s = listen.to_string();
         let state_s = state_dir.to_string_lossy();
-        let mut args = vec![
-            &*bin_s,
-            "serve",
-            "--listen",
-            &listen_s,
-            "--state-dir",
-            &state_s,
-        ];
+        let mut args = vec![&*bin_s, "serve"];
+        if pass_listen {
+            args.extend(["--listen", &listen_s]);
+        }
+        args.extend(["--state-dir", &state_s]);
         if plain_http {
             args.push("--insecure-http");
         }
         args.extend_from_slice(extra_args);
         let mut child = ns
             .command(&args)
+            .envs(env.iter().copied())
             // Plain text in the log file, not terminal colours.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -52,3 +52,35 @@ fn unreadable_file_exits_2() {
     let (code, out) = validate(std::path::Path::new("/nonexistent/akanda.json"));
     assert_eq!(code, 2, "{out}");
 }
+
+/// Failpoints are only in `akanda-agent-failpoints`: the agent that ships (debug and the
+/// release build that goes into the image) carries none of their code, and the failpoint
+/// build does (so the check looks for the right strings).
+#[test]
+fn only_the_failpoint_build_carries_failpoints() {
+    // grep -F: the debug binaries are hundreds of megabytes.
+    let carries = |bin: &std::path::Path| {
+        ["AKANDA_FAILPOINTS", "failpoint reached"].map(|needle| {
+            let status = Command::new("grep")
+                .args(["-q", "-a", "-F", needle])
+                .arg(bin)
+                .status()
+                .expect("run grep");
+            assert!(status.code().is_some_and(|c| c <= 1), "grep: {status}");
+            status.success()
+        })
+    };
+    assert_eq!(
+        carries(&akanda_tests::failpoint_agent_bin()),
+        [true, true],
+        "the strings looked for are not those of the failpoint build"
+    );
+    for bin in [agent_bin(), akanda_tests::release_bin("akanda-agent")] {
+        assert_eq!(
+            carries(&bin),
+            [false, false],
+            "{} has failpoints",
+            bin.display()
+        );
+    }
+}

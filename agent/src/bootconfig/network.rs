@@ -98,9 +98,21 @@ pub async fn configure(
     }
     let dhcp_client = if m.dhcp4 {
         // udhcpc stays in the foreground as our child, renews the lease, and applies it with
-        // its default script (busybox ip); it is killed when the agent exits.
+        // its default script (busybox ip); it is killed when the agent exits. One an earlier
+        // agent left when it was killed (same command line, same network namespace) is
+        // stopped first: never two DHCP clients on the NIC.
+        let args = ["-f", "-S", "-i", ifname.as_str(), "-s", UDHCPC_SCRIPT];
+        let stale = crate::services::supervisor::kill_stale(|pid, argv| {
+            argv.first().map(String::as_str) == Some(UDHCPC)
+                && argv[1..].iter().map(String::as_str).eq(args)
+                && crate::services::supervisor::in_our_network_namespace(pid)
+        })
+        .await;
+        if stale > 0 {
+            tracing::warn!(%ifname, "a DHCP client left by an earlier agent was stopped");
+        }
         let child = tokio::process::Command::new(UDHCPC)
-            .args(["-f", "-S", "-i", &ifname, "-s", UDHCPC_SCRIPT])
+            .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()

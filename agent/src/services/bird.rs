@@ -279,16 +279,19 @@ pub struct Bird {
     binary: PathBuf,
     paths: BirdPaths,
     instance: Option<Instance>,
+    /// How long `bird -p` may take.
+    check_timeout: Duration,
 }
 
 impl Bird {
-    pub fn new(binary: PathBuf, run_dir: &Path) -> Bird {
+    pub fn new(binary: PathBuf, run_dir: &Path, check_timeout: Duration) -> Bird {
         Bird {
             binary,
             paths: BirdPaths {
                 dir: run_dir.join("bird"),
             },
             instance: None,
+            check_timeout,
         }
     }
 
@@ -296,7 +299,7 @@ impl Bird {
         self.paths.socket()
     }
 
-    fn spec(&self) -> DaemonSpec {
+    pub fn spec(&self) -> DaemonSpec {
         DaemonSpec {
             program: self.binary.clone(),
             args: vec![
@@ -311,47 +314,55 @@ impl Bird {
         }
     }
 
-    /// Parses a config file without running it (`bird -p`).
+    /// Parses a config file without running it (`bird -p`), killed after the check timeout.
     async fn check(&self, path: &Path) -> Result<(), ServicesError> {
-        let out = tokio::process::Command::new(&self.binary)
-            .arg("-p")
-            .arg("-c")
-            .arg(path)
-            .output()
-            .await
-            .map_err(|source| ServicesError::Spawn {
-                program: self.binary.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ServicesError::Rejected {
-                daemon: "bird".into(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        let mut command = tokio::process::Command::new(&self.binary);
+        command.arg("-p").arg("-c").arg(path);
+        super::check::run("bird", command, self.check_timeout).await
     }
 
-    pub async fn apply(&mut self, config: &RouterConfig) -> Result<(), ServicesError> {
+    /// Brings bird to `config`: started, reconfigured through its control socket, or stopped
+    /// with its files removed when the config has no IPv6 external gateway. `verify`: an
+    /// earlier apply did not complete, so the file on disk is compared too.
+    pub async fn apply(
+        &mut self,
+        config: &RouterConfig,
+        verify: bool,
+    ) -> Result<(), ServicesError> {
         let Some(conf) = render(config) else {
             if let Some(instance) = self.instance.take() {
                 tracing::info!("no IPv6 external gateway: stopping bird");
                 instance.supervisor.stop().await;
             }
-            return Ok(());
+            // Its files go with it: a config without bird leaves none behind.
+            return match std::fs::remove_dir_all(&self.paths.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServicesError::Write {
+                    path: self.paths.dir.clone(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            };
         };
-        if self.instance.as_ref().is_some_and(|i| i.conf == conf) {
+        let disk_differs = verify
+            && (std::fs::read_to_string(self.paths.conf()).ok().as_deref() != Some(conf.as_str())
+                || self.paths.next().exists());
+        if !disk_differs && self.instance.as_ref().is_some_and(|i| i.conf == conf) {
             return Ok(());
         }
+        let result = self.install(conf).await;
+        if result.is_err() {
+            // A refused config leaves no file behind.
+            let _ = std::fs::remove_file(self.paths.next());
+        }
+        result
+    }
+
+    /// Checks `conf` and starts bird on it, or has the running bird load it.
+    async fn install(&mut self, conf: String) -> Result<(), ServicesError> {
         super::create_dir(&self.paths.dir, 0o700)?;
         let next = self.paths.next();
         write_file(&next, conf.as_bytes(), 0o600)?;
-        if let Err(e) = self.check(&next).await {
-            // A refused config leaves no file behind.
-            let _ = std::fs::remove_file(&next);
-            return Err(e);
-        }
+        self.check(&next).await?;
         let rename = |paths: &BirdPaths| {
             std::fs::rename(paths.next(), paths.conf()).map_err(|source| ServicesError::Write {
                 path: paths.conf(),
@@ -360,8 +371,8 @@ impl Bird {
         };
         let Some(instance) = self.instance.as_mut() else {
             rename(&self.paths)?;
-            let marker = self.paths.conf().display().to_string();
-            super::supervisor::kill_stale(&self.paths.pid(), &marker).await;
+            // Leftovers of an earlier agent were stopped when this one started
+            // (`Services::reap_stale`).
             let supervisor = Supervisor::start("bird", self.spec());
             self.instance = Some(Instance { conf, supervisor });
             return Ok(());

@@ -367,16 +367,33 @@ pub struct DnsmasqSet {
     run_dir: PathBuf,
     state_dir: PathBuf,
     instances: BTreeMap<String, Instance>,
+    /// NICs whose lease file did not exist until an instance of the transaction in progress
+    /// started: its rollback removes them with the instance (see [`DnsmasqSet::settle`]).
+    created_leases: BTreeSet<String>,
+    /// How long `dnsmasq --test` may take.
+    check_timeout: std::time::Duration,
 }
 
 impl DnsmasqSet {
-    pub fn new(binary: PathBuf, run_dir: PathBuf, state_dir: PathBuf) -> DnsmasqSet {
+    pub fn new(
+        binary: PathBuf,
+        run_dir: PathBuf,
+        state_dir: PathBuf,
+        check_timeout: std::time::Duration,
+    ) -> DnsmasqSet {
         DnsmasqSet {
             binary,
             run_dir,
             state_dir,
             instances: BTreeMap::new(),
+            created_leases: BTreeSet::new(),
+            check_timeout,
         }
+    }
+
+    /// The transaction is over: lease files it created stay.
+    pub fn settle(&mut self) {
+        self.created_leases.clear();
     }
 
     fn spec(&self, paths: &DnsmasqPaths) -> DaemonSpec {
@@ -392,7 +409,12 @@ impl DnsmasqSet {
     /// Brings the instances to `config`: stops those of networks that are gone, starts new ones,
     /// restarts one whose `dnsmasq.conf` changed, and SIGHUPs one whose hosts, options or
     /// servers changed. Carries on past a failing network and reports every failure.
-    pub async fn apply(&mut self, config: &RouterConfig) -> Vec<ServicesError> {
+    ///
+    /// `verify`: an earlier apply did not complete, so the files on disk may not be those the
+    /// instances were given. Every network's files are then compared with the disk too (and
+    /// rewritten, with a SIGHUP or a restart, where they differ), and directories of networks
+    /// not served are removed.
+    pub async fn apply(&mut self, config: &RouterConfig, verify: bool) -> Vec<ServicesError> {
         let mut errors = Vec::new();
         let wanted: BTreeMap<String, &Network> = served_networks(config)
             .map(|n| (n.ifname.clone(), n))
@@ -404,12 +426,27 @@ impl DnsmasqSet {
             .filter(|k| !wanted.contains_key(*k))
             .cloned()
             .collect();
+        let mut gone = gone;
+        if verify {
+            // Directories a failed apply wrote before any instance started there.
+            if let Ok(entries) = std::fs::read_dir(self.run_dir.join("dnsmasq")) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !wanted.contains_key(&name) && !gone.contains(&name) {
+                        gone.push(name);
+                    }
+                }
+            }
+        }
         for ifname in gone {
             if let Some(instance) = self.instances.remove(&ifname) {
                 instance.supervisor.stop().await;
             }
             let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, &ifname);
             let _ = std::fs::remove_dir_all(&paths.dir);
+            if self.created_leases.remove(&ifname) {
+                let _ = std::fs::remove_file(&paths.lease_file);
+            }
         }
 
         // Rendering, writing and `dnsmasq --test` of every network run concurrently, then the
@@ -418,7 +455,7 @@ impl DnsmasqSet {
         let prepared = futures::future::join_all(
             wanted
                 .iter()
-                .map(|(ifname, network)| self.prepare(ifname, network)),
+                .map(|(ifname, network)| self.prepare(ifname, network, verify)),
         )
         .await;
         let mut started = Vec::new();
@@ -443,15 +480,32 @@ impl DnsmasqSet {
     }
 
     /// Writes a network's files and checks a changed main file. `None`: nothing changed.
+    /// `verify`: compare with the files on disk too, not only with what the instance was
+    /// given.
     async fn prepare(
         &self,
         ifname: &str,
         network: &Network,
+        verify: bool,
     ) -> Result<Option<Prepared>, ServicesError> {
         let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, ifname);
         let files = render(network, &paths);
+        let disk_conf_differs = verify
+            && std::fs::read_to_string(paths.conf()).ok().as_deref() != Some(files.conf.as_str());
+        let disk_differs = verify
+            && (disk_conf_differs
+                || [
+                    (paths.hosts(), &files.hosts),
+                    (paths.opts(), &files.opts),
+                    (paths.servers(), &files.servers),
+                ]
+                .iter()
+                .any(|(path, want)| {
+                    std::fs::read_to_string(path).ok().as_deref() != Some(want.as_str())
+                })
+                || paths.dir.join("dnsmasq.conf.next").exists());
         if let Some(instance) = self.instances.get(ifname) {
-            if instance.files == files {
+            if instance.files == files && !disk_differs {
                 return Ok(None);
             }
         }
@@ -464,15 +518,16 @@ impl DnsmasqSet {
         write_file(&paths.opts(), files.opts.as_bytes(), 0o644)?;
         write_file(&paths.servers(), files.servers.as_bytes(), 0o644)?;
 
-        let conf_changed = self
-            .instances
-            .get(ifname)
-            .is_none_or(|i| i.files.conf != files.conf);
+        let conf_changed = disk_conf_differs
+            || self
+                .instances
+                .get(ifname)
+                .is_none_or(|i| i.files.conf != files.conf);
+        let next = paths.dir.join("dnsmasq.conf.next");
         if conf_changed {
             // Check the new main file before it replaces the one a restart would read.
-            let next = paths.dir.join("dnsmasq.conf.next");
             write_file(&next, files.conf.as_bytes(), 0o644)?;
-            if let Err(e) = check_conf(&self.binary, &next).await {
+            if let Err(e) = check_conf(&self.binary, &next, self.check_timeout).await {
                 // A refused config leaves no file behind.
                 let _ = std::fs::remove_file(&next);
                 return Err(e);
@@ -481,6 +536,8 @@ impl DnsmasqSet {
                 path: paths.conf(),
                 source,
             })?;
+        } else {
+            let _ = std::fs::remove_file(&next);
         }
         Ok(Some(Prepared {
             ifname: ifname.to_owned(),
@@ -496,8 +553,11 @@ impl DnsmasqSet {
         let spec = self.spec(&paths);
         match self.instances.get_mut(&ifname) {
             None => {
-                let conf = paths.conf().display().to_string();
-                super::supervisor::kill_stale(&paths.pid(), &conf).await;
+                // Leftovers of an earlier agent were stopped when this one started
+                // (`Services::reap_stale`).
+                if !paths.lease_file.exists() {
+                    self.created_leases.insert(ifname.clone());
+                }
                 let supervisor = Supervisor::start(format!("dnsmasq-{ifname}"), spec);
                 self.instances
                     .insert(ifname, Instance { files, supervisor });
@@ -539,6 +599,16 @@ impl DnsmasqSet {
             instance.supervisor.stop().await;
         }
     }
+
+    /// Stops every instance and removes the lease files this transaction created (the
+    /// caller removes the generated files).
+    pub async fn reset(&mut self) {
+        self.shutdown().await;
+        for ifname in std::mem::take(&mut self.created_leases) {
+            let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, &ifname);
+            let _ = std::fs::remove_file(&paths.lease_file);
+        }
+    }
 }
 
 /// Waits (up to 2 s) until a freshly started dnsmasq has written its pid file: it has then
@@ -558,23 +628,16 @@ async fn wait_ready(paths: &DnsmasqPaths, supervisor: &Supervisor) {
     tracing::warn!(dir = %paths.dir.display(), "dnsmasq has not written its pid file after 2 s");
 }
 
-/// `dnsmasq --test --conf-file=PATH`: a syntax check that never binds anything.
-async fn check_conf(binary: &Path, conf: &Path) -> Result<(), ServicesError> {
-    let out = tokio::process::Command::new(binary)
+/// `dnsmasq --test --conf-file=PATH`: a syntax check that never binds anything, killed
+/// after `timeout`.
+async fn check_conf(
+    binary: &Path,
+    conf: &Path,
+    timeout: std::time::Duration,
+) -> Result<(), ServicesError> {
+    let mut command = tokio::process::Command::new(binary);
+    command
         .arg("--test")
-        .arg(format!("--conf-file={}", conf.display()))
-        .output()
-        .await
-        .map_err(|source| ServicesError::Spawn {
-            program: binary.to_path_buf(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ServicesError::Rejected {
-            daemon: "dnsmasq".into(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+        .arg(format!("--conf-file={}", conf.display()));
+    super::check::run("dnsmasq", command, timeout).await
 }

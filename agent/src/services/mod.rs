@@ -10,6 +10,7 @@
 //! `hostname::render_*`, `metadata::desired`, `garp::*_frame`); the rest is a thin I/O layer.
 
 pub mod bird;
+pub mod check;
 pub mod dnsmasq;
 pub mod garp;
 pub mod hostname;
@@ -37,6 +38,8 @@ pub enum ServicesError {
     Spawn { program: PathBuf, source: io::Error },
     #[error("{daemon} rejected its configuration: {message}")]
     Rejected { daemon: String, message: String },
+    #[error("{daemon}'s config check did not finish within {timeout:?}: killed")]
+    CheckTimedOut { daemon: String, timeout: Duration },
     #[error("bird control socket {path}: {source}")]
     Control { path: PathBuf, source: io::Error },
     #[error("metadata listener on {ifname} port {port}: {source}")]
@@ -64,6 +67,9 @@ pub struct ServicesOptions {
     pub bird: PathBuf,
     /// How long the orchestrator gets to answer a metadata request (then 504).
     pub metadata_timeout: Duration,
+    /// How long a daemon's config check (`dnsmasq --test`, `bird -p`) may take; it is then
+    /// killed and the apply fails.
+    pub check_timeout: Duration,
     /// Call `sethostname(2)`. Off in tests that share the host's UTS namespace.
     pub set_hostname: bool,
     /// Write the host name here (`/etc/hostname` in the image); `None` writes nothing.
@@ -83,6 +89,7 @@ impl Default for ServicesOptions {
             dnsmasq: PathBuf::from("dnsmasq"),
             bird: PathBuf::from("bird"),
             metadata_timeout: Duration::from_secs(30),
+            check_timeout: check::DEFAULT_TIMEOUT,
             set_hostname: false,
             hostname_file: None,
             hosts_file: None,
@@ -109,6 +116,10 @@ pub struct Services {
     bird: bird::Bird,
     metadata: metadata::MetadataProxy,
     hostname: Option<String>,
+    /// An apply began and did not complete (an error, or a panic part-way): what the
+    /// daemons were last given is then not trusted, and the next apply (the rollback's)
+    /// compares every file on disk with what it wants.
+    unsettled: bool,
 }
 
 impl Services {
@@ -118,10 +129,12 @@ impl Services {
                 opts.dnsmasq.clone(),
                 opts.run_dir.clone(),
                 opts.state_dir.clone(),
+                opts.check_timeout,
             ),
-            bird: bird::Bird::new(opts.bird.clone(), &opts.run_dir),
+            bird: bird::Bird::new(opts.bird.clone(), &opts.run_dir, opts.check_timeout),
             metadata: metadata::MetadataProxy::new(opts.metadata_timeout),
             hostname: None,
+            unsettled: false,
             opts,
         }
     }
@@ -131,6 +144,8 @@ impl Services {
     /// brought as far as it can go even when another fails; the error lists every failure.
     /// An identical config changes nothing (no file written, no signal sent).
     pub async fn apply(&mut self, config: &RouterConfig) -> Result<(), ServicesError> {
+        // Set until this apply completes: a panic part-way leaves it set.
+        let verify = std::mem::replace(&mut self.unsettled, true);
         let mut errors = Vec::new();
         match hostname::apply(
             config,
@@ -141,16 +156,84 @@ impl Services {
             Ok(_) => self.hostname = Some(config.hostname.clone()),
             Err(e) => errors.push(e),
         }
-        errors.extend(self.dnsmasq.apply(config).await);
-        if let Err(e) = self.bird.apply(config).await {
+        errors.extend(self.dnsmasq.apply(config, verify).await);
+        if let Err(e) = self.bird.apply(config, verify).await {
             errors.push(e);
         }
         errors.extend(self.metadata.apply(config));
         match errors.len() {
-            0 => Ok(()),
+            0 => {
+                self.unsettled = false;
+                Ok(())
+            }
             1 => Err(errors.remove(0)),
             _ => Err(ServicesError::Several(errors)),
         }
+    }
+
+    /// Back to no service at all (the rollback of a router's first config): every daemon
+    /// stopped, every listener closed, the generated files and the lease files this
+    /// transaction created removed. The host name is left as it is.
+    pub async fn reset(&mut self) -> Result<(), ServicesError> {
+        self.metadata.shutdown();
+        self.dnsmasq.reset().await;
+        self.bird.shutdown().await;
+        let mut errors = Vec::new();
+        for dir in [
+            self.opts.run_dir.join("dnsmasq"),
+            self.opts.run_dir.join("bird"),
+        ] {
+            match fs::remove_dir_all(&dir) {
+                Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                    errors.push(ServicesError::Write { path: dir, source })
+                }
+                _ => {}
+            }
+        }
+        self.hostname = None;
+        match errors.len() {
+            0 => {
+                self.unsettled = false;
+                Ok(())
+            }
+            1 => Err(errors.remove(0)),
+            _ => Err(ServicesError::Several(errors)),
+        }
+    }
+
+    /// The transaction that called [`Services::apply`] (and perhaps its rollback) is over:
+    /// lease files created by it are now kept like any other.
+    pub fn settle(&mut self) {
+        self.dnsmasq.settle();
+    }
+
+    /// Stops daemons left by an earlier agent that was killed (SIGKILL, a crash) without
+    /// stopping its children, and removes the files generated for them: the agent starts
+    /// from no daemon and no generated file, and its first apply starts what the config
+    /// needs. Returns how many it stopped. Run at start, before anything is applied.
+    pub async fn reap_stale(&mut self) -> usize {
+        let run_dir = self.opts.run_dir.clone();
+        let (dnsmasq, bird) = (
+            self.opts.dnsmasq.display().to_string(),
+            self.opts.bird.display().to_string(),
+        );
+        let programs = [dnsmasq.as_str(), bird.as_str(), "dnsmasq", "bird"];
+        let stopped =
+            supervisor::kill_stale(|_, argv| supervisor::is_daemon_of(argv, &programs, &run_dir))
+                .await;
+        let dnsmasq_dir = run_dir.join("dnsmasq");
+        for dir in [dnsmasq_dir, self.opts.run_dir.join("bird")] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::debug!(dir = %dir.display(), "generated files of an earlier agent removed")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an earlier agent's files")
+                }
+            }
+        }
+        stopped
     }
 
     /// Gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6) for `addrs` out of

@@ -377,38 +377,238 @@ async fn run(
     }
 }
 
-/// Stops a daemon left over by an earlier agent (one that crashed without stopping its
-/// children): the pid in `pid_file`, if that process's command line mentions `marker` (our
-/// config file), so a recycled pid is never hit. SIGTERM, then SIGKILL after 2 s.
-pub async fn kill_stale(pid_file: &std::path::Path, marker: &str) {
-    let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return;
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return;
-    };
-    if pid <= 1 || pid == std::process::id() as i32 {
-        return;
+/// Stops every process an earlier agent left running (it was killed without stopping its
+/// children) that `ours` recognises by its pid and command line (`argv`, `argv[0]` first): the
+/// config files it names under the agent's own directories, never a pid file, so neither a
+/// recycled pid nor a daemon killed before it wrote its pid file can mislead it. Each is
+/// pinned with a pidfd before it is signalled, and its command line read again through
+/// that pin, so the signal reaches the process that was recognised or none. SIGTERM, then
+/// SIGKILL after 2 s. Zombies and the agent itself are skipped. Returns how many it stopped.
+pub async fn kill_stale(ours: impl Fn(i32, &[String]) -> bool) -> usize {
+    let me = std::process::id() as i32;
+    let mut pinned = Vec::new();
+    for pid in proc_pids() {
+        if pid == me || !process_matches(pid, &ours) {
+            continue;
+        }
+        let Some(fd) = Pidfd::open(pid) else {
+            continue;
+        };
+        // Read again through the pin: a pid recycled meanwhile no longer matches.
+        if !process_matches(pid, &ours) {
+            continue;
+        }
+        tracing::warn!(pid, argv = ?cmdline(pid), "stopping a daemon left by an earlier agent");
+        let _ = fd.signal(libc::SIGTERM);
+        pinned.push((pid, fd));
     }
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
-        .unwrap_or(false);
-    if !ours {
-        return;
-    }
-    tracing::warn!(
-        pid,
-        marker,
-        "stopping a daemon left over by an earlier agent"
-    );
-    let pid = Pid::from_raw(pid);
-    let _ = kill(pid, Signal::SIGTERM);
+    let stopped = pinned.len();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while kill(pid, None).is_ok() {
-        if Instant::now() > deadline {
-            let _ = kill(pid, Signal::SIGKILL);
+    while !pinned.is_empty() {
+        pinned.retain(|(_, fd)| fd.alive());
+        if pinned.is_empty() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() > deadline {
+            for (pid, fd) in &pinned {
+                tracing::warn!(pid, "did not stop on SIGTERM; killing it");
+                let _ = fd.signal(libc::SIGKILL);
+            }
+            // SIGKILL is not refused; give the kernel a moment to release its sockets.
+            let until = Instant::now() + Duration::from_secs(2);
+            while pinned.iter().any(|(_, fd)| fd.alive()) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stopped
+}
+
+/// `argv` of `pid` (empty when it is gone or a kernel thread).
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn process_matches(pid: i32, ours: &impl Fn(i32, &[String]) -> bool) -> bool {
+    // A zombie is only waiting for its parent: nothing to stop.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            st.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true);
+    if zombie {
+        return false;
+    }
+    let argv = cmdline(pid);
+    !argv.is_empty() && ours(pid, &argv)
+}
+
+/// Whether `pid` is in the caller's network namespace.
+pub fn in_our_network_namespace(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    matches!((ns(format!("/proc/{pid}/ns/net")), ns("/proc/thread-self/ns/net".into())), (Ok(a), Ok(b)) if a == b)
+}
+
+fn proc_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pidfd: a handle on one process that a recycled pid cannot be confused with.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    fn open(pid: i32) -> Option<Pidfd> {
+        // SAFETY: pidfd_open(2) takes a pid and flags, and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+        Some(Pidfd(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    fn signal(&self, sig: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Not yet exited: a pidfd becomes readable when its process exits (a zombie has).
+    fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, no waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+}
+
+/// Whether `argv` is a daemon of an agent whose generated files live under `run_dir`:
+/// `argv[0]` is one of `programs` (by file name), and an argument is a file under `run_dir`
+/// (`--conf-file=FILE` or `FILE`).
+pub fn is_daemon_of(argv: &[String], programs: &[&str], run_dir: &std::path::Path) -> bool {
+    let file_name = |p: &str| {
+        std::path::Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let Some(program) = argv.first() else {
+        return false;
+    };
+    let program = file_name(program);
+    if !programs.iter().any(|p| file_name(p) == program) {
+        return false;
+    }
+    let prefix = format!("{}/", run_dir.display());
+    argv[1..].iter().any(|a| {
+        let path = a.strip_prefix("--conf-file=").unwrap_or(a);
+        path.starts_with(&prefix) && !path.contains("/../")
+    })
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn daemons_are_recognised_by_program_and_a_file_under_the_run_dir() {
+        let run = std::path::Path::new("/var/lib/akanda-agent/run");
+        let programs = ["dnsmasq", "/usr/sbin/bird"];
+        for yes in [
+            "dnsmasq --keep-in-foreground --conf-file=/var/lib/akanda-agent/run/dnsmasq/ge2/dnsmasq.conf",
+            "/usr/sbin/dnsmasq --keep-in-foreground --conf-file=/var/lib/akanda-agent/run/dnsmasq/ge9/dnsmasq.conf",
+            "bird -f -c /var/lib/akanda-agent/run/bird/bird.conf -s /var/lib/akanda-agent/run/bird/bird.ctl",
+        ] {
+            assert!(is_daemon_of(&argv(yes), &programs, run), "{yes}");
+        }
+        for no in [
+            // Another agent's (another state directory), a prefix that is not a directory.
+            "dnsmasq --conf-file=/tmp/other/run/dnsmasq/ge2/dnsmasq.conf",
+            "dnsmasq --conf-file=/var/lib/akanda-agent/run2/dnsmasq/ge2/dnsmasq.conf",
+            // Another program naming our files, or ours naming none.
+            "cat /var/lib/akanda-agent/run/dnsmasq/ge2/dnsmasq.conf",
+            "dnsmasq --keep-in-foreground",
+            "bird -c /var/lib/akanda-agent/run/../../../etc/bird.conf",
+        ] {
+            assert!(!is_daemon_of(&argv(no), &programs, run), "{no}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_process_is_stopped_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("run/x.conf").display().to_string();
+        // The marker is sh's $0, so it is in sh's command line; sh waits on its stdin (a
+        // builtin: no child of its own).
+        let spawn = |name: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", "read x", name])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = spawn(&marker);
+        let mut other = spawn("unrelated");
+        let run = dir.path().join("run");
+        let started = std::time::Instant::now();
+        let stopped = kill_stale(|_, argv| is_daemon_of(argv, &["sh"], &run)).await;
+        assert_eq!(stopped, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it waited for a zombie"
+        );
+        assert!(ours.wait().unwrap().signal().is_some());
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the unrelated process was hit"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 }
