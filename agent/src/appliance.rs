@@ -475,7 +475,10 @@ impl Appliance {
     /// Call it before anything listens. An error means the agent must not serve.
     pub fn bootstrap(&mut self) -> Result<(), String> {
         failpoint::hit("bootstrap")?;
-        let bootstrap = firewall::ruleset::bootstrap(self.firewall);
+        let bootstrap = firewall::ruleset::bootstrap(
+            self.firewall,
+            self.management.as_ref().map(|m| m.ifname.as_str()),
+        );
         // Not trusted: an earlier agent's table, or none.
         self.ruleset = None;
         self.install_ruleset(&bootstrap)
@@ -551,7 +554,10 @@ impl Appliance {
     /// Makes sure the bootstrap ruleset is in force when no config is (normally a no-op: a
     /// failed apply's rollback puts it back). An error means the agent must not serve.
     pub fn keep_bootstrap(&mut self) -> Result<(), String> {
-        let bootstrap = firewall::ruleset::bootstrap(self.firewall);
+        let bootstrap = firewall::ruleset::bootstrap(
+            self.firewall,
+            self.management.as_ref().map(|m| m.ifname.as_str()),
+        );
         self.install_ruleset(&bootstrap)
             .map_err(|e| format!("installing the bootstrap ruleset: {e}"))
     }

@@ -57,7 +57,7 @@ fn boot_to_ready(image: &Path, args: &[&str]) -> Option<f64> {
         .arg("verify")
         .arg(image)
         .args(args)
-        .args(["--timeout", "300"])
+        .args(["--timeout", &verify_timeout().to_string()])
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("akanda-image verify: {e}"));
@@ -67,6 +67,14 @@ fn boot_to_ready(image: &Path, args: &[&str]) -> Option<f64> {
         .find_map(|l| l.trim().strip_prefix("boot-to-ready: "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|s| s.parse().ok())
+}
+
+/// `AKANDA_BENCH_TIMEOUT` (seconds, default 300): how long verify waits for the agent.
+fn verify_timeout() -> u64 {
+    std::env::var("AKANDA_BENCH_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
 }
 
 fn median(mut xs: Vec<f64>) -> Option<f64> {

@@ -311,3 +311,61 @@ fn an_agent_that_cannot_install_the_bootstrap_ruleset_exits_without_listening_ro
         eprintln!("[{}] exit 1, no listen(2), no forwarding", path.name);
     }
 }
+
+/// Before the first push, the bootstrap ruleset opens the API (and the DHCP clients) on the
+/// management NIC only, once the boot configuration has named it: a tenant NIC plugged at
+/// boot cannot reach the API either. Read from the kernel's ruleset.
+#[test]
+fn before_the_first_push_the_api_is_open_on_the_management_nic_only_root() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("bootmgmt");
+    let drive = config_drive(&lab);
+    let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
+    as_at_boot(&lab);
+    let path = StartPath {
+        name: "boot config, no saved config",
+        saved_config: false,
+        boot_config: true,
+        tls: false,
+    };
+    let mut agent = start(
+        &lab,
+        &path,
+        drive.path(),
+        &pki,
+        "",
+        &akanda_tests::agent_bin(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !accepts(&lab) {
+        assert!(agent.try_wait().is_none(), "exited:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "never listened:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let input = lab.router().sh("nft list chain inet akanda input");
+    let port = format!("tcp dport {} ", lab.port());
+    let api: Vec<&str> = input.lines().filter(|l| l.contains(&port)).collect();
+    assert!(!api.is_empty(), "no API rule:\n{input}");
+    for rule in &api {
+        assert!(
+            rule.contains("iifname \"ge0\""),
+            "API open beyond ge0: {rule}\n{input}"
+        );
+    }
+    for rule in input
+        .lines()
+        .filter(|l| l.contains("udp dport 68 ") || l.contains("udp dport 546 "))
+    {
+        assert!(
+            rule.contains("iifname \"ge0\""),
+            "DHCP client open beyond ge0: {rule}"
+        );
+    }
+    agent.stop();
+}

@@ -412,22 +412,33 @@ pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
 /// The ruleset of a router that has no config yet (first boot, or a saved config that could
 /// not be restored): nothing is forwarded, and only the agent's API, DHCP/DHCPv6 client replies
 /// (the management NIC may be configured by DHCP) and ICMP reach the router. Astara's image
-/// accepted everything until the first push.
-pub fn bootstrap(opts: FirewallOptions) -> Ruleset {
+/// accepted everything until the first push. Once the management NIC is known (from the boot
+/// configuration, or the NIC of `--listen`), the API and the DHCP clients are opened on that NIC
+/// only: before the first push, a tenant NIC must not reach the API either.
+pub fn bootstrap(opts: FirewallOptions, management_nic: Option<&str>) -> Ruleset {
+    let on_management = |mut matches: Vec<Match>| {
+        if let Some(nic) = management_nic {
+            matches.insert(0, Match::Iif(nic.to_string()));
+        }
+        matches
+    };
     let mut input = input::always_accepted();
     input.extend([
         Rule::new(
-            vec![Match::L4(L4::Tcp), Match::Dport(L4::Tcp, opts.api_port)],
+            on_management(vec![
+                Match::L4(L4::Tcp),
+                Match::Dport(L4::Tcp, opts.api_port),
+            ]),
             Verdict::Accept,
         )
         .comment("agent API"),
         Rule::new(
-            vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 68)],
+            on_management(vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 68)]),
             Verdict::Accept,
         )
         .comment("DHCP client"),
         Rule::new(
-            vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 546)],
+            on_management(vec![Match::L4(L4::Udp), Match::Dport(L4::Udp, 546)]),
             Verdict::Accept,
         )
         .comment("DHCPv6 client"),
@@ -620,8 +631,32 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_opens_the_api_on_the_management_nic_only_once_it_is_known() {
+        let api = |rs: &Ruleset| {
+            rs.chains[0]
+                .rules
+                .iter()
+                .find(|r| r.matches.contains(&Match::Dport(L4::Tcp, 5001)))
+                .expect("an API rule")
+                .matches
+                .clone()
+        };
+        let before = bootstrap(FirewallOptions { api_port: 5001 }, None);
+        assert!(!api(&before).iter().any(|m| matches!(m, Match::Iif(_))));
+        let after = bootstrap(FirewallOptions { api_port: 5001 }, Some("ge0"));
+        assert_eq!(api(&after)[0], Match::Iif("ge0".into()));
+        let dhcp = after.chains[0]
+            .rules
+            .iter()
+            .filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with("DHCP")));
+        for rule in dhcp {
+            assert_eq!(rule.matches[0], Match::Iif("ge0".into()), "{rule:?}");
+        }
+    }
+
+    #[test]
     fn bootstrap_forwards_nothing_and_opens_the_api() {
-        let rs = bootstrap(FirewallOptions { api_port: 5001 });
+        let rs = bootstrap(FirewallOptions { api_port: 5001 }, None);
         assert!(rs.sets.is_empty());
         assert_eq!(rs.chains.len(), 2);
         let input = &rs.chains[0].rules;
