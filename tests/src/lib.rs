@@ -22,6 +22,7 @@
 //!
 //! Root-only tests start with `if !require_root() { return; }`.
 
+pub mod bench;
 pub mod tls;
 
 use std::fmt::Write as _;

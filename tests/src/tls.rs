@@ -111,12 +111,17 @@ pub fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<TlsStream, String> {
-    let tcp = in_netns(ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-    })
-    .map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    tcp.set_nodelay(true).unwrap();
+    in_netns(ns, || handshake(addr, config))
+}
+
+/// [`connect`] from the calling thread's namespace: TCP connect, then the client's side of the
+/// TLS handshake.
+pub fn handshake(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<TlsStream, String> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(addr.ip().into());
     let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let mut stream = StreamOwned::new(conn, tcp);
