@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use akanda_openstack_auth::{Credentials, KeystoneError};
+use akanda_openstack_auth::{error_chain, Credentials, KeystoneError};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
@@ -99,17 +99,6 @@ fn client(c: &Credentials, timeout: Option<Duration>) -> Result<Client, UploadEr
     })
 }
 
-fn error_text(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// Uploads and returns a one-line summary with the image id.
 pub fn upload(opts: &UploadOptions) -> Result<String, UploadError> {
     let creds = credentials(opts)?;
@@ -161,7 +150,7 @@ pub fn upload(opts: &UploadOptions) -> Result<String, UploadError> {
         .header("X-Auth-Token", &token)
         .json(&record)
         .send()
-        .map_err(|e| g_err("create image", error_text(&e)))?;
+        .map_err(|e| g_err("create image", error_chain(&e)))?;
     let status = resp.status();
     let created: Value = resp.json().unwrap_or(Value::Null);
     if !status.is_success() {
@@ -188,7 +177,7 @@ pub fn upload(opts: &UploadOptions) -> Result<String, UploadError> {
             .header("Content-Length", len)
             .body(reqwest::blocking::Body::sized(file, len))
             .send()
-            .map_err(|e| g_err("upload data", error_text(&e)))?;
+            .map_err(|e| g_err("upload data", error_chain(&e)))?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(g_err(
@@ -203,7 +192,7 @@ pub fn upload(opts: &UploadOptions) -> Result<String, UploadError> {
                 .header("X-Auth-Token", &token)
                 .send()
                 .and_then(|r| r.json())
-                .map_err(|e| g_err("read image", error_text(&e)))?;
+                .map_err(|e| g_err("read image", error_chain(&e)))?;
             match image["status"].as_str() {
                 Some("active") => return Ok(image),
                 Some("killed") | Some("deleted") => {

@@ -17,4 +17,4 @@ mod http;
 mod namespace;
 
 pub use http::{HttpClient, HttpError, HttpOptions, HttpResponse};
-pub use namespace::{cleanup_stale, is_root, list, veth, Netns, NetnsError};
+pub use namespace::{cleanup_stale, is_root, list, run_in_host, veth, Netns, NetnsError};

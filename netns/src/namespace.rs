@@ -88,6 +88,16 @@ fn stdout_of(cmd: &mut Command) -> Result<String, NetnsError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `argv` in the host namespace (outside any of these) and returns its stdout, or an
+/// error with everything it printed.
+pub fn run_in_host(argv: &[&str]) -> Result<String, NetnsError> {
+    let (program, args) = argv.split_first().ok_or_else(|| NetnsError::Spawn {
+        command: String::new(),
+        source: std::io::Error::other("empty command"),
+    })?;
+    stdout_of(Command::new(program).args(args))
+}
+
 fn ip_host(args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(args);

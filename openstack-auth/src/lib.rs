@@ -303,8 +303,9 @@ impl Token {
     }
 }
 
-/// An error and all its causes, `: `-separated (reqwest's own message names only the first).
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and all its causes, `: `-separated: reqwest's own message stops at "error
+/// sending request", the reason (refused, a TLS failure, a timeout) is in its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
@@ -315,23 +316,27 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The token request of `c`: its URL and body.
+fn token_request(c: &Credentials) -> Result<(String, Value), KeystoneError> {
+    Ok((tokens_url(&c.auth_url), auth_body(c)?))
+}
+
+/// Keystone gave no answer.
+fn unreachable(url: &str, e: &reqwest::Error) -> KeystoneError {
+    KeystoneError::Auth {
+        url: url.to_string(),
+        reason: error_chain(e),
+    }
+}
+
 /// Asks Keystone for a token (async).
 pub async fn authenticate(http: &reqwest::Client, c: &Credentials) -> Result<Token, KeystoneError> {
-    let url = tokens_url(&c.auth_url);
-    let failed = |e: reqwest::Error| KeystoneError::Auth {
-        url: url.clone(),
-        reason: chain(&e),
-    };
-    let answer = http
-        .post(&url)
-        .json(&auth_body(c)?)
-        .send()
-        .await
-        .map_err(failed)?;
-    let status = answer.status().as_u16();
-    let subject_token = subject_token(answer.headers());
+    let (url, body) = token_request(c)?;
+    let send = http.post(&url).json(&body).send().await;
+    let answer = send.map_err(|e| unreachable(&url, &e))?;
+    let (status, token) = (answer.status().as_u16(), subject_token(answer.headers()));
     let body = answer.json().await.unwrap_or(Value::Null);
-    Token::from_answer(&url, status, subject_token.as_deref(), body)
+    Token::from_answer(&url, status, token.as_deref(), body)
 }
 
 /// Asks Keystone for a token (blocking).
@@ -340,20 +345,12 @@ pub fn authenticate_blocking(
     http: &reqwest::blocking::Client,
     c: &Credentials,
 ) -> Result<Token, KeystoneError> {
-    let url = tokens_url(&c.auth_url);
-    let failed = |e: reqwest::Error| KeystoneError::Auth {
-        url: url.clone(),
-        reason: chain(&e),
-    };
-    let answer = http
-        .post(&url)
-        .json(&auth_body(c)?)
-        .send()
-        .map_err(failed)?;
-    let status = answer.status().as_u16();
-    let subject_token = subject_token(answer.headers());
+    let (url, body) = token_request(c)?;
+    let answer = http.post(&url).json(&body).send();
+    let answer = answer.map_err(|e| unreachable(&url, &e))?;
+    let (status, token) = (answer.status().as_u16(), subject_token(answer.headers()));
     let body = answer.json().unwrap_or(Value::Null);
-    Token::from_answer(&url, status, subject_token.as_deref(), body)
+    Token::from_answer(&url, status, token.as_deref(), body)
 }
 
 fn subject_token(headers: &reqwest::header::HeaderMap) -> Option<String> {

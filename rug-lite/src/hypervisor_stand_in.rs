@@ -71,18 +71,7 @@ pub(crate) fn agent_bin() -> PathBuf {
 
 #[track_caller]
 fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    akanda_netns::run_in_host(argv).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Prefix of the stand-in's namespaces (akanda-netns removes a crashed run's).
