@@ -522,8 +522,7 @@ fn config_drive_read_from(serial: &Path) -> Option<String> {
 
 pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let attachment = opts.attachment()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !akanda_netns::is_root() {
         return Err(VerifyError::NotRoot);
     }
     tools::check(tools::VERIFY_TOOLS, &[])?;
