@@ -27,7 +27,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use akanda_tests::bench::{percentile_ms, AgentClient};
+use akanda_tests::bench::{percentile_ms, AgentClient, Connections::KeepAlive};
 use akanda_tests::{
     config_with_floating_ips, conformance_json, floating_ip, in_netns, veth, Agent, Netns,
     RouterLab,
@@ -55,7 +55,7 @@ fn measure(
     full: &Value,
     changed: &Value,
 ) -> Figures {
-    let c = AgentClient::keep_alive(mgmt, &format!("http://{addr}"), None);
+    let c = AgentClient::new(mgmt, &format!("http://{addr}"), None, KeepAlive);
     {
         let mut f = Figures {
             name: name.into(),
@@ -148,14 +148,7 @@ fn router_with_agent(tag: &str, internal: u32) -> (Netns, Netns, Netns, Agent, S
             &mac(0x20, i),
         );
     }
-    router.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_ADDR
-    ));
-    mgmt.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_PEER_ADDR
-    ));
+    RouterLab::address_management(&router, "eth0", &mgmt, "eth0");
     let listen: SocketAddr = format!("[{}]:{}", RouterLab::MGMT_ADDR, akanda_tests::unique_port())
         .parse()
         .unwrap();
@@ -274,7 +267,7 @@ fn floating_ips(n: u32) -> FipFigures {
         .push(floating_ip(n));
     let bare = bare_of(&full);
     let (first_rounds, change_rounds) = fip_rounds(n);
-    let c = AgentClient::keep_alive(&mgmt, &format!("http://{listen}"), None);
+    let c = AgentClient::new(&mgmt, &format!("http://{listen}"), None, KeepAlive);
     let mut f = {
         let mut f = FipFigures {
             n,

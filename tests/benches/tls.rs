@@ -20,6 +20,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use akanda_tests::bench::Connections::{KeepAlive, OnePerRequest};
 use akanda_tests::bench::{env_number, percentile_ms, AgentClient};
 use akanda_tests::tls::{self, Pki};
 use akanda_tests::{in_netns, release_bin, Agent, Http, RouterLab};
@@ -104,8 +105,8 @@ fn main() {
     let mut agent = Agent::spawn_program(&bin, lab.router(), addr, Some(lab.state_dir()), &[]);
     agent.wait_ready(lab.mgmt(), Duration::from_secs(15));
     let (a, b) = configs(&lab.http());
-    let keepalive = AgentClient::keep_alive(lab.mgmt(), &format!("http://{addr}"), None);
-    let fresh_client = AgentClient::new_connections(lab.mgmt(), &format!("http://{addr}"), None);
+    let keepalive = AgentClient::new(lab.mgmt(), &format!("http://{addr}"), None, KeepAlive);
+    let fresh_client = AgentClient::new(lab.mgmt(), &format!("http://{addr}"), None, OnePerRequest);
     let fresh = || {
         let connect = in_netns(lab.mgmt(), || {
             let t = Instant::now();
@@ -135,8 +136,8 @@ fn main() {
     let (a, b) = configs(&https);
     let config = pki.client_config();
     let url = format!("https://{addr}");
-    let keepalive = AgentClient::keep_alive(lab.mgmt(), &url, Some(config.clone()));
-    let fresh_client = AgentClient::new_connections(lab.mgmt(), &url, Some(config.clone()));
+    let keepalive = AgentClient::new(lab.mgmt(), &url, Some(config.clone()), KeepAlive);
+    let fresh_client = AgentClient::new(lab.mgmt(), &url, Some(config.clone()), OnePerRequest);
     let fresh = || {
         let handshake = in_netns(lab.mgmt(), || {
             let t = Instant::now();

@@ -16,34 +16,26 @@ pub struct AgentClient {
     base: String,
 }
 
-impl AgentClient {
-    /// Kept-alive connections; `tls` for `https://` (mutual TLS with a client certificate).
-    pub fn keep_alive(
-        ns: &Netns,
-        base_url: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> AgentClient {
-        AgentClient::new(ns, base_url, tls, true)
-    }
-
+/// How an [`AgentClient`] uses connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// One connection, kept alive between requests.
+    KeepAlive,
     /// A new connection (and TLS handshake) for every request.
-    pub fn new_connections(
-        ns: &Netns,
-        base_url: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> AgentClient {
-        AgentClient::new(ns, base_url, tls, false)
-    }
+    OnePerRequest,
+}
 
-    fn new(
+impl AgentClient {
+    /// A client for `base_url`; `tls` for `https://` (mutual TLS with a client certificate).
+    pub fn new(
         ns: &Netns,
         base_url: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
-        keep_alive: bool,
+        connections: Connections,
     ) -> AgentClient {
         let options = HttpOptions {
             tls,
-            keep_alive,
+            keep_alive: connections == Connections::KeepAlive,
             ..Default::default()
         };
         AgentClient {

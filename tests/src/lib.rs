@@ -928,6 +928,20 @@ impl RouterLab {
     /// Internal host t2 (second internal network, not in the conformance file).
     pub const T2_V4: &'static str = "192.168.1.2";
 
+    /// Gives the router's management link `MGMT_ADDR` and the orchestrator's side
+    /// `MGMT_PEER_ADDR` (both /64, no DAD): what the VM's boot config and the management
+    /// network provide.
+    pub fn address_management(router: &Netns, router_if: &str, mgmt: &Netns, mgmt_if: &str) {
+        router.ip(&format!(
+            "addr add {}/64 dev {router_if} nodad",
+            Self::MGMT_ADDR
+        ));
+        mgmt.ip(&format!(
+            "addr add {}/64 dev {mgmt_if} nodad",
+            Self::MGMT_PEER_ADDR
+        ));
+    }
+
     /// Builds the topology. Namespaces are `akt-<tag>-<role>-<pid>-<n>`.
     pub fn new(tag: &str) -> RouterLab {
         let ns = |role: &str| Netns::new(&format!("{tag}-{role}"));
@@ -939,11 +953,7 @@ impl RouterLab {
         veth(&router, "eth2", mac2, &t1, h, Self::T1_MAC);
         veth(&router, "eth3", mac3, &t2, h, "fa:16:3e:00:10:03");
 
-        router.ip(&format!("addr add {}/64 dev eth0 nodad", Self::MGMT_ADDR));
-        mgmt.ip(&format!(
-            "addr add {}/64 dev {h} nodad",
-            Self::MGMT_PEER_ADDR
-        ));
+        Self::address_management(&router, "eth0", &mgmt, h);
 
         ext.ip(&format!("addr add {}/24 dev {h}", Self::EXT_GW_V4));
         ext.ip(&format!("addr add {}/64 dev {h} nodad", Self::EXT_GW_V6));
