@@ -119,21 +119,13 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let path = ns.path();
-    let thread = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+    akanda_tests::in_netns(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(body())
-    });
-    match thread.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    })
 }
 
 /// A private directory, readable by dnsmasq after it drops privileges.
