@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
@@ -50,7 +49,7 @@ pub struct TlsFiles {
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    akanda_pki::tls::provider()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -69,13 +68,7 @@ fn invalid(path: &Path, reason: impl fmt::Display) -> TlsError {
 
 /// Certificates in a PEM file; at least one.
 fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let list = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(path, e))?;
-    if list.is_empty() {
-        return Err(invalid(path, "no PEM certificate in the file"));
-    }
-    Ok(list)
+    akanda_pki::tls::certificates(pem).map_err(|e| invalid(path, e))
 }
 
 /// Checks that PEM texts are a usable certificate, key and CA, without any file (the config
@@ -83,7 +76,7 @@ fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErr
 pub fn check_pem(cert: &str, key: &str, ca: &str) -> Result<(), String> {
     certs(Path::new("server_cert"), cert.as_bytes()).map_err(|e| e.to_string())?;
     certs(Path::new("ca_cert"), ca.as_bytes()).map_err(|e| e.to_string())?;
-    PrivateKeyDer::from_pem_slice(key.as_bytes())
+    akanda_pki::tls::private_key(key.as_bytes())
         .map_err(|_| "server_key: no PEM private key".to_string())?;
     Ok(())
 }
@@ -127,13 +120,9 @@ fn build(
 ) -> Result<(ServerConfig, Loaded), TlsError> {
     let provider = provider();
     let chain = certs(&files.cert, cert_pem)?;
-    // The parse error of a key file may quote it: never show it.
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| invalid(&files.key, "no PEM private key in the file"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&files.client_ca, ca_pem)? {
-        roots.add(c).map_err(|e| invalid(&files.client_ca, e))?;
-    }
+    // The parse error of a key file may quote it: never shown.
+    let key = akanda_pki::tls::private_key(key_pem).map_err(|e| invalid(&files.key, e))?;
+    let roots = akanda_pki::tls::root_store(ca_pem).map_err(|e| invalid(&files.client_ca, e))?;
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| invalid(&files.client_ca, e))?;

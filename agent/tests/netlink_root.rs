@@ -1,55 +1,40 @@
 //! Root-only tests of `akanda_agent::netlink` against the real kernel.
 //!
-//! Each test creates its own network namespace (`aknl-<pid>-<n>`), runs the
-//! netlink code on a thread that has entered it, checks the result with
+//! Each test creates its own network namespace (the harness's, `akt-nl-<pid>-<n>`), runs
+//! the netlink code on a thread that has entered it, checks the result with
 //! `ip -n NS -j ...`, and deletes the namespace when it ends, even on failure.
 //! Without root they fail, unless AKANDA_SKIP_ROOT_TESTS=1 is set.
 
 use akanda_tests::run_host;
 use std::future::Future;
 use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use akanda_agent::netlink::{
     format_mac, Address, Link, Netlink, NetlinkError, Route, RTPROT_AKANDA,
 };
 use ipnet::IpNet;
-use nix::sched::CloneFlags;
 use serde_json::Value;
 
 const MAIN: u32 = 254;
 
-/// A test network namespace, queried with `ip -n NAME`.
+/// A test network namespace by name, queried with `ip -n NAME`; a copy goes to the thread
+/// that runs the check.
 #[derive(Clone)]
 struct Netns {
     name: String,
 }
 
-/// Deletes the namespace when dropped, so a failing test leaves nothing behind.
-struct DeleteOnDrop(String);
-
-impl Drop for DeleteOnDrop {
-    fn drop(&mut self) {
-        let status = Command::new("ip").args(["netns", "del", &self.0]).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: could not delete network namespace {}", self.0);
-        }
-    }
-}
-
 impl Netns {
-    /// Creates `aknl-<pid>-<n>`, unique across processes and tests.
-    fn create() -> (Netns, DeleteOnDrop) {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "aknl-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run_host(&["ip", "netns", "add", &name]);
-        (Netns { name: name.clone() }, DeleteOnDrop(name))
+    /// Creates the harness's `akt-nl-<pid>-<n>`, which is deleted when the returned owner is
+    /// dropped (so a failing test leaves nothing behind), and leftovers of a killed run by the
+    /// next one.
+    fn create() -> (Netns, akanda_tests::Netns) {
+        let owner = akanda_tests::Netns::new("nl");
+        let ns = Netns {
+            name: owner.name().to_string(),
+        };
+        (ns, owner)
     }
 
     /// Runs `ip -n NS ARGS...`; panics if it fails.
@@ -114,26 +99,17 @@ where
     if !root_or_skip(test) {
         return;
     }
-    let (ns, _delete) = Netns::create();
+    let (ns, owner) = Netns::create();
     for args in setup {
         ns.ip(args);
     }
-    let builder = std::thread::Builder::new().name(format!("{test} in {}", ns.name));
-    let thread = builder.spawn(move || {
-        let path = format!("/run/netns/{}", ns.name);
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+    akanda_tests::in_netns(&owner, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(check(ns));
     });
-    let thread = thread.unwrap_or_else(|e| panic!("spawn the {test} thread: {e}"));
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 fn link<'a>(links: &'a [Link], name: &str) -> &'a Link {

@@ -1,6 +1,6 @@
 //! Root tests of `akanda_agent::services` with real daemons and real clients.
 //!
-//! Each test builds its own namespaces (`aksv-<tag>-<pid>-<n>`): a router namespace, where a
+//! Each test builds its own namespaces (the harness's, `akt-sv-<tag>-<pid>-<n>`): a router namespace, where a
 //! thread that has entered it runs [`Services`] on a current-thread tokio runtime (so dnsmasq
 //! and bird are spawned there), and host namespaces around it (tenant VMs, the external
 //! gateway, the orchestrator). The router side (links, addresses, the metadata redirect) is set
@@ -8,14 +8,12 @@
 //! with every process in them, when a test ends, even on failure; leftovers of a killed run are
 //! removed by the next one. Without root these tests fail, unless AKANDA_SKIP_ROOT_TESTS=1.
 
-use akanda_tests::run_host;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -23,60 +21,41 @@ use akanda_agent::services::{Services, ServicesOptions};
 use akanda_model::RouterConfig;
 use serde_json::{json, Value};
 
-const PREFIX: &str = "aksv-";
+/// Tag prefix of these tests' namespaces (`akt-sv-<tag>-<pid>-<n>`).
+const PREFIX: &str = "sv-";
 const MAC_A: &str = "fa:16:3e:aa:bb:01";
 const MAC_B: &str = "fa:16:3e:aa:bb:02";
 const MAC_C: &str = "fa:16:3e:aa:bb:03";
 const MAC_UNKNOWN: &str = "fa:16:3e:00:00:99";
 
 // ---------------------------------------------------------------------------
-// Namespaces
+// Namespaces: the harness's (akanda-netns: unique names, removal with every process in them on
+// drop and after a crash), with what these tests add.
 
 struct Netns {
+    harness: akanda_tests::Netns,
     name: String,
 }
 
-static STALE: Once = Once::new();
-static NETNS_ADD: Mutex<()> = Mutex::new(());
+impl std::ops::Deref for Netns {
+    type Target = akanda_tests::Netns;
+
+    fn deref(&self) -> &akanda_tests::Netns {
+        &self.harness
+    }
+}
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        STALE.call_once(cleanup_stale);
-        let name = format!(
-            "{PREFIX}{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        {
-            let _g = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
-            run_host(&["ip", "netns", "add", &name]);
-        }
-        let ns = Netns { name };
-        ns.ip("link set lo up");
+        let harness = akanda_tests::Netns::new(&format!("{PREFIX}{tag}"));
+        let ns = Netns {
+            name: harness.name().to_string(),
+            harness,
+        };
         // No DAD: link-locals are usable at once (RS, RA, DHCPv6).
         ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
         ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
         ns
-    }
-
-    #[track_caller]
-    fn ip(&self, args: &str) -> String {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run_host(&argv)
-    }
-
-    #[track_caller]
-    fn exec(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "netns", "exec", &self.name];
-        argv.extend_from_slice(args);
-        run_host(&argv)
-    }
-
-    #[track_caller]
-    fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
     }
 
     /// Runs a command in the namespace without blocking the runtime (the services under test
@@ -91,90 +70,14 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
     }
 
-    fn pids(&self) -> Vec<i32> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-
     fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        remove_netns(&self.name, self.pids());
-    }
-}
-
-fn remove_netns(name: &str, mut pids: Vec<i32>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !pids.is_empty() && Instant::now() < deadline {
-        for pid in &pids {
-            // SAFETY: plain kill(2); a stale pid gives ESRCH.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        let out = Command::new("ip").args(["netns", "pids", name]).output();
-        pids = out
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).status();
-}
-
-/// Deletes `aksv-*-<pid>-<n>` namespaces whose pid is dead (a killed earlier run).
-fn cleanup_stale() {
-    let out = Command::new("ip").args(["netns", "list"]).output();
-    let Ok(out) = out else { return };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        if !name.starts_with(PREFIX) {
-            continue;
-        }
-        let mut fields = name.rsplit('-');
-        let _n = fields.next();
-        let Some(pid) = fields.next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: signal 0 only checks that the pid exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", name])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .filter_map(|p| p.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            remove_netns(name, pids);
-        }
-    }
-}
-
 /// A veth pair with one end in each namespace, both up.
 fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) {
-    run_host(&[
-        "ip", "link", "add", a_if, "netns", &a.name, "address", a_mac, "type", "veth", "peer",
-        "name", b_if, "netns", &b.name, "address", b_mac,
-    ]);
-    a.ip(&format!("link set {a_if} up"));
-    b.ip(&format!("link set {b_if} up"));
+    akanda_tests::veth(a, a_if, a_mac, b, b_if, b_mac);
 }
 
 /// A tenant host: namespace `tag` with `eth0` (MAC `mac`) plugged into bridge `ge2` of the
@@ -216,21 +119,13 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let path = ns.path();
-    let thread = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+    akanda_tests::in_netns(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(body())
-    });
-    match thread.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    })
 }
 
 /// A private directory, readable by dnsmasq after it drops privileges.

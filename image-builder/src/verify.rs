@@ -25,14 +25,14 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use akanda_netns::{HttpClient, HttpError, HttpOptions, HttpResponse, Netns, NetnsError};
 use serde_json::{json, Value};
 
 use crate::configdrive::{self, ConfigDriveError};
@@ -132,6 +132,10 @@ pub enum VerifyError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     ConfigDrive(#[from] ConfigDriveError),
+    #[error("network namespace: {0}")]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -211,82 +215,19 @@ impl fmt::Display for VerifyReport {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Network namespaces (the verifier runs on the host, so it uses `ip` like any operator)
+// Network namespaces and HTTP (akanda-netns: the verifier runs on the host and uses `ip` like
+// any operator; namespaces of killed verifies are removed by the next one)
 
+/// Prefix of the verifier's namespaces: `akimg-<role>-<pid>-<n>`.
 const NS_PREFIX: &str = "akimg-";
 
-struct Netns {
-    name: String,
-}
+/// How long one request to the agent may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Netns {
-    fn new(role: &str) -> Result<Netns, VerifyError> {
-        let name = format!("{NS_PREFIX}{}-{role}", std::process::id());
-        let _ = tools::run(&mut cmd("ip", ["netns", "del", &name]));
-        tools::run(&mut cmd("ip", ["netns", "add", &name]))?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<String, VerifyError> {
-        let mut c = cmd("ip", ["-n", &self.name]);
-        c.args(args);
-        Ok(tools::run(&mut c)?)
-    }
-
-    fn exec(&self, args: &[&str]) -> Command {
-        let mut c = cmd("ip", ["netns", "exec", &self.name]);
-        c.args(args);
-        c
-    }
-
-    /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
-    fn within<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = fs::File::open(&path)?;
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            f()
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = tools::run(&mut cmd("ip", ["netns", "del", &self.name]));
-    }
-}
-
-/// Removes namespaces left by verifies that were killed (their pid is gone).
-fn cleanup_stale() {
-    let Ok(list) = tools::run(&mut cmd("ip", ["netns", "list"])) else {
-        return;
-    };
-    for line in list.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = tools::run(&mut cmd("ip", ["netns", "del", name]));
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client (one request per connection), run inside a namespace
-
-struct Response {
-    status: u16,
-    body: String,
+/// `http://ADDR/PATH`, or `https://` for a TLS client.
+fn url(addr: SocketAddr, path: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}{path}")
 }
 
 /// Mutual TLS material for one verify run, made at run time (akanda-pki): the CA, the
@@ -305,8 +246,6 @@ const VERIFY_ROUTER_ID: &str = "6f0b1c2d-3e4f-4a6b-8c8d-9e0f1a2b3c4d";
 impl VerifyPki {
     fn new(mgmt_addr: IpAddr) -> Result<VerifyPki, String> {
         use akanda_pki::{Ca, San, Validity};
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let e = |e: akanda_pki::PkiError| e.to_string();
         // The appliance certificate gets its default lifetime (a shorter one makes the agent
         // warn that it expires soon).
@@ -332,116 +271,56 @@ impl VerifyPki {
             "tls": {"ca_cert": ca.cert_pem(), "server_cert": server.cert_pem,
                     "server_key": server.key_pem}}}))
         .expect("JSON");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        let builder = || {
-            rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots.clone()))
+        let config = |client: Option<(&str, &str)>| {
+            akanda_pki::tls::client_config(ca.cert_pem(), client)
+                .map(Arc::new)
                 .map_err(|e| e.to_string())
         };
-        let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let key =
-            PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).map_err(|e| e.to_string())?;
         Ok(VerifyPki {
             user_data,
-            client: Arc::new(
-                builder()?
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| e.to_string())?,
-            ),
-            anonymous: Arc::new(builder()?.with_no_client_auth()),
+            client: config(Some((&client.cert_pem, &client.key_pem)))?,
+            anonymous: config(None)?,
         })
     }
 }
 
-/// One request per connection; over mutual TLS when `tls` is given (the server is verified
-/// against the verify CA and must name the address connected to).
-fn http(
-    ns: &Netns,
+/// The verifier's HTTP clients in the management namespace: plain HTTP, and over TLS with the
+/// verify CA with and without the client certificate. One connection per request.
+struct Clients {
+    plain: HttpClient,
+    mutual: Option<HttpClient>,
+    anonymous: Option<HttpClient>,
+}
+
+impl Clients {
+    fn new(mgmt: &Netns, pki: Option<&VerifyPki>) -> Result<Clients, VerifyError> {
+        let client = |tls: Option<&Arc<rustls::ClientConfig>>| {
+            let options = HttpOptions {
+                tls: tls.cloned(),
+                connect_timeout: Some(Duration::from_secs(2)),
+                ..Default::default()
+            };
+            HttpClient::new(mgmt.name(), &options)
+        };
+        Ok(Clients {
+            plain: client(None)?,
+            mutual: pki.map(|p| client(Some(&p.client))).transpose()?,
+            anonymous: pki.map(|p| client(Some(&p.anonymous))).transpose()?,
+        })
+    }
+}
+
+/// One request from `client` to the agent at `addr` (`tls`: over `https://`).
+fn request(
+    client: &HttpClient,
+    tls: bool,
     method: &str,
     addr: SocketAddr,
     path: &str,
-    body: Option<String>,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> std::io::Result<Response> {
-    let method = method.to_string();
-    let path = path.to_string();
-    let tls = tls.cloned();
-    ns.within(move || {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let host = match addr.ip() {
-            IpAddr::V6(_) => format!("[{}]:{}", addr.ip(), addr.port()),
-            IpAddr::V4(_) => addr.to_string(),
-        };
-        let body = body.unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut raw = Vec::new();
-        match tls {
-            None => {
-                let mut s = s;
-                s.write_all(req.as_bytes())?;
-                s.read_to_end(&mut raw)?;
-            }
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                let conn =
-                    rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
-                let mut s = rustls::StreamOwned::new(conn, s);
-                s.write_all(req.as_bytes())?;
-                s.flush()?;
-                match s.read_to_end(&mut raw) {
-                    Ok(_) => {}
-                    // hyper may close without close_notify after `Connection: close`.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.200}")))?;
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Ok(Response { status, body })
-    })
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    body: Option<&str>,
+) -> Result<HttpResponse, HttpError> {
+    let body = body.map(|b| ("application/json", b.as_bytes()));
+    client.request(method, &url(addr, path, tls), body, REQUEST_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,8 +522,7 @@ fn config_drive_read_from(serial: &Path) -> Option<String> {
 
 pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let attachment = opts.attachment()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !akanda_netns::is_root() {
         return Err(VerifyError::NotRoot);
     }
     tools::check(tools::VERIFY_TOOLS, &[])?;
@@ -679,7 +557,6 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
         .image
         .canonicalize()
         .map_err(io(format!("image {}", opts.image.display())))?;
-    cleanup_stale();
     let work = tempfile::Builder::new()
         .prefix("akanda-verify-")
         .tempdir()
@@ -768,9 +645,10 @@ fn run(
         )?;
     }
 
-    let mgmt = Netns::new("mgmt")?;
-    let ext = Netns::new("ext")?;
-    let tenant = Netns::new("tenant")?;
+    let mgmt = Netns::new(NS_PREFIX, "mgmt")?;
+    let ext = Netns::new(NS_PREFIX, "ext")?;
+    let tenant = Netns::new(NS_PREFIX, "tenant")?;
+    let clients = Clients::new(&mgmt, pki.as_ref())?;
     let taps: Vec<String> = ["m", "e", "t"]
         .iter()
         .map(|r| format!("akv{}{r}", std::process::id() % 1_000_000))
@@ -846,8 +724,7 @@ fn run(
         }
     }
     for (tap, ns) in taps.iter().zip([&mgmt, &ext, &tenant]) {
-        tools::run(&mut cmd("ip", ["link", "set", tap, "netns", &ns.name]))?;
-        ns.ip(&["link", "set", tap, "up"])?;
+        ns.adopt_link(tap)?;
     }
     mgmt.ip(&[
         "addr",
@@ -864,7 +741,8 @@ fn run(
     if opts.dhcp {
         mgmt.ip(&["addr", "add", "10.99.0.1/24", "dev", &taps[0]])?;
         let leases = w.join("dnsmasq.leases");
-        let mut dnsmasq = mgmt.exec(&["dnsmasq", "--no-daemon", "--port=0", "--bind-interfaces"]);
+        let mut dnsmasq =
+            mgmt.command(&["dnsmasq", "--no-daemon", "--port=0", "--bind-interfaces"]);
         let child = tools::die_with_parent(&mut dnsmasq)
             .arg(format!("--interface={}", taps[0]))
             .arg("--dhcp-range=10.99.0.100,10.99.0.150,1h")
@@ -903,10 +781,11 @@ fn run(
             Some(SocketAddr::new(mgmt_addr.parse().expect("valid"), 5000))
         };
         if let Some(addr) = target {
-            let tls = pki.as_ref().map(|p| &p.client);
-            match http(&mgmt, "GET", addr, "/v1/system/interfaces", None, tls) {
-                Ok(r) if r.status == 200 => break (addr, r.body),
-                Ok(r) => last_error = format!("HTTP {}: {}", r.status, r.body),
+            let client = clients.mutual.as_ref().unwrap_or(&clients.plain);
+            let tls = clients.mutual.is_some();
+            match request(client, tls, "GET", addr, "/v1/system/interfaces", None) {
+                Ok(r) if r.status == 200 => break (addr, r.text()),
+                Ok(r) => last_error = format!("HTTP {}: {}", r.status, r.text()),
                 Err(e) => last_error = e.to_string(),
             }
         } else {
@@ -964,20 +843,27 @@ fn run(
     let config = router_config(&names, lease.as_deref()).to_string();
 
     // Mutual TLS only: plain HTTP and a client without a certificate get no answer.
-    if let Some(pki) = &pki {
-        if let Ok(r) = http(&mgmt, "GET", listen, "/v1/system/interfaces", None, None) {
+    if let Some(anonymous) = &clients.anonymous {
+        if let Ok(r) = request(
+            &clients.plain,
+            false,
+            "GET",
+            listen,
+            "/v1/system/interfaces",
+            None,
+        ) {
             return Err(fail(format!(
                 "the agent answered plain HTTP with {} although the config drive carries TLS material",
                 r.status
             )));
         }
-        if let Ok(r) = http(
-            &mgmt,
+        if let Ok(r) = request(
+            anonymous,
+            true,
             "GET",
             listen,
             "/v1/system/interfaces",
             None,
-            Some(&pki.anonymous),
         ) {
             return Err(fail(format!(
                 "the agent answered a client without a certificate with {}",
@@ -985,17 +871,26 @@ fn run(
             )));
         }
     }
-    let tls = pki.as_ref().map(|p| &p.client);
+    let client = clients.mutual.as_ref().unwrap_or(&clients.plain);
+    let tls = clients.mutual.is_some();
     let t = Instant::now();
-    let put = http(&mgmt, "PUT", listen, "/v1/system/config", Some(config), tls)
-        .map_err(|e| fail(format!("PUT /v1/system/config: {e}")))?;
+    let put = request(
+        client,
+        tls,
+        "PUT",
+        listen,
+        "/v1/system/config",
+        Some(&config),
+    )
+    .map_err(|e| fail(format!("PUT /v1/system/config: {e}")))?;
     let apply_ms = t.elapsed().as_millis();
     if pki.is_none() {
         // No config drive: no TLS material and no operator opt-in, so no config change.
         if put.status != 403 {
             return Err(fail(format!(
                 "without a config drive the agent must refuse config changes over plain HTTP (403), it answered {}: {}",
-                put.status, put.body
+                put.status,
+                put.text()
             )));
         }
         drop(vm);
@@ -1015,7 +910,8 @@ fn run(
     if put.status != 200 {
         return Err(fail(format!(
             "PUT /v1/system/config answered {}: {}",
-            put.status, put.body
+            put.status,
+            put.text()
         )));
     }
 
@@ -1024,7 +920,7 @@ fn run(
     let mut pinged = false;
     for _ in 0..15 {
         let ok = tenant
-            .exec(&["ping", "-c", "1", "-W", "1", target])
+            .command(&["ping", "-c", "1", "-W", "1", target])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1060,14 +956,6 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-    }
 
     #[test]
     fn pushed_config_is_valid_for_the_agent() {

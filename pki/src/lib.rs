@@ -11,7 +11,10 @@
 //! rotated by housekeeping when fewer than `cert_expiry_buffer` = 14 days are left): see
 //! [`DEFAULT_SERVER_DAYS`], [`ROTATE_BEFORE_DAYS`], [`DEFAULT_CLIENT_DAYS`], [`DEFAULT_CA_DAYS`].
 //!
-//! Private keys are written with [`write_private`] (mode 0600, atomically).
+//! Private keys are written with [`write_private`] (mode 0600, atomically). [`tls`] loads PEM
+//! material into rustls (certificates, keys, root stores, client configs) for every user.
+
+pub mod tls;
 
 use std::fmt;
 use std::io::Write;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use akanda_model::Document;
+use akanda_openstack_auth::error_chain;
 use serde_json::Value;
 
 use crate::cloud::{ApplianceError, ApplianceTarget};
@@ -158,7 +159,7 @@ impl AgentClient {
         let response = request
             .send()
             .await
-            .map_err(|e| ApplianceError::Unreachable(chain(&e)))?;
+            .map_err(|e| ApplianceError::Unreachable(error_chain(&e)))?;
         if let Transport::Mutual(m) = &self.transport {
             let expiry = &m.expiry;
             let not_after = response
@@ -177,7 +178,7 @@ impl AgentClient {
         let text = response
             .text()
             .await
-            .map_err(|e| ApplianceError::Unreachable(chain(&e)))?;
+            .map_err(|e| ApplianceError::Unreachable(error_chain(&e)))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, body))
     }
@@ -275,17 +276,6 @@ impl AgentClient {
             Err(Self::refused(status, &body))
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

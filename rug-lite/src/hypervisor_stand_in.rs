@@ -15,10 +15,10 @@
 //!
 //! Everything after that is the real agent reading a real config drive directory: it
 //! configures its management NIC, takes its TLS material from `user_data` and serves.
-//! Needs root. Namespaces are named `rlg-<pid>-<n>` (guests), `rlw-<pid>-<n>` (wires) and
-//! `rlh-<pid>-<n>` (test hosts); management bridges `rlm<pid hex><n>` carry the alias
-//! `rug-lite stand-in <pid>`. All are deleted on drop, and leftovers of a crashed run are
-//! deleted by the next one.
+//! Needs root. Namespaces are the workspace's (akanda-netns): `rl-guest-<pid>-<n>`,
+//! `rl-wire-<pid>-<n>` and `rl-host-<pid>-<n>`, deleted with every process in them on drop,
+//! and after a crash by the next run; management bridges `rlm<pid hex><n>` carry the alias
+//! `rug-lite stand-in <pid>`, and a crashed run's are deleted by the next one too.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -39,13 +39,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Panics without root unless `AKANDA_SKIP_ROOT_TESTS=1` (then false: the test says
 /// "skipped"), as the workspace's other root tests do.
 pub(crate) fn require_root() -> bool {
-    // The effective uid: the second field of /proc/self/status's `Uid:` line.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string));
-    if euid.as_deref() == Some("0") {
+    if akanda_netns::is_root() {
         return true;
     }
     if std::env::var("AKANDA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
@@ -77,39 +71,20 @@ pub(crate) fn agent_bin() -> PathBuf {
 
 #[track_caller]
 fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    akanda_netns::run_in_host(argv).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Deletes namespaces `rlg-PID-*` / `rlw-PID-*` whose process is gone.
+/// Prefix of the stand-in's namespaces (akanda-netns removes a crashed run's).
+const NS_PREFIX: &str = "rl-";
+
+/// A namespace of the stand-in, `rl-<role>-<pid>-<n>`.
+#[track_caller]
+fn netns(role: &str) -> akanda_netns::Netns {
+    akanda_netns::Netns::new(NS_PREFIX, role).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Deletes management bridges of stand-ins whose process is gone.
 fn cleanup_stale() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name
-            .strip_prefix("rlg-")
-            .or_else(|| name.strip_prefix("rlw-"))
-            .or_else(|| name.strip_prefix("rlh-"))
-        else {
-            continue;
-        };
-        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
     // Management bridges in this namespace, by their alias.
     let Ok(links) = std::fs::read_dir("/sys/class/net") else {
         return;
@@ -142,6 +117,7 @@ fn once_cleanup_stale() {
 /// per Neutron network. Drop deletes both (the guests' and test hosts' peers with them).
 pub(crate) struct Fabric {
     pub(crate) wire: String,
+    _wire_netns: akanda_netns::Netns,
     mgmt_bridge: String,
     /// Neutron network id → bridge name in the wire namespace.
     bridges: Mutex<BTreeMap<String, String>>,
@@ -153,11 +129,11 @@ impl Fabric {
         once_cleanup_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let wire = format!("rlw-{pid}-{n}");
+        let wire_netns = netns("wire");
         let mgmt_bridge = format!("rlm{:x}{n}", pid % 0xfffff);
-        run(&["ip", "netns", "add", &wire]);
         let fabric = Fabric {
-            wire,
+            wire: wire_netns.name().to_string(),
+            _wire_netns: wire_netns,
             mgmt_bridge,
             bridges: Mutex::new(BTreeMap::new()),
         };
@@ -237,15 +213,18 @@ impl Fabric {
         }
     }
 
-    /// A test host (a tenant VM, an upstream router) on this network: namespace `rlh-…`
+    /// A test host (a tenant VM, an upstream router) on this network: namespace `rl-host-…`
     /// with `eth0`, carrying `mac` if given.
     pub(crate) fn host(&self, network_id: &str, mac: Option<&str>) -> TestHost {
         once_cleanup_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let ns = format!("rlh-{pid}-{n}");
-        run(&["ip", "netns", "add", &ns]);
-        let host = TestHost { ns: ns.clone() };
+        let netns = netns("host");
+        let ns = netns.name().to_string();
+        let host = TestHost {
+            ns: ns.clone(),
+            _netns: netns,
+        };
         let outside = format!("rt{:x}{n}", pid % 0xfffff);
         run(&[
             "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &outside,
@@ -253,7 +232,6 @@ impl Fabric {
         if let Some(mac) = mac {
             run(&["ip", "-n", &ns, "link", "set", "eth0", "address", mac]);
         }
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         self.plug(&outside, Segment::Network(network_id));
         host
@@ -265,9 +243,7 @@ impl Drop for Fabric {
         let _ = Command::new("ip")
             .args(["link", "del", &self.mgmt_bridge])
             .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.wire])
-            .status();
+        // The wire namespace goes when `_wire_netns` drops, after this.
     }
 }
 
@@ -278,10 +254,11 @@ pub(crate) enum Segment<'a> {
     Network(&'a str),
 }
 
-/// A namespace with one NIC, `eth0`, on a [`Fabric`] network. Drop deletes it (any process
-/// started with [`TestHost::sh`] must have ended: they are run to completion).
+/// A namespace with one NIC, `eth0`, on a [`Fabric`] network. Drop deletes it, with any
+/// process still in it.
 pub(crate) struct TestHost {
     pub(crate) ns: String,
+    _netns: akanda_netns::Netns,
 }
 
 impl TestHost {
@@ -334,12 +311,6 @@ impl TestHost {
             .filter(|(k, _)| k.starts_with("new_"))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 
@@ -422,6 +393,8 @@ pub(crate) fn write_config_drive(
 /// agent and deletes the namespace (and with it every veth).
 pub(crate) struct Guest {
     pub(crate) ns: String,
+    /// Deleted (with the agent, were it still running) after `Drop::drop` stopped the agent.
+    _netns: akanda_netns::Netns,
     fabric: Arc<Fabric>,
     /// Interface name stem and the NICs' MACs, in order.
     tag: String,
@@ -456,9 +429,8 @@ impl Guest {
         once_cleanup_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let ns = format!("rlg-{pid}-{n}");
-        run(&["ip", "netns", "add", &ns]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let netns = netns("guest");
+        let ns = netns.name().to_string();
         let tmp = tempfile::Builder::new()
             .prefix("rug-lite-guest-")
             .tempdir()
@@ -467,6 +439,7 @@ impl Guest {
         let tag = format!("{:x}{n}", pid % 0xfffff);
         let mut guest = Guest {
             ns: ns.clone(),
+            _netns: netns,
             fabric,
             tag,
             macs: Vec::new(),
@@ -572,6 +545,5 @@ impl Drop for Guest {
         if std::thread::panicking() {
             eprintln!("--- agent log ({}) ---\n{}", self.ns, self.log());
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }

@@ -21,6 +21,8 @@ use crate::cloud::{
     Appliance, ApplianceError, ApplianceTarget, CertificateAuthority, CloudError, CloudResult,
     Neutron, Nova, PortFilter, PortSpec, Server, ServerSpec, TlsMaterial,
 };
+use akanda_openstack_auth::error_chain;
+
 use crate::keystone::{self, Credentials, Session};
 use crate::neutron::{FloatingIp, Network, Port, Router, Subnet};
 use crate::tls::Ca;
@@ -287,18 +289,6 @@ impl HttpCloud {
             }),
         }
     }
-}
-
-/// reqwest's Display stops at "error sending request"; the cause is in the sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn decode<T: DeserializeOwned>(service: Service, what: &str, v: &Value) -> CloudResult<T> {

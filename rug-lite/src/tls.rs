@@ -26,8 +26,7 @@ use akanda_pki::{San, Validity};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::cloud::{CertificateAuthority, TlsMaterial};
@@ -53,7 +52,7 @@ pub(crate) const DEFAULT_RENEW_BEFORE: Duration =
     Duration::from_secs(akanda_pki::ROTATE_BEFORE_DAYS as u64 * 86_400);
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    akanda_pki::tls::provider()
 }
 
 /// From an hour ago (clock skew between rug-lite and a fresh VM) for `lifetime`.
@@ -209,19 +208,11 @@ pub(crate) type IssueClient = Box<dyn Fn() -> Result<ClientIdentity, TlsError> +
 impl ClientIdentity {
     pub(crate) fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots
-                .add(c.map_err(|e| setup(&e))?)
-                .map_err(|e| setup(&e))?;
-        }
-        let cert_chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| setup(&e))?;
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| setup(&e))?;
-        let leaf = cert_chain
-            .first()
-            .ok_or_else(|| setup(&"no client certificate"))?;
+        let roots = akanda_pki::tls::root_store(ca_pem.as_bytes()).map_err(|e| setup(&e))?;
+        let cert_chain = akanda_pki::tls::certificates(cert_pem.as_bytes())
+            .map_err(|e| setup(&format!("client certificate: {e}")))?;
+        akanda_pki::tls::private_key(key_pem.as_bytes()).map_err(|e| setup(&e))?;
+        let leaf = &cert_chain[0];
         let not_after = akanda_pki::not_after_der(leaf).map_err(|e| setup(&e))?;
         Ok(ClientIdentity {
             roots: Arc::new(roots),
@@ -241,7 +232,7 @@ impl ClientIdentity {
         )
         .build()
         .map_err(|e| setup(&e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| setup(&e))?;
+        let key = akanda_pki::tls::private_key(self.key_pem.as_bytes()).map_err(|e| setup(&e))?;
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| setup(&e))?

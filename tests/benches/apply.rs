@@ -20,13 +20,14 @@
 //! < 600 ms, no-op at 10,000 < 10 ms, ±1 at 10,000 < 10 ms p50, conformance changed < 15 ms
 //! p50. They are read off this table, never asserted.
 //!
-//! The HTTP client runs in-process on a thread that has entered the management namespace,
-//! with one keep-alive connection, so the figures are the agent's, not curl's start-up.
+//! The HTTP client is the harness's (`akanda_tests::bench::AgentClient`, reqwest), in-process
+//! with its sockets in the management namespace and one keep-alive connection, so the figures
+//! are the agent's, not a client's start-up.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use akanda_tests::bench::{percentile_ms, AgentClient, Connections::KeepAlive};
 use akanda_tests::{
     config_with_floating_ips, conformance_json, floating_ip, in_netns, veth, Agent, Netns,
     RouterLab,
@@ -34,69 +35,6 @@ use akanda_tests::{
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 30;
-
-/// A minimal HTTP/1.1 keep-alive client: enough for JSON requests to the agent.
-struct Client {
-    stream: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream: BufReader::new(stream),
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let s = self.stream.get_mut();
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut line = String::new();
-        self.stream.read_line(&mut line).unwrap();
-        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).unwrap();
-        (status, body)
-    }
-
-    fn put(&mut self, config: &Value) -> Duration {
-        let body = serde_json::to_vec(config).unwrap();
-        let t = Instant::now();
-        let (status, resp) = self.request("PUT", "/v1/system/config", &body);
-        let elapsed = t.elapsed();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
-        elapsed
-    }
-
-    fn last_apply(&mut self) -> Value {
-        let (_, body) = self.request("GET", "/v1/status", b"");
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        v["last_apply"].clone()
-    }
-
-    fn last_writes(&mut self) -> u64 {
-        self.last_apply()["netlink_writes"].as_u64().unwrap()
-    }
-}
 
 struct Figures {
     name: String,
@@ -109,12 +47,6 @@ struct Figures {
     first_phases: Value,
 }
 
-fn percentile(samples: &[Duration], p: f64) -> f64 {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ms[((ms.len() - 1) as f64 * p).round() as usize]
-}
-
 fn measure(
     name: &str,
     addr: SocketAddr,
@@ -123,8 +55,8 @@ fn measure(
     full: &Value,
     changed: &Value,
 ) -> Figures {
-    in_netns(mgmt, || {
-        let mut c = Client::connect(addr);
+    let c = AgentClient::new(mgmt, &format!("http://{addr}"), None, KeepAlive);
+    {
         let mut f = Figures {
             name: name.into(),
             first: vec![],
@@ -139,15 +71,19 @@ fn measure(
             c.put(bare);
             f.first.push(c.put(full));
             let last = c.last_apply();
-            f.first_writes = last["netlink_writes"].as_u64().unwrap();
+            f.first_writes = writes(&last);
             f.first_phases = last["phases_ms"].clone();
             f.noop.push(c.put(full));
-            f.noop_writes = f.noop_writes.max(c.last_writes());
+            f.noop_writes = f.noop_writes.max(writes(&c.last_apply()));
             f.changed.push(c.put(changed));
             c.put(full);
         }
         f
-    })
+    }
+}
+
+fn writes(last_apply: &Value) -> u64 {
+    last_apply["netlink_writes"].as_u64().unwrap()
 }
 
 /// The management network alone: what a freshly booted router has.
@@ -212,14 +148,7 @@ fn router_with_agent(tag: &str, internal: u32) -> (Netns, Netns, Netns, Agent, S
             &mac(0x20, i),
         );
     }
-    router.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_ADDR
-    ));
-    mgmt.ip(&format!(
-        "addr add {}/64 dev eth0 nodad",
-        RouterLab::MGMT_PEER_ADDR
-    ));
+    RouterLab::address_management(&router, "eth0", &mgmt, "eth0");
     let listen: SocketAddr = format!("[{}]:{}", RouterLab::MGMT_ADDR, akanda_tests::unique_port())
         .parse()
         .unwrap();
@@ -338,8 +267,8 @@ fn floating_ips(n: u32) -> FipFigures {
         .push(floating_ip(n));
     let bare = bare_of(&full);
     let (first_rounds, change_rounds) = fip_rounds(n);
-    let mut f = in_netns(&mgmt, || {
-        let mut c = Client::connect(listen);
+    let c = AgentClient::new(&mgmt, &format!("http://{listen}"), None, KeepAlive);
+    let mut f = {
         let mut f = FipFigures {
             n,
             first: vec![],
@@ -360,7 +289,7 @@ fn floating_ips(n: u32) -> FipFigures {
         for _ in 0..change_rounds {
             f.noop.push(c.put(&full));
             let noop = c.last_apply();
-            f.noop_writes = f.noop_writes.max(noop["netlink_writes"].as_u64().unwrap());
+            f.noop_writes = f.noop_writes.max(writes(&noop));
             f.plus.push(c.put(&plus));
             let plus = c.last_apply();
             f.minus.push(c.put(&full));
@@ -369,7 +298,7 @@ fn floating_ips(n: u32) -> FipFigures {
                 .map(|a| json!({"duration_ms": a["duration_ms"], "phases_ms": a["phases_ms"]}));
         }
         f
-    });
+    };
     let ruleset = router.exec(&["nft", "list", "table", "inet", "akanda"]);
     drop(agent);
     drop(router);
@@ -475,9 +404,9 @@ fn print_fips(figures: &[FipFigures]) {
     for f in figures {
         let cell = |ours: &[Duration], floor: &[Duration]| {
             let (p50, p90, fl) = (
-                percentile(ours, 0.5),
-                percentile(ours, 0.9),
-                percentile(floor, 0.5),
+                percentile_ms(ours, 0.5),
+                percentile_ms(ours, 0.9),
+                percentile_ms(floor, 0.5),
             );
             format!("{p50:.2} ({p90:.2}) [{fl:.2}, {:.2}x]", p50 / fl)
         };
@@ -489,8 +418,8 @@ fn print_fips(figures: &[FipFigures]) {
             cell(&f.minus, &f.floor.minus),
             format!(
                 "{:.2} ({:.2})",
-                percentile(&f.noop, 0.5),
-                percentile(&f.noop, 0.9)
+                percentile_ms(&f.noop, 0.5),
+                percentile_ms(&f.noop, 0.9)
             ),
         );
     }
@@ -530,9 +459,9 @@ fn main() {
         let fmt = |s: &[Duration]| {
             format!(
                 "{:.2} / {:.2} / {:.2}",
-                percentile(s, 0.5),
-                percentile(s, 0.9),
-                percentile(s, 1.0)
+                percentile_ms(s, 0.5),
+                percentile_ms(s, 0.9),
+                percentile_ms(s, 1.0)
             )
         };
         println!(

@@ -6,95 +6,28 @@
 //! The same router (the conformance config fitted to a RouterLab) is served first over plain
 //! HTTP (`--insecure-http`), then over mutual TLS (certificates made by akanda-pki). For each:
 //! - floor: `GET /v1/base/` on a kept-alive connection (a bare HTTP round trip);
-//! - new connection: TCP connect + (TLS handshake) + `GET /v1/base/`, and for TLS the
-//!   handshake alone as the client sees it (the server's verdict on the client certificate
-//!   arrives with the first response in TLS 1.3, so the request figure includes it);
+//! - new connection: TCP connect + (TLS handshake) + `GET /v1/base/`, and on another new
+//!   connection the TCP connect (+ TLS handshake) alone as the client sees it (the server's
+//!   verdict on the client certificate arrives with the first response in TLS 1.3, so the
+//!   request figure includes it);
 //! - `PUT /v1/system/config` of the basic config on a kept-alive connection: a changed apply
 //!   (alternating between two configs) and a no-op re-apply (the same config again).
 //!
-//! Rounds: `AKANDA_BENCH_ROUNDS` (default 40); figures are p50 / p95 in milliseconds.
+//! The HTTP client is the harness's (`akanda_tests::bench::AgentClient`, reqwest), its sockets
+//! in the management namespace. Rounds: `AKANDA_BENCH_ROUNDS` (default 40); figures are p50 /
+//! p95 in milliseconds.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use akanda_tests::bench::Connections::{KeepAlive, OnePerRequest};
+use akanda_tests::bench::{env_number, percentile_ms, AgentClient};
 use akanda_tests::tls::{self, Pki};
 use akanda_tests::{in_netns, release_bin, Agent, Http, RouterLab};
 use serde_json::{json, Value};
 
-struct Client<S: Read + Write> {
-    stream: BufReader<S>,
-}
-
-impl<S: Read + Write> Client<S> {
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let s = self.stream.get_mut();
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        s.flush().unwrap();
-        let mut line = String::new();
-        self.stream.read_line(&mut line).unwrap();
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .unwrap_or_else(|| panic!("bad status line {line:?}"))
-            .parse()
-            .unwrap();
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).unwrap();
-        (status, body)
-    }
-
-    fn timed(&mut self, method: &str, path: &str, body: &[u8]) -> Duration {
-        let t = Instant::now();
-        let (status, resp) = self.request(method, path, body);
-        let elapsed = t.elapsed();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
-        elapsed
-    }
-}
-
-fn tcp(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-fn tls_stream(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut sock = tcp(addr);
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
-    rustls::StreamOwned::new(conn, sock)
-}
-
 fn ms(samples: &[Duration], p: f64) -> f64 {
-    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    percentile_ms(samples, p)
 }
 
 fn fmt(s: &[Duration]) -> String {
@@ -113,9 +46,11 @@ struct Figures {
     put_noop: Vec<Duration>,
 }
 
-fn measure<S: Read + Write>(
+/// `keepalive` for the floor and the PUTs; `fresh` gives a connection's set-up time alone
+/// (TCP connect, + TLS handshake) and the time of a GET on a new connection.
+fn measure(
     rounds: usize,
-    mut keepalive: Client<S>,
+    keepalive: &AgentClient,
     mut fresh: impl FnMut() -> (Duration, Duration),
     a: &[u8],
     b: &[u8],
@@ -140,10 +75,7 @@ fn main() {
     if !akanda_tests::require_root() {
         return;
     }
-    let rounds: usize = std::env::var("AKANDA_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
+    let rounds: usize = env_number("AKANDA_BENCH_ROUNDS", 40);
     // AKANDA_AGENT_BIN names another build (e.g. a copy of the release agent).
     let bin = std::env::var_os("AKANDA_AGENT_BIN")
         .map(std::path::PathBuf::from)
@@ -173,26 +105,17 @@ fn main() {
     let mut agent = Agent::spawn_program(&bin, lab.router(), addr, Some(lab.state_dir()), &[]);
     agent.wait_ready(lab.mgmt(), Duration::from_secs(15));
     let (a, b) = configs(&lab.http());
-    let plain = in_netns(lab.mgmt(), || {
-        let fresh = || {
+    let keepalive = AgentClient::new(lab.mgmt(), &format!("http://{addr}"), None, KeepAlive);
+    let fresh_client = AgentClient::new(lab.mgmt(), &format!("http://{addr}"), None, OnePerRequest);
+    let fresh = || {
+        let connect = in_netns(lab.mgmt(), || {
             let t = Instant::now();
-            let mut c = Client {
-                stream: BufReader::new(tcp(addr)),
-            };
-            let connected = t.elapsed();
-            c.timed("GET", "/v1/base/", b"");
-            (connected, t.elapsed())
-        };
-        measure(
-            rounds,
-            Client {
-                stream: BufReader::new(tcp(addr)),
-            },
-            fresh,
-            &a,
-            &b,
-        )
-    });
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            t.elapsed()
+        });
+        (connect, fresh_client.timed("GET", "/v1/base/", b""))
+    };
+    let plain = measure(rounds, &keepalive, fresh, &a, &b);
     agent.stop();
 
     // Mutual TLS.
@@ -212,27 +135,18 @@ fn main() {
     }
     let (a, b) = configs(&https);
     let config = pki.client_config();
-    let secure = in_netns(lab.mgmt(), || {
-        let fresh = || {
+    let url = format!("https://{addr}");
+    let keepalive = AgentClient::new(lab.mgmt(), &url, Some(config.clone()), KeepAlive);
+    let fresh_client = AgentClient::new(lab.mgmt(), &url, Some(config.clone()), OnePerRequest);
+    let fresh = || {
+        let handshake = in_netns(lab.mgmt(), || {
             let t = Instant::now();
-            let s = tls_stream(addr, config.clone());
-            let handshake = t.elapsed();
-            let mut c = Client {
-                stream: BufReader::new(s),
-            };
-            c.timed("GET", "/v1/base/", b"");
-            (handshake, t.elapsed())
-        };
-        measure(
-            rounds,
-            Client {
-                stream: BufReader::new(tls_stream(addr, config.clone())),
-            },
-            fresh,
-            &a,
-            &b,
-        )
-    });
+            tls::handshake(addr, config.clone()).expect("TLS handshake");
+            t.elapsed()
+        });
+        (handshake, fresh_client.timed("GET", "/v1/base/", b""))
+    };
+    let secure = measure(rounds, &keepalive, fresh, &a, &b);
     let log = agent.log();
     agent.stop();
     assert!(log.contains("config changed"), "{log}");

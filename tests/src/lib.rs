@@ -2,8 +2,10 @@
 //!
 //! Tests build small networks out of Linux network namespaces and veth
 //! pairs, start the real `akanda-agent` binary inside a "router" namespace
-//! and talk to it with `curl` from a "mgmt" namespace, exactly as the
-//! orchestrator would over the management network.
+//! and talk to it over HTTP from a "mgmt" namespace, exactly as the
+//! orchestrator would over the management network. The namespaces and the
+//! HTTP client are [`akanda_netns`]'s (shared with the benchmarks and
+//! `akanda-image verify`); this crate wraps them with panicking methods.
 //!
 //! Design rules, so that tests can run in parallel and be re-run after a
 //! crash:
@@ -20,28 +22,26 @@
 //!
 //! Root-only tests start with `if !require_root() { return; }`.
 
+pub mod bench;
 pub mod tls;
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 /// Prefix of every namespace this harness creates; [`cleanup_stale`] uses it.
 pub const NS_PREFIX: &str = "akt-";
 
-/// Per-process counter that makes namespace names and ports unique.
+/// Per-process counter that makes ports unique.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn next_id() -> u32 {
@@ -55,8 +55,7 @@ fn next_id() -> u32 {
 /// `AKANDA_SKIP_ROOT_TESTS=1` is set: then it prints "skipped: needs root"
 /// and returns false.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if akanda_netns::is_root() {
         return true;
     }
     if std::env::var("AKANDA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
@@ -76,129 +75,67 @@ pub fn require_root() -> bool {
 /// with stdout and stderr if it fails.
 #[track_caller]
 pub fn run_host(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command to completion, panicking only if it cannot be started.
-fn output_of(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Stdout of a finished command; panics with everything it printed on failure.
-#[track_caller]
-fn expect_success(what: &str, out: Output) -> String {
-    if !out.status.success() {
-        panic!(
-            "`{what}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip ARGS` in the root namespace (used for `ip netns` and veth creation).
-fn ip_root(args: &[&str]) -> Output {
-    output_of(Command::new("ip").args(args))
+    akanda_netns::run_in_host(argv).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------
 // Namespaces
 
-/// Serialises `ip netns add`: the first one in a process may create the
-/// shared `/run/netns` mount, and two racing creations can stack mounts and
-/// hide each other's namespace files.
-static NETNS_ADD: Mutex<()> = Mutex::new(());
-static STALE_CLEANUP: Once = Once::new();
-
-/// A named network namespace, deleted (with every process in it) on Drop.
+/// A named network namespace (`akt-<tag>-<pid>-<n>`), deleted with every process in it on
+/// drop: [`akanda_netns::Netns`], with methods that panic with everything a failed command
+/// printed, as a test wants.
 #[derive(Debug)]
 pub struct Netns {
-    name: String,
+    inner: akanda_netns::Netns,
 }
 
 impl Netns {
     /// Creates `akt-<tag>-<pid>-<n>` and brings its `lo` up. `tag` is reduced
     /// to `[A-Za-z0-9_-]` and 32 characters; use it to tell tests apart in
-    /// `ip netns list`.
+    /// `ip netns list`. The first one in a process removes the leftovers of
+    /// crashed runs ([`cleanup_stale`]).
+    #[track_caller]
     pub fn new(tag: &str) -> Netns {
-        STALE_CLEANUP.call_once(|| {
-            cleanup_stale(NS_PREFIX);
-        });
-        let tag: String = tag
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .take(32)
-            .collect();
-        let name = format!("{NS_PREFIX}{tag}-{}-{}", std::process::id(), next_id());
-        {
-            let _guard = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
-            let mut out = ip_root(&["netns", "add", &name]);
-            if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists") {
-                // Our pid and a counter value we never used: the only owner
-                // can be a crashed earlier process that had the same pid.
-                if let Err(e) = remove_netns(&name) {
-                    eprintln!("warning: {e}");
-                }
-                out = ip_root(&["netns", "add", &name]);
-            }
-            expect_success(&format!("ip netns add {name}"), out);
+        Netns {
+            inner: akanda_netns::Netns::new(NS_PREFIX, tag).unwrap_or_else(|e| panic!("{e}")),
         }
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
+    }
+
+    /// The namespace itself, for [`akanda_netns`] (its HTTP client, say).
+    pub fn netns(&self) -> &akanda_netns::Netns {
+        &self.inner
     }
 
     /// The namespace name, as used by `ip netns exec NAME` / `ip -n NAME`.
     pub fn name(&self) -> &str {
-        &self.name
+        self.inner.name()
     }
 
     /// A `Command` for `ip netns exec NAME args...`, for callers that need
     /// their own stdio or environment.
     pub fn command(&self, args: &[&str]) -> Command {
         assert!(!args.is_empty(), "empty command");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
-        cmd
+        self.inner.command(args)
     }
 
     /// Runs a command inside the namespace; returns its output, success or not.
+    #[track_caller]
     pub fn run(&self, args: &[&str]) -> Output {
-        output_of(&mut self.command(args))
+        self.inner.run(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs a command inside the namespace and returns stdout; panics with
     /// stdout and stderr if it fails.
     #[track_caller]
     pub fn exec(&self, args: &[&str]) -> String {
-        expect_success(
-            &format!("[{}] {}", self.name, args.join(" ")),
-            self.run(args),
-        )
+        self.inner.exec(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `sh -c SCRIPT` inside the namespace and returns stdout; panics
     /// with stdout and stderr if it fails.
     #[track_caller]
     pub fn sh(&self, script: &str) -> String {
-        expect_success(
-            &format!("[{}] sh -c {script:?}", self.name),
-            self.run(&["sh", "-c", script]),
-        )
+        self.exec(&["sh", "-c", script])
     }
 
     /// `ip -n NAME ARGS` (ARGS split on whitespace), e.g.
@@ -206,9 +143,8 @@ impl Netns {
     /// failure. Faster than `exec(["ip", ...])`: no mount namespace is made.
     #[track_caller]
     pub fn ip(&self, args: &str) -> String {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &self.name]).args(args.split_whitespace());
-        expect_success(&format!("ip -n {} {args}", self.name), output_of(&mut cmd))
+        let args: Vec<&str> = args.split_whitespace().collect();
+        self.inner.ip(&args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `ip -n NAME -j ARGS` parsed as JSON.
@@ -224,7 +160,9 @@ impl Netns {
     /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
     #[track_caller]
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+        self.inner
+            .sysctl(key, value)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts a command inside the namespace: stdin is null, stdout and
@@ -237,7 +175,7 @@ impl Netns {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {args:?} in {}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("cannot spawn {args:?} in {}: {e}", self.name()));
         self.wait_entered(&mut child);
         child
     }
@@ -246,97 +184,18 @@ impl Netns {
     /// switched into this namespace, or has exited. Until then it is
     /// invisible to [`Netns::pids`], so Drop could miss it.
     pub fn wait_entered(&self, child: &mut Child) {
-        let Ok(target) = std::fs::metadata(format!("/run/netns/{}", self.name)) else {
-            return;
-        };
-        let proc_ns = format!("/proc/{}/ns/net", child.id());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(m) = std::fs::metadata(&proc_ns) {
-                if (m.dev(), m.ino()) == (target.dev(), target.ino()) {
-                    return;
-                }
-            }
-            if !matches!(child.try_wait(), Ok(None)) {
-                return; // exited (e.g. command not found): nothing to track
-            }
-            sleep(Duration::from_millis(2));
-        }
+        self.inner.wait_entered(child);
     }
 
     /// Pids of all processes currently in the namespace.
     pub fn pids(&self) -> Vec<i32> {
-        netns_pids(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = remove_netns(&self.name) {
-            eprintln!("warning: {e}");
-        }
-    }
-}
-
-fn netns_pids(name: &str) -> Vec<i32> {
-    let out = ip_root(&["netns", "pids", name]);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// Kills every process in the namespace, waits (bounded) for them to be
-/// gone, then deletes it. Deleting the last reference also destroys its
-/// interfaces, and with them the veth peers in other namespaces.
-fn remove_netns(name: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids = netns_pids(name);
-        if pids.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            eprintln!("warning: processes {pids:?} survive SIGKILL in netns {name}");
-            break;
-        }
-        for pid in pids {
-            // SAFETY: plain syscall; a stale pid only yields ESRCH.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let out = ip_root(&["netns", "del", name]);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip netns del {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        self.inner.pids()
     }
 }
 
 /// Names of all named namespaces (`ip netns list`).
 pub fn list_netns() -> Vec<String> {
-    let out = ip_root(&["netns", "list"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
-/// The pid encoded in a harness namespace name (`...-<pid>-<counter>`).
-fn owner_pid(name: &str) -> Option<i32> {
-    let mut fields = name.rsplit('-');
-    fields.next()?.parse::<u32>().ok()?;
-    fields.next()?.parse().ok()
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the pid exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    akanda_netns::list()
 }
 
 /// Deletes namespaces named `PREFIX...-<pid>-<n>` whose pid is not alive
@@ -344,20 +203,7 @@ fn pid_alive(pid: i32) -> bool {
 /// process still inside. Returns how many were deleted. Namespaces of live
 /// processes, and names not in the harness format, are left alone.
 pub fn cleanup_stale(prefix: &str) -> usize {
-    let mut removed = 0;
-    for name in list_netns() {
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        match owner_pid(&name) {
-            Some(pid) if !pid_alive(pid) => match remove_netns(&name) {
-                Ok(()) => removed += 1,
-                Err(e) => eprintln!("warning: stale namespace: {e}"),
-            },
-            _ => {}
-        }
-    }
-    removed
+    akanda_netns::cleanup_stale(prefix)
 }
 
 /// Creates a veth pair with one end directly in each namespace (so the
@@ -365,13 +211,8 @@ pub fn cleanup_stale(prefix: &str) -> usize {
 /// the given MAC addresses, and brings both ends up.
 #[track_caller]
 pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) {
-    let args = [
-        "link", "add", a_if, "netns", &a.name, "address", a_mac, "type", "veth", "peer", "name",
-        b_if, "netns", &b.name, "address", b_mac,
-    ];
-    expect_success(&format!("ip {}", args.join(" ")), ip_root(&args));
-    a.ip(&format!("link set {a_if} up"));
-    b.ip(&format!("link set {b_if} up"));
+    akanda_netns::veth(&a.inner, a_if, a_mac, &b.inner, b_if, b_mac)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -423,7 +264,7 @@ pub fn assert_pings(from: &Netns, target: &str) {
     if let Err(out) = ping_ok(from, target) {
         panic!(
             "{} cannot ping {target}:\n{out}\n--- addresses and routes in {0} ---\n{}",
-            from.name,
+            from.name(),
             net_summary(from)
         );
     }
@@ -433,7 +274,7 @@ pub fn assert_pings(from: &Netns, target: &str) {
 #[track_caller]
 pub fn assert_no_ping(from: &Netns, target: &str) {
     if ping_once(from, target).is_ok() {
-        panic!("{} unexpectedly pings {target}", from.name);
+        panic!("{} unexpectedly pings {target}", from.name());
     }
 }
 
@@ -910,7 +751,7 @@ impl Drop for Agent {
 // ---------------------------------------------------------------------------
 // HTTP
 
-/// An HTTP response as seen by curl.
+/// An HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -942,32 +783,66 @@ impl Response {
     }
 }
 
-/// HTTP client whose requests originate inside a namespace: runs `curl` via
-/// `ip netns exec`, since the agent is only reachable on the management
-/// network. Proxies from the environment are ignored.
+/// `base` + `path` (a full `http://` URL is used as is).
+fn join_url(base: &str, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_owned()
+    } else if path.starts_with('/') {
+        format!("{base}{path}")
+    } else {
+        format!("{base}/{path}")
+    }
+}
+
+#[track_caller]
+fn http_client(netns: &str, options: &akanda_netns::HttpOptions) -> akanda_netns::HttpClient {
+    akanda_netns::HttpClient::new(netns, options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// HTTP client whose requests originate inside a namespace, since the agent is
+/// only reachable on the management network: [`akanda_netns::HttpClient`]
+/// (reqwest), one connection per request, no proxy, no redirects followed.
 #[derive(Debug, Clone)]
 pub struct Http {
     ns: String,
     base: String,
     timeout: Duration,
-    /// `--cacert`, `--cert`, `--key` for mutual TLS.
-    tls: Option<[PathBuf; 3]>,
+    client: akanda_netns::HttpClient,
 }
 
 impl Http {
     /// A client in `ns` for `base_url` (e.g. `http://[fdca::1]:20000`).
     pub fn new(ns: &Netns, base_url: impl Into<String>) -> Http {
+        Http::with_options(ns, base_url, &akanda_netns::HttpOptions::default())
+    }
+
+    /// A client in `ns` for `base_url` with the given TLS and connection options.
+    pub fn with_options(
+        ns: &Netns,
+        base_url: impl Into<String>,
+        options: &akanda_netns::HttpOptions,
+    ) -> Http {
         Http {
-            ns: ns.name.clone(),
+            ns: ns.name().to_owned(),
             base: base_url.into().trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(30),
-            tls: None,
+            client: http_client(ns.name(), options),
         }
     }
 
-    /// Same client speaking mutual TLS: trusts `ca`, presents `cert`/`key`.
+    /// Same client speaking mutual TLS: trusts the CA in the PEM file `ca`, presents
+    /// `cert`/`key`.
     pub fn with_tls(mut self, ca: &Path, cert: &Path, key: &Path) -> Http {
-        self.tls = Some([ca.to_owned(), cert.to_owned(), key.to_owned()]);
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let config = akanda_pki::tls::client_config(&read(ca), Some((&read(cert), &read(key))))
+            .unwrap_or_else(|e| panic!("TLS client set-up: {e}"));
+        let options = akanda_netns::HttpOptions {
+            tls: Some(Arc::new(config)),
+            ..Default::default()
+        };
+        self.client = http_client(&self.ns, &options);
         self
     }
 
@@ -983,13 +858,7 @@ impl Http {
 
     /// Base URL + `path` (a full `http://` URL is used as is).
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else if path.starts_with('/') {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}/{path}", self.base)
-        }
+        join_url(&self.base, path)
     }
 
     /// Sends one request; `body` is `(content_type, bytes)`. Err only when
@@ -1000,75 +869,13 @@ impl Http {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> anyhow::Result<Response> {
-        let url = self.url(path);
-        let tmp = tempfile::tempdir().context("temp dir")?;
-        let body_file = tmp.path().join("body");
-        let head_file = tmp.path().join("head");
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns,
-            "curl",
-            "-sS",
-            "-g",
-            "--noproxy",
-            "*",
-        ])
-        .arg("--max-time")
-        .arg(format!("{:.3}", self.timeout.as_secs_f64()))
-        .args(["-X", method, "-w", "%{http_code}", "-o"])
-        .arg(&body_file)
-        .arg("-D")
-        .arg(&head_file);
-        if let Some([ca, cert, key]) = &self.tls {
-            cmd.arg("--cacert")
-                .arg(ca)
-                .arg("--cert")
-                .arg(cert)
-                .arg("--key")
-                .arg(key);
-        }
-        if let Some((content_type, _)) = body {
-            cmd.args(["-H", &format!("Content-Type: {content_type}")])
-                // No "Expect: 100-continue" round trip for large bodies.
-                .args(["-H", "Expect:", "--data-binary", "@-"]);
-        }
-        cmd.arg(&url)
-            .stdin(if body.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("spawn curl")?;
-        if let Some((_, bytes)) = body {
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin
-                .write_all(bytes)
-                .context("write request body to curl")?;
-        }
-        let out = child.wait_with_output().context("wait for curl")?;
-        if !out.status.success() {
-            bail!(
-                "{method} {url} from {}: curl {}: {}",
-                self.ns,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let code = String::from_utf8_lossy(&out.stdout);
-        let status: u16 = code
-            .trim()
-            .parse()
-            .with_context(|| format!("curl printed {code:?} as status"))?;
-        let body = std::fs::read(&body_file).unwrap_or_default();
-        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+        let r = self
+            .client
+            .request(method, &self.url(path), body, self.timeout)?;
         Ok(Response {
-            status,
-            headers: parse_headers(&head),
-            body: String::from_utf8_lossy(&body).into_owned(),
+            status: r.status,
+            body: r.text(),
+            headers: r.headers,
         })
     }
 
@@ -1114,21 +921,6 @@ impl Http {
     pub fn put_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Response {
         self.must("PUT", path, Some((content_type, body)))
     }
-}
-
-/// Headers of the last response block in a `curl -D` dump (earlier blocks
-/// are interim responses such as `100 Continue`).
-fn parse_headers(dump: &str) -> Vec<(String, String)> {
-    let last = dump
-        .split("\r\n\r\n")
-        .filter(|b| !b.trim().is_empty())
-        .last()
-        .unwrap_or("");
-    last.lines()
-        .skip(1) // status line
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1189,6 +981,20 @@ impl RouterLab {
     /// Internal host t2 (second internal network, not in the conformance file).
     pub const T2_V4: &'static str = "192.168.1.2";
 
+    /// Gives the router's management link `MGMT_ADDR` and the orchestrator's side
+    /// `MGMT_PEER_ADDR` (both /64, no DAD): what the VM's boot config and the management
+    /// network provide.
+    pub fn address_management(router: &Netns, router_if: &str, mgmt: &Netns, mgmt_if: &str) {
+        router.ip(&format!(
+            "addr add {}/64 dev {router_if} nodad",
+            Self::MGMT_ADDR
+        ));
+        mgmt.ip(&format!(
+            "addr add {}/64 dev {mgmt_if} nodad",
+            Self::MGMT_PEER_ADDR
+        ));
+    }
+
     /// Builds the topology. Namespaces are `akt-<tag>-<role>-<pid>-<n>`.
     pub fn new(tag: &str) -> RouterLab {
         let ns = |role: &str| Netns::new(&format!("{tag}-{role}"));
@@ -1200,11 +1006,7 @@ impl RouterLab {
         veth(&router, "eth2", mac2, &t1, h, Self::T1_MAC);
         veth(&router, "eth3", mac3, &t2, h, "fa:16:3e:00:10:03");
 
-        router.ip(&format!("addr add {}/64 dev eth0 nodad", Self::MGMT_ADDR));
-        mgmt.ip(&format!(
-            "addr add {}/64 dev {h} nodad",
-            Self::MGMT_PEER_ADDR
-        ));
+        Self::address_management(&router, "eth0", &mgmt, h);
 
         ext.ip(&format!("addr add {}/24 dev {h}", Self::EXT_GW_V4));
         ext.ip(&format!("addr add {}/64 dev {h} nodad", Self::EXT_GW_V6));
@@ -1398,48 +1200,14 @@ pub fn floating_ip(i: u32) -> Value {
 
 /// Runs `f` on a fresh thread that has entered the network namespace `ns` (setns affects only
 /// the calling thread; threads and sockets created inside `f` stay in that namespace).
+#[track_caller]
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    use std::os::fd::AsRawFd;
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
+    ns.inner.enter(f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A crashed earlier process with our pid left the very name we are
-    /// about to use: it is replaced, not an error.
-    #[test]
-    fn leftover_with_our_pid_is_replaced() {
-        if !require_root() {
-            return;
-        }
-        let next = COUNTER.load(Ordering::Relaxed);
-        let name = format!("{NS_PREFIX}reuse-{}-{next}", std::process::id());
-        expect_success("add", ip_root(&["netns", "add", &name]));
-        let ns = Netns::new("reuse");
-        assert_eq!(ns.name(), name);
-        drop(ns);
-        assert!(!list_netns().contains(&name));
-    }
-
-    #[test]
-    fn owner_pid_parses_from_the_right() {
-        assert_eq!(owner_pid("akt-a-b-rt-1234-7"), Some(1234));
-        assert_eq!(owner_pid("akt-1234"), None);
-        assert_eq!(owner_pid("akt-x-abc-7"), None);
-    }
 
     #[test]
     fn strip_volatile_keeps_permanent_lifetimes() {
@@ -1458,22 +1226,16 @@ mod tests {
     }
 
     #[test]
-    fn parse_headers_takes_last_block() {
-        let h = parse_headers(
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n",
-        );
-        assert_eq!(h, vec![("content-type".into(), "application/json".into())]);
-    }
-
-    #[test]
     fn http_url_joins_paths() {
-        let h = Http {
-            ns: "x".into(),
-            base: "http://[fdca::1]:20000".into(),
-            timeout: Duration::from_secs(1),
-            tls: None,
-        };
-        assert_eq!(h.url("/v1/status"), "http://[fdca::1]:20000/v1/status");
-        assert_eq!(h.url("v1/status"), "http://[fdca::1]:20000/v1/status");
+        let base = "http://[fdca::1]:20000";
+        assert_eq!(
+            join_url(base, "/v1/status"),
+            "http://[fdca::1]:20000/v1/status"
+        );
+        assert_eq!(
+            join_url(base, "v1/status"),
+            "http://[fdca::1]:20000/v1/status"
+        );
+        assert_eq!(join_url(base, "https://x/y"), "https://x/y");
     }
 }

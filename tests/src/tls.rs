@@ -1,15 +1,18 @@
-//! Mutual TLS for the tests: a throw-away PKI made with akanda-pki (rcgen) at test time, and a
-//! real rustls client whose sockets live in a namespace.
+//! Mutual TLS for the tests: a throw-away PKI made with akanda-pki (rcgen) at test time;
+//! requests through the harness's HTTP client ([`akanda_netns::HttpClient`]) with a given
+//! client config; and, for the tests that need the wire itself (a handshake alone, a request
+//! left half-sent across a rotation), a raw rustls connection from a namespace.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use akanda_netns::{HttpClient, HttpOptions};
 use akanda_pki::{Ca, Issued, San, Usage, Validity};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -95,26 +98,8 @@ pub fn issue(ca: &Ca, name: &str, usages: &[Usage], validity: Validity) -> Issue
 
 /// A client config trusting `ca_pem`, presenting `client` (or no certificate).
 pub fn client_config(ca_pem: &str, client: Option<&Issued>) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    })
+    let client = client.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+    Arc::new(akanda_pki::tls::client_config(ca_pem, client).unwrap())
 }
 
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -126,12 +111,17 @@ pub fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<TlsStream, String> {
-    let tcp = in_netns(ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-    })
-    .map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    tcp.set_nodelay(true).unwrap();
+    in_netns(ns, || handshake(addr, config))
+}
+
+/// [`connect`] from the calling thread's namespace: TCP connect, then the client's side of the
+/// TLS handshake.
+pub fn handshake(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<TlsStream, String> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(addr.ip().into());
     let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let mut stream = StreamOwned::new(conn, tcp);
@@ -215,7 +205,8 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// One request over a fresh mutual TLS connection from `ns`.
+/// One request over a fresh mutual TLS connection from `ns`, with the harness's HTTP client.
+/// An error (a TLS alert, a reset) comes back as its message, with all its causes.
 pub fn request(
     ns: &Netns,
     addr: SocketAddr,
@@ -224,17 +215,20 @@ pub fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, String), String> {
-    let mut stream = connect(ns, addr, config)?;
-    let head = request_head(method, path, body.map(<[u8]>::len));
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.unwrap_or_default()))
-        .and_then(|()| stream.flush())
-        .map_err(|e| e.to_string())?;
-    read_response(&mut stream)
+    let options = HttpOptions {
+        tls: Some(config),
+        ..Default::default()
+    };
+    let client = HttpClient::new(ns.name(), &options).map_err(|e| e.to_string())?;
+    let body = body.map(|b| ("application/json", b));
+    let url = format!("https://{addr}{path}");
+    client
+        .request(method, &url, body, Duration::from_secs(60))
+        .map(|r| (r.status, r.text()))
+        .map_err(|e| e.to_string())
 }
 
-/// Paths of a PKI's files for curl (`Http::with_tls`).
+/// Paths of a PKI's CA, client certificate and key (`Http::with_tls`).
 pub fn curl_files(pki: &Pki) -> [PathBuf; 3] {
     [
         pki.path("ca.pem"),

@@ -116,6 +116,32 @@ fn two_labs_in_parallel() {
     assert_gone(&names);
 }
 
+/// Accepts one connection on `argv[1]`:`argv[2]`, reads one request (head and
+/// Content-Length body), prints it, then sends `argv[3]` and closes.
+const ONE_SHOT_SERVER: &str = r#"
+import socket, sys
+addr, port, reply = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind((addr, port))
+s.listen(1)
+c, _ = s.accept()
+data = b""
+while b"\r\n\r\n" not in data:
+    data += c.recv(65536)
+head, _, body = data.partition(b"\r\n\r\n")
+length = 0
+for line in head.split(b"\r\n")[1:]:
+    name, _, value = line.partition(b":")
+    if name.strip().lower() == b"content-length":
+        length = int(value)
+while len(body) < length:
+    body += c.recv(65536)
+sys.stdout.buffer.write(head + b"\r\n\r\n" + body)
+sys.stdout.flush()
+c.sendall(reply)
+c.close()
+"#;
+
 #[test]
 fn http_client_runs_in_namespace() {
     if !require_root() {
@@ -129,21 +155,24 @@ fn http_client_runs_in_namespace() {
 
     // Nothing listens yet: an error, not a panic or a fake status.
     let err = http.request("GET", "/v1/base/", None).unwrap_err();
-    assert!(format!("{err:#}").contains("curl"), "{err:#}");
+    assert!(format!("{err:#}").contains("/v1/base/"), "{err:#}");
 
-    // A one-shot HTTP server in the router namespace on the agent's address.
+    // A one-shot HTTP server in the router namespace on the agent's address: it reads the
+    // request, prints it, then answers (an HTTP client may refuse bytes sent before it asked).
     let port = lab.port().to_string();
     let reply = "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
                  Content-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
-    let script = format!(
-        "printf '{}' | nc -l -s {} -p {port}",
-        reply.replace('\r', "\\r").replace('\n', "\\n"),
-        RouterLab::MGMT_ADDR
-    );
-    let server = lab.router().spawn(&["sh", "-c", &script]);
+    let server = lab.router().spawn(&[
+        "python3",
+        "-c",
+        ONE_SHOT_SERVER,
+        RouterLab::MGMT_ADDR,
+        &port,
+        reply,
+    ]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !lab.router().exec(&["ss", "-Hltn"]).contains(&port) {
-        assert!(Instant::now() < deadline, "nc did not listen");
+        assert!(Instant::now() < deadline, "the server did not listen");
         sleep(Duration::from_millis(20));
     }
     let r = http.put_json("/v1/system/config", &json!({"hello": "world"}));
@@ -270,7 +299,8 @@ fn lab_constants_match_conformance_file() {
 }
 
 /// Stands in for akanda-agent: logs its arguments, answers every HTTP
-/// request with `200 {}` on the `--listen` address, exits 0 on SIGTERM.
+/// request with `200 {}` on the `--listen` address (after reading it), exits 0
+/// on SIGTERM.
 const FAKE_AGENT: &str = r#"#!/bin/sh
 echo "fake agent: $*"
 while [ $# -gt 0 ]; do
@@ -279,13 +309,25 @@ while [ $# -gt 0 ]; do
 done
 addr=${listen%]:*}; addr=${addr#[}; port=${listen##*:}
 echo ran > "$state/fake-agent-ran"
-trap 'echo "got TERM"; kill $nc 2>/dev/null; exit 0' TERM
-while :; do
-  printf 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}' |
-    nc -N -l -s "$addr" -p "$port" >/dev/null &
-  nc=$!
-  wait $nc
-done
+trap 'echo "got TERM"; kill $server 2>/dev/null; exit 0' TERM
+python3 -c '
+import http.server, socket, sys
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    do_PUT = do_POST = do_DELETE = do_GET
+    def log_message(self, *args):
+        pass
+class Server(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+Server((sys.argv[1], int(sys.argv[2])), Answer).serve_forever()
+' "$addr" "$port" &
+server=$!
+wait $server
 "#;
 
 fn write_script(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -336,7 +378,7 @@ fn agent_wrapper_with_fake_agent() {
     agent.wait_ready(lab.mgmt(), Duration::from_secs(10));
     let pid = agent.pid() as i32;
     assert!(!agent.kill().success());
-    // Only the agent process dies (like a crash); the fake's nc may linger
+    // Only the agent process dies (like a crash); the fake's server may linger
     // until the namespace goes.
     assert!(!lab.router().pids().contains(&pid));
 }
