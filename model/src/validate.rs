@@ -423,9 +423,18 @@ impl Validator {
                 )
             }
         };
+        // IPv6 on the NIC: an address, or a subnet (dnsmasq advertises it, with the MTU, and
+        // refuses an RA MTU under 1280; Neutron refuses IPv6 subnets on such a network too).
+        let has_v6 = addresses.iter().any(|a| matches!(a, IpNet::V6(_)))
+            || doc.subnets.iter().any(|s| {
+                s.cidr
+                    .as_deref()
+                    .and_then(|c| IpNet::from_str(c).ok())
+                    .is_some_and(|n| matches!(n, IpNet::V6(_)))
+            });
         let mtu = match iface_mtu.or_else(|| doc.mtu.map(|m| (m, field(path, "mtu")))) {
             None => None,
-            Some((m, mtu_path)) => self.mtu(m, &mtu_path, &addresses),
+            Some((m, mtu_path)) => self.mtu(m, &mtu_path, has_v6),
         };
 
         let subnets: Vec<Subnet> = doc
@@ -454,8 +463,7 @@ impl Validator {
         }
     }
 
-    fn mtu(&mut self, mtu: u64, path: &str, addresses: &[IpNet]) -> Option<u32> {
-        let has_v6 = addresses.iter().any(|a| matches!(a, IpNet::V6(_)));
+    fn mtu(&mut self, mtu: u64, path: &str, has_v6: bool) -> Option<u32> {
         let min = if has_v6 { 1280 } else { 68 };
         if !(min..=65535).contains(&mtu) {
             let why = if has_v6 && mtu >= 68 {
@@ -491,7 +499,23 @@ impl Validator {
                         format!("{net} covers every address: a subnet cannot be /0"),
                     );
                 }
-                !whole
+                // fe80::/10 is on every NIC already, and the kernel's: the router's addresses
+                // there are never configured, and bird cannot peer with a gateway there
+                // without naming an interface.
+                let link_local = match net {
+                    IpNet::V6(n) => {
+                        let fe80: ipnet::Ipv6Net = "fe80::/10".parse().expect("constant");
+                        fe80.contains(n) || n.contains(&fe80)
+                    }
+                    IpNet::V4(_) => false,
+                };
+                if link_local {
+                    self.problem(
+                        &cidr_path,
+                        format!("{net} is link-local: a subnet cannot overlap fe80::/10"),
+                    );
+                }
+                !whole && !link_local
             }),
         };
         let gw_path = field(path, "gateway_ip");
@@ -512,7 +536,21 @@ impl Validator {
             .dns_nameservers
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| self.ip(d, &index(&dns_path, i)))
+            .filter_map(|(i, d)| {
+                let ip = self.ip(d, &index(&dns_path, i))?;
+                // dnsmasq hands a subnet's DNS servers out in that family's DHCP option, which
+                // takes no address of the other (Neutron refuses them too).
+                match cidr {
+                    Some(net) if net.addr().is_ipv4() != ip.is_ipv4() => {
+                        self.problem(
+                            index(&dns_path, i),
+                            format!("{ip} is not of the subnet's IP family ({net})"),
+                        );
+                        None
+                    }
+                    _ => Some(ip),
+                }
+            })
             .collect();
         let routes_path = field(path, "host_routes");
         let host_routes = doc
@@ -929,6 +967,15 @@ impl Validator {
             self.problem(
                 "address_book",
                 format!("{book_entries} CIDRs in all: the limit is {MAX_ADDRESS_BOOK_TOTAL}"),
+            );
+        }
+        let label_cidrs: usize = doc.labels.values().map(Vec::len).sum();
+        if label_cidrs > MAX_LABEL_CIDRS_TOTAL {
+            self.problem(
+                "labels",
+                format!(
+                    "{label_cidrs} CIDRs in all: the limit is {MAX_LABEL_CIDRS_TOTAL} (each renders two counter rules)"
+                ),
             );
         }
         let rules: usize = doc.anchors.iter().map(|a| a.rules.len()).sum();
