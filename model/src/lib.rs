@@ -9,14 +9,16 @@ pub mod bounds;
 pub mod config;
 pub mod document;
 mod domain;
+pub mod grammar;
 mod problem;
 mod validate;
 
 pub use config::*;
 pub use document::Document;
 pub use domain::{MacAddr, MacAddrError, NicName, NicNameError, MAIN_ROUTE_TABLE};
+pub use grammar::{is_allocation_hostname, is_header_safe, is_text, Grammar};
 pub use problem::Problem;
-pub use validate::{is_allocation_hostname, is_header_safe, normalise_mac, validate};
+pub use validate::{normalise_mac, validate};
 
 use sha2::{Digest, Sha256};
 
