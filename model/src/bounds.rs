@@ -45,6 +45,14 @@ pub const MAX_RULE_KEYS: usize = 32;
 /// The ruleset budget: filter-rule expansions (each rule costs one per source × destination
 /// address-book CIDR pair, and per family) that all anchors may render together.
 pub const MAX_RENDERED_RULES: usize = 20_000;
+/// All label CIDRs together: each renders two counter rules (from, to).
+pub const MAX_LABEL_CIDRS_TOTAL: usize = 4096;
+/// The whole ruleset's budget (every chain of table `inet akanda`): the anchors'
+/// [`MAX_RENDERED_RULES`], two counters per label CIDR, and the router's own rules, which grow
+/// with networks and subnets (at most 16 per network and 4 per subnet, with room to spare) plus
+/// a fixed few. The fuzz target `render` holds every accepted config to it.
+pub const MAX_RULESET_RULES: usize =
+    MAX_RENDERED_RULES + 2 * MAX_LABEL_CIDRS_TOTAL + MAX_NETWORKS * (16 + 4 * MAX_SUBNETS) + 64;
 /// `services`: names.
 pub const MAX_SERVICES: usize = 8;
 /// `vpn.ipsec`.

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::bounds::*;
 use crate::config::*;
 use crate::document::*;
+use crate::grammar::Grammar;
 use crate::problem::Problem;
 
 /// Advanced services this appliance accepts in `services` (Astara's `ENABLED_SERVICES`).
@@ -71,6 +72,23 @@ fn quoted(s: &str) -> String {
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(Problem::new(path, reason));
+    }
+
+    /// A string that must follow a [`Grammar`] (see `grammar.rs`).
+    fn grammar(&mut self, value: &str, path: &str, grammar: Grammar) {
+        if !grammar.matches(value) {
+            self.problem(
+                path,
+                format!("{} is not {}", quoted(value), grammar.describe()),
+            );
+        }
+    }
+
+    /// An optional string: absent, null and `""` are fine, anything else follows `grammar`.
+    fn optional(&mut self, value: &Option<String>, path: &str, grammar: Grammar) {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            self.grammar(v, path, grammar);
+        }
     }
 
     /// A required, non-empty string.
@@ -191,21 +209,12 @@ impl Validator {
 
     fn config(&mut self, doc: &Document) -> RouterConfig {
         let tenant_id = self.required(&doc.tenant_id, "tenant_id");
-        if !tenant_id.is_empty() && !is_header_safe(&tenant_id) {
-            self.problem(
-                "tenant_id",
-                "must be printable ASCII without spaces (it is sent in HTTP headers)",
-            );
+        if !tenant_id.is_empty() {
+            self.grammar(&tenant_id, "tenant_id", Grammar::HeaderValue);
         }
         let hostname = self.required(&doc.hostname, "hostname");
-        if !hostname.is_empty() && !is_hostname(&hostname, 64) {
-            self.problem(
-                "hostname",
-                format!(
-                    "{} is not a valid host name (letters, digits and '-' in dot-separated labels, at most 64 characters)",
-                    quoted(&hostname)
-                ),
-            );
+        if !hostname.is_empty() {
+            self.grammar(&hostname, "hostname", Grammar::Hostname);
         }
         let asn = self.asn(doc.asn, "asn").unwrap_or(DEFAULT_ASN);
         let neighbor_asn = self.asn(doc.neighbor_asn, "neighbor_asn").unwrap_or(asn);
@@ -277,24 +286,161 @@ impl Validator {
     }
 
     /// VPN is carried, not applied: only what would be wrong whatever an implementation does
-    /// is checked here.
+    /// is checked here, and every string's grammar (an implementation writes them into an
+    /// IPsec daemon's files).
     fn vpn(&mut self, vpn: &VpnDoc) {
         for (i, service) in vpn.ipsec.iter().enumerate() {
             let service_path = index("vpn.ipsec", i);
-            for (j, connection) in service.ipsec_connections.iter().enumerate() {
-                let path = field(&index(&field(&service_path, "ipsec_connections"), j), "psk");
-                match connection.psk.as_deref() {
-                    Some(crate::REDACTED) => self.problem(
-                        path,
-                        format!(
-                            "{} is the redaction placeholder a GET shows, not a key: send the pre-shared key itself",
-                            quoted(crate::REDACTED)
+            let at = |k: &str| field(&service_path, k);
+            self.optional(&service.id, &at("id"), Grammar::Id);
+            self.optional(&service.name, &at("name"), Grammar::Text);
+            self.optional(&service.status, &at("status"), Grammar::Name);
+            self.optional(&service.router_id, &at("router_id"), Grammar::Id);
+            self.optional(&service.subnet_id, &at("subnet_id"), Grammar::Id);
+            for (k, value, v4) in [
+                ("external_v4_ip", &service.external_v4_ip, true),
+                ("external_v6_ip", &service.external_v6_ip, false),
+            ] {
+                if let Some(ip) = value.as_deref().filter(|v| !v.is_empty()) {
+                    match self.ip(ip, &at(k)) {
+                        Some(ip) if ip.is_ipv4() != v4 => self.problem(
+                            at(k),
+                            format!("{ip} is not an IPv{} address", if v4 { 4 } else { 6 }),
                         ),
-                    ),
-                    Some("") => self.problem(path, "must not be empty"),
-                    _ => {}
+                        _ => {}
+                    }
                 }
             }
+            for (j, connection) in service.ipsec_connections.iter().enumerate() {
+                self.ipsec_connection(
+                    connection,
+                    &index(&field(&service_path, "ipsec_connections"), j),
+                );
+            }
+        }
+    }
+
+    fn ipsec_connection(&mut self, c: &IpsecConnectionDoc, path: &str) {
+        let at = |k: &str| field(path, k);
+        self.optional(&c.id, &at("id"), Grammar::Id);
+        self.optional(&c.tenant_id, &at("tenant_id"), Grammar::Id);
+        self.optional(&c.name, &at("name"), Grammar::Text);
+        self.optional(&c.vpnservice_id, &at("vpnservice_id"), Grammar::Id);
+        for (k, value) in [
+            ("route_mode", &c.route_mode),
+            ("initiator", &c.initiator),
+            ("auth_mode", &c.auth_mode),
+            ("status", &c.status),
+        ] {
+            self.optional(value, &at(k), Grammar::Name);
+        }
+        // An address or a DNS name (Neutron takes both).
+        if let Some(peer) = c.peer_address.as_deref().filter(|p| !p.is_empty()) {
+            if IpAddr::from_str(peer).is_err() {
+                self.grammar(peer, &at("peer_address"), Grammar::DnsName);
+            }
+        }
+        self.optional(&c.peer_id, &at("peer_id"), Grammar::Quoted);
+        for (k, cidr) in c.peer_cidrs.iter().enumerate() {
+            self.vpn_cidr(cidr, &index(&at("peer_cidrs"), k));
+        }
+        let psk_path = at("psk");
+        match c.psk.as_deref() {
+            Some(crate::REDACTED) => self.problem(
+                psk_path,
+                format!(
+                    "{} is the redaction placeholder a GET shows, not a key: send the pre-shared key itself",
+                    quoted(crate::REDACTED)
+                ),
+            ),
+            Some("") => self.problem(psk_path, "must not be empty"),
+            // A secret: the refusal does not repeat it.
+            Some(psk) if !Grammar::Quoted.matches(psk) => self.problem(
+                psk_path,
+                format!("is not {}", Grammar::Quoted.describe()),
+            ),
+            _ => {}
+        }
+        if let Some(dpd) = &c.dpd {
+            self.optional(&dpd.action, &field(&at("dpd"), "action"), Grammar::Name);
+        }
+        if let Some(ike) = &c.ikepolicy {
+            let p = at("ikepolicy");
+            self.policy_common(&p, &ike.id, &ike.tenant_id, &ike.name, &ike.lifetime);
+            for (k, value) in [
+                ("ike_version", &ike.ike_version),
+                ("auth_algorithm", &ike.auth_algorithm),
+                ("encryption_algorithm", &ike.encryption_algorithm),
+                ("pfs", &ike.pfs),
+                ("phase1_negotiation_mode", &ike.phase1_negotiation_mode),
+            ] {
+                self.optional(value, &field(&p, k), Grammar::Name);
+            }
+        }
+        if let Some(ipsec) = &c.ipsecpolicy {
+            let p = at("ipsecpolicy");
+            self.policy_common(
+                &p,
+                &ipsec.id,
+                &ipsec.tenant_id,
+                &ipsec.name,
+                &ipsec.lifetime,
+            );
+            for (k, value) in [
+                ("transform_protocol", &ipsec.transform_protocol),
+                ("auth_algorithm", &ipsec.auth_algorithm),
+                ("encryption_algorithm", &ipsec.encryption_algorithm),
+                ("encapsulation_mode", &ipsec.encapsulation_mode),
+                ("pfs", &ipsec.pfs),
+            ] {
+                self.optional(value, &field(&p, k), Grammar::Name);
+            }
+        }
+        for (k, group) in [
+            ("local_ep_group", &c.local_ep_group),
+            ("peer_ep_group", &c.peer_ep_group),
+        ] {
+            let Some(group) = group else { continue };
+            let p = at(k);
+            self.optional(&group.id, &field(&p, "id"), Grammar::Id);
+            self.optional(&group.tenant_id, &field(&p, "tenant_id"), Grammar::Id);
+            self.optional(&group.name, &field(&p, "name"), Grammar::Text);
+            self.optional(&group.kind, &field(&p, "type"), Grammar::Name);
+            for (e, endpoint) in group.endpoints.iter().enumerate() {
+                // A CIDR (type cidr) or a subnet id (type subnet).
+                if !endpoint.contains('/') {
+                    self.grammar(endpoint, &index(&field(&p, "endpoints"), e), Grammar::Id);
+                } else {
+                    self.vpn_cidr(endpoint, &index(&field(&p, "endpoints"), e));
+                }
+            }
+        }
+    }
+
+    fn policy_common(
+        &mut self,
+        path: &str,
+        id: &Option<String>,
+        tenant_id: &Option<String>,
+        name: &Option<String>,
+        lifetime: &Option<LifetimeDoc>,
+    ) {
+        self.optional(id, &field(path, "id"), Grammar::Id);
+        self.optional(tenant_id, &field(path, "tenant_id"), Grammar::Id);
+        self.optional(name, &field(path, "name"), Grammar::Text);
+        if let Some(l) = lifetime {
+            self.optional(
+                &l.units,
+                &field(&field(path, "lifetime"), "units"),
+                Grammar::Name,
+            );
+        }
+    }
+
+    /// A VPN prefix: parsed (host bits are the daemon's business, as in Neutron).
+    fn vpn_cidr(&mut self, s: &str, path: &str) {
+        if IpNet::from_str(s).is_err() {
+            self.problem(path, format!("{} is not a valid CIDR", quoted(s)));
         }
     }
 
@@ -312,14 +458,8 @@ impl Validator {
     /// A Neutron id: it reaches dnsmasq's config file and the metadata proxy's headers, so a
     /// newline or a quote in it would inject a directive or a header.
     fn identifier(&mut self, id: &str, path: &str) {
-        if !id.is_empty() && !is_identifier(id) {
-            self.problem(
-                path,
-                format!(
-                    "{} is not an id: 1 to 255 letters, digits, '-', '_', '.' or ':' (it reaches daemon config files and HTTP headers)",
-                    quoted(id)
-                ),
-            );
+        if !id.is_empty() {
+            self.grammar(id, path, Grammar::Id);
         }
     }
 
@@ -337,6 +477,7 @@ impl Validator {
                 .unwrap_or(default_address),
             None => default_address,
         };
+        self.optional(&doc.host, "orchestrator.host", Grammar::DnsName);
         let metadata_port = match doc.metadata_port {
             None => DEFAULT_METADATA_PORT,
             Some(p) => match u16::try_from(p) {
@@ -359,6 +500,7 @@ impl Validator {
     fn network(&mut self, doc: &NetworkDoc, path: &str) -> Network {
         let id = self.required(&doc.network_id, &field(path, "network_id"));
         self.identifier(&id, &field(path, "network_id"));
+        self.optional(&doc.name, &field(path, "name"), Grammar::Text);
         let network_type = self
             .enum_value(
                 doc.network_type.as_deref(),
@@ -398,6 +540,11 @@ impl Validator {
                 (String::new(), Vec::new(), None)
             }
             Some(iface) => {
+                self.optional(
+                    &iface.description,
+                    &field(&iface_path, "description"),
+                    Grammar::Text,
+                );
                 let ifname_path = field(&iface_path, "ifname");
                 let ifname = self.required(&iface.ifname, &ifname_path);
                 if !ifname.is_empty() && !is_ge_name(&ifname) {
@@ -423,9 +570,18 @@ impl Validator {
                 )
             }
         };
+        // IPv6 on the NIC: an address, or a subnet (dnsmasq advertises it, with the MTU, and
+        // refuses an RA MTU under 1280; Neutron refuses IPv6 subnets on such a network too).
+        let has_v6 = addresses.iter().any(|a| matches!(a, IpNet::V6(_)))
+            || doc.subnets.iter().any(|s| {
+                s.cidr
+                    .as_deref()
+                    .and_then(|c| IpNet::from_str(c).ok())
+                    .is_some_and(|n| matches!(n, IpNet::V6(_)))
+            });
         let mtu = match iface_mtu.or_else(|| doc.mtu.map(|m| (m, field(path, "mtu")))) {
             None => None,
-            Some((m, mtu_path)) => self.mtu(m, &mtu_path, &addresses),
+            Some((m, mtu_path)) => self.mtu(m, &mtu_path, has_v6),
         };
 
         let subnets: Vec<Subnet> = doc
@@ -454,8 +610,7 @@ impl Validator {
         }
     }
 
-    fn mtu(&mut self, mtu: u64, path: &str, addresses: &[IpNet]) -> Option<u32> {
-        let has_v6 = addresses.iter().any(|a| matches!(a, IpNet::V6(_)));
+    fn mtu(&mut self, mtu: u64, path: &str, has_v6: bool) -> Option<u32> {
         let min = if has_v6 { 1280 } else { 68 };
         if !(min..=65535).contains(&mtu) {
             let why = if has_v6 && mtu >= 68 {
@@ -491,7 +646,23 @@ impl Validator {
                         format!("{net} covers every address: a subnet cannot be /0"),
                     );
                 }
-                !whole
+                // fe80::/10 is on every NIC already, and the kernel's: the router's addresses
+                // there are never configured, and bird cannot peer with a gateway there
+                // without naming an interface.
+                let link_local = match net {
+                    IpNet::V6(n) => {
+                        let fe80: ipnet::Ipv6Net = "fe80::/10".parse().expect("constant");
+                        fe80.contains(n) || n.contains(&fe80)
+                    }
+                    IpNet::V4(_) => false,
+                };
+                if link_local {
+                    self.problem(
+                        &cidr_path,
+                        format!("{net} is link-local: a subnet cannot overlap fe80::/10"),
+                    );
+                }
+                !whole && !link_local
             }),
         };
         let gw_path = field(path, "gateway_ip");
@@ -512,7 +683,21 @@ impl Validator {
             .dns_nameservers
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| self.ip(d, &index(&dns_path, i)))
+            .filter_map(|(i, d)| {
+                let ip = self.ip(d, &index(&dns_path, i))?;
+                // dnsmasq hands a subnet's DNS servers out in that family's DHCP option, which
+                // takes no address of the other (Neutron refuses them too).
+                match cidr {
+                    Some(net) if net.addr().is_ipv4() != ip.is_ipv4() => {
+                        self.problem(
+                            index(&dns_path, i),
+                            format!("{ip} is not of the subnet's IP family ({net})"),
+                        );
+                        None
+                    }
+                    _ => Some(ip),
+                }
+            })
             .collect();
         let routes_path = field(path, "host_routes");
         let host_routes = doc
@@ -639,14 +824,8 @@ impl Validator {
         }
         let host_path = field(path, "hostname");
         let hostname = self.required(&doc.hostname, &host_path);
-        if !hostname.is_empty() && !is_allocation_hostname(&hostname) {
-            self.problem(
-                &host_path,
-                format!(
-                    "{} is not a valid host name (dot-separated labels of 1 to 63 letters, digits, '-' or '_', at most 253 characters)",
-                    quoted(&hostname)
-                ),
-            );
+        if !hostname.is_empty() {
+            self.grammar(&hostname, &host_path, Grammar::DnsName);
         }
         let device_path = field(path, "device_id");
         let device_id = match &doc.device_id {
@@ -655,11 +834,9 @@ impl Validator {
                 String::new()
             }
             Some(d) => {
-                if !d.is_empty() && !is_header_safe(d) {
-                    self.problem(
-                        &device_path,
-                        "must be printable ASCII without spaces (it is sent in HTTP headers)",
-                    );
+                // Empty: a port that no device holds (the header is then sent empty).
+                if !d.is_empty() {
+                    self.grammar(d, &device_path, Grammar::HeaderValue);
                 }
                 d.clone()
             }
@@ -931,6 +1108,15 @@ impl Validator {
                 format!("{book_entries} CIDRs in all: the limit is {MAX_ADDRESS_BOOK_TOTAL}"),
             );
         }
+        let label_cidrs: usize = doc.labels.values().map(Vec::len).sum();
+        if label_cidrs > MAX_LABEL_CIDRS_TOTAL {
+            self.problem(
+                "labels",
+                format!(
+                    "{label_cidrs} CIDRs in all: the limit is {MAX_LABEL_CIDRS_TOTAL} (each renders two counter rules)"
+                ),
+            );
+        }
         let rules: usize = doc.anchors.iter().map(|a| a.rules.len()).sum();
         if rules > MAX_ANCHOR_RULES_TOTAL {
             self.problem(
@@ -975,8 +1161,12 @@ impl Validator {
         let mut out = BTreeMap::new();
         for (name, cidrs) in lists {
             let list_path = key(path, name);
-            if name.trim().is_empty() {
-                self.problem(&list_path, "names must not be empty");
+            self.grammar(name, &list_path, Grammar::Name);
+            if name == "any" {
+                self.problem(
+                    &list_path,
+                    "\"any\" is the keyword for every address: a rule could never name this list",
+                );
             }
             let nets = cidrs
                 .iter()
@@ -996,6 +1186,9 @@ impl Validator {
         address_book: &BTreeMap<String, Vec<IpNet>>,
     ) -> Anchor {
         let name = self.required(&doc.name, &field(path, "name"));
+        if !name.is_empty() {
+            self.grammar(&name, &field(path, "name"), Grammar::Name);
+        }
         let rules = doc
             .rules
             .iter()
@@ -1182,58 +1375,6 @@ fn upstream_gateways(networks: &[Network], default_v4_gateway: Option<Ipv4Addr>)
 
 fn is_ge_name(s: &str) -> bool {
     s.parse::<crate::NicName>().is_ok()
-}
-
-/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. Used for the
-/// router's own `hostname`, which becomes the kernel's host name.
-fn is_hostname(s: &str, max: usize) -> bool {
-    s.len() <= max
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// An allocation's host name, as dnsmasq takes it in a `dhcp-host` line: dot-separated labels
-/// of 1 to 63 ASCII letters, digits, `-` and `_`, at most 253 characters, with an optional final
-/// dot.
-///
-/// Hyphens may lead, trail and repeat, unlike RFC 1123: Astara's orchestrator names an
-/// allocation after its lowest address with `:` and `.` replaced by `-`, so the gateway
-/// `2001:db8:4b::` becomes `2001-db8-4b--.local` and `::ffff:10.0.0.5` becomes
-/// `--ffff-10-0-0-5.local`. dnsmasq accepts everything here but a first label that starts with
-/// `-` or `_`; the agent hands such a lease out without a name.
-///
-/// None of the characters that could break a daemon's file (`,` `#` `=` `/` quotes, spaces,
-/// control characters, non-ASCII) can pass.
-pub fn is_allocation_hostname(s: &str) -> bool {
-    let name = s.strip_suffix('.').unwrap_or(s);
-    s.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-/// The id grammar: 1 to 255 of `A-Z a-z 0-9 - _ . :` (UUIDs and Astara's own ids).
-fn is_identifier(s: &str) -> bool {
-    (1..=255).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// Printable ASCII without spaces, at most 255 bytes: the agent sends these values in HTTP
-/// headers (the metadata proxy's `X-Tenant-ID`, `X-Instance-ID`).
-pub fn is_header_safe(s: &str) -> bool {
-    s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn is_link_local(ip: IpAddr) -> bool {

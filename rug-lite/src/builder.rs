@@ -553,7 +553,9 @@ impl Builder<'_> {
             .networks
             .get(network_id)
             .map(|n| n.name.clone())
-            .filter(|n| !n.is_empty());
+            // The agent takes free text without control characters, at most 255 characters
+            // (Grammar::Text); a Neutron name it would refuse is left out.
+            .filter(|n| !n.is_empty() && akanda_model::is_text(n));
         NetworkDoc {
             network_id: Some(network_id.to_string()),
             name,

@@ -181,9 +181,12 @@ async fn serve_command(settings: settings::Settings) -> anyhow::Result<()> {
     let prefixes: Vec<ipnet::IpNet> = subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
     let host = hostaddr::host_addresses().context("listing this host's addresses")?;
     let orchestrator_address = hostaddr::pick(a.orchestrator_address, &host, &prefixes)?;
+    // `orchestrator.host` is a DNS name for the agent (Grammar::DnsName).
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "rug-lite".into());
+        .ok()
+        .filter(|h| akanda_model::Grammar::DnsName.matches(h))
+        .unwrap_or_else(|| "rug-lite".into());
     tracing::info!(%image_id, %flavor_id, management = %management.id, %orchestrator_address, "resolved");
 
     let s = &settings.scheduler;

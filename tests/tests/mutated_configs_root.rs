@@ -9,6 +9,10 @@
 //!
 //! `AKANDA_MUTATIONS=N` changes the count (default 5,000); `AKANDA_MUTATION_SEED=S` replays a
 //! run (the seed is printed).
+//!
+//! A second test tries injections through every free string field (docs/config.md,
+//! "Grammars") against the same kind of live agent: each is a 422 naming the field, and the
+//! box is byte-identical afterwards.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use akanda_tests::{dump_state, in_netns, require_root, RouterLab};
+use akanda_tests::{conformance_json, dump_state, in_netns, require_root, RouterLab};
 use serde_json::{json, Value};
 
 /// xorshift64*: reproducible from its seed, no dependency.
@@ -441,5 +445,150 @@ fn mutated_configs_get_200_or_4xx_and_a_refusal_changes_nothing_root() {
     eprintln!(
         "{count} mutated configs in {:.1?}: {applied} applied (each followed by the base config), refused {refused:?}; 0 5xx, 0 hangs, 0 partial applies; slowest answer {slowest:.1?}",
         started.elapsed()
+    );
+}
+
+/// The strings an attacker puts in a field to add a directive to a daemon's file, a header to
+/// the metadata proxy's request, or to end a C string, and a value past every grammar's length.
+const INJECTIONS: &[&str] = &[
+    "x\ndhcp-range=0.0.0.0,255.255.255.255",
+    "x\r\nX-Injected: 1",
+    "x\u{0}y",
+    "x\"\n}\nprotocol static injected { }\n#",
+];
+
+/// Also refused where the grammar is strict (names, ids, host names): quotes, a comment, a
+/// statement end, braces, a space.
+const STRICT_ONLY: &str = "\"x\" #; {y}";
+
+#[test]
+fn an_injection_through_any_string_field_is_refused_and_changes_nothing_root() {
+    if !require_root() {
+        return;
+    }
+    let lab = RouterLab::new("inject");
+    let _agent = lab.start_agent();
+    // The applied conformance config with a firewall and a VPN section, so that every free
+    // string field has a value to replace.
+    let mut base = lab.fitted_config();
+    base["address_book"] = json!({"admins": ["203.0.113.0/24"]});
+    base["labels"] = json!({"ext": ["192.168.57.0/24"]});
+    base["anchors"] = json!([{"name": "ssh", "rules": [
+        {"action": "pass", "protocol": "tcp", "source": "admins", "destination_port": 22}]}]);
+    base["vpn"] = conformance_json("astara-router-full.json")["vpn"].clone();
+    base["networks"][2]["name"] = json!("tenant net");
+    let mut client = Client {
+        ns: lab.mgmt().name().to_string(),
+        addr: lab.listen_addr(),
+        stream: None,
+    };
+    let (status, body) = client
+        .put(&lab, &serde_json::to_vec(&base).unwrap())
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let table = lab.router().sh("nft list table inet akanda");
+    assert!(
+        table.contains("anchor ssh rule 0") && table.contains("label ext from"),
+        "the names reach the rule comments:\n{table}"
+    );
+    let before = snapshot(&lab);
+
+    // (JSON pointer, the path a 422 names, whether the grammar is strict)
+    let c = "/vpn/ipsec/0/ipsec_connections/0";
+    let cp = "vpn.ipsec[0].ipsec_connections[0]";
+    let fields: Vec<(String, String, bool)> = [
+        ("/tenant_id", "tenant_id".to_string(), false),
+        ("/hostname", "hostname".into(), true),
+        ("/orchestrator/host", "orchestrator.host".into(), true),
+        (
+            "/networks/2/network_id",
+            "networks[2].network_id".into(),
+            true,
+        ),
+        ("/networks/2/name", "networks[2].name".into(), false),
+        (
+            "/networks/2/subnets/0/id",
+            "networks[2].subnets[0].id".into(),
+            true,
+        ),
+        (
+            "/networks/2/allocations/0/hostname",
+            "networks[2].allocations[0].hostname".into(),
+            true,
+        ),
+        (
+            "/networks/2/allocations/0/device_id",
+            "networks[2].allocations[0].device_id".into(),
+            false,
+        ),
+        ("/anchors/0/name", "anchors[0].name".into(), true),
+        ("/vpn/ipsec/0/id", "vpn.ipsec[0].id".into(), true),
+        ("/vpn/ipsec/0/status", "vpn.ipsec[0].status".into(), true),
+    ]
+    .into_iter()
+    .map(|(p, f, strict)| (p.to_string(), f, strict))
+    .chain(
+        [
+            ("peer_id", false),
+            ("psk", false),
+            ("initiator", true),
+            ("ikepolicy/encryption_algorithm", true),
+            ("local_ep_group/endpoints/0", true),
+        ]
+        .into_iter()
+        .map(|(k, strict)| {
+            let path =
+                format!("{cp}.{}", k.replace('/', ".")).replace(".endpoints.0", ".endpoints[0]");
+            (format!("{c}/{k}"), path, strict)
+        }),
+    )
+    .collect();
+
+    let mut tried = 0;
+    let mut check = |doc: &Value, path: &str, what: &str| {
+        let (status, body) = client
+            .put(&lab, &serde_json::to_vec(doc).unwrap())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(status, 422, "{what}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let named = answer["details"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p["path"] == path));
+        assert!(named, "{what}: the 422 does not name {path}: {body}");
+        let after = snapshot(&lab);
+        assert!(
+            after.0 == before.0,
+            "{what} was refused but the kernel changed:\n{}",
+            first_difference(&before.0, &after.0)
+        );
+        assert!(after.1 == before.1, "{what} was refused but files changed");
+        tried += 1;
+    };
+    for (pointer, path, strict) in &fields {
+        let strict_only = [STRICT_ONLY];
+        let extra: &[&str] = if *strict { &strict_only } else { &[] };
+        for bad in INJECTIONS.iter().chain(extra) {
+            let mut doc = base.clone();
+            *doc.pointer_mut(pointer)
+                .unwrap_or_else(|| panic!("no {pointer}")) = json!(bad);
+            check(&doc, path, &format!("{pointer} = {bad:?}"));
+        }
+        let mut doc = base.clone();
+        *doc.pointer_mut(pointer).unwrap() = json!("x".repeat(300));
+        check(&doc, path, &format!("{pointer} = 300 characters"));
+    }
+    // Names that are keys: the address book's and the labels'.
+    for list in ["address_book", "labels"] {
+        for bad in INJECTIONS.iter().chain([&STRICT_ONLY]) {
+            let mut doc = base.clone();
+            doc[list] = json!({ *bad: ["10.0.0.0/8"] });
+            doc["anchors"] = json!([]);
+            let path = format!("{list}[{}]", Value::String(bad.to_string()));
+            check(&doc, &path, &format!("{list} name {bad:?}"));
+        }
+    }
+    eprintln!(
+        "{tried} injections through {} fields: each a 422 naming its field, the box unchanged",
+        fields.len() + 2
     );
 }

@@ -32,6 +32,13 @@ fn cstring(s: &str) -> Result<CString, NetfilterError> {
 /// Replaces table `inet akanda` with `rs`, atomically. A refused batch is
 /// [`NetfilterError::Refused`], with the kernel's errno.
 pub fn apply(rs: &Ruleset) -> Result<(), NetfilterError> {
+    netfilter::send_batch(&build(rs)?)
+}
+
+/// The batch [`apply`] sends: pure (nftnl builds messages in memory, no socket). A ruleset
+/// that cannot be expressed (a name with a NUL byte, a comment over nftnl's limit) is
+/// [`NetfilterError::Build`]. The fuzz target `render` builds it for every accepted config.
+pub fn build(rs: &Ruleset) -> Result<nftnl::FinalizedBatch, NetfilterError> {
     let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
@@ -76,7 +83,7 @@ pub fn apply(rs: &Ruleset) -> Result<(), NetfilterError> {
             batch.add(&nft_rule, MsgType::Add);
         }
     }
-    netfilter::send_batch(&batch.finalize())
+    Ok(batch.finalize())
 }
 
 /// Brings table `inet akanda` from `old` (what the kernel has) to `new` in one atomic batch.
