@@ -48,6 +48,17 @@ fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Whether `pid` is a process that has not exited (a zombie has).
+pub fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// Returns true when the test may run. Root-only tests call
 /// `if !require_root() { return; }`.
 ///
@@ -1134,6 +1145,28 @@ impl RouterLab {
 
     /// The conformance config fitted to this lab (needs the agent running): its management,
     /// external and internal networks on the lab's NICs, plus t2's network 192.168.1.0/24.
+    /// An extracted config drive for `--boot-config DIR`: the management NIC by MAC
+    /// (`ROUTER_MACS[0]`), its static address `MGMT_ADDR`, MTU 1500, the lab's port, plain HTTP
+    /// allowed.
+    pub fn boot_config_drive(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let latest = dir.path().join("openstack/latest");
+        std::fs::create_dir_all(&latest).expect("config drive directory");
+        let mac = RouterLab::ROUTER_MACS[0];
+        let nd = json!({
+            "links": [{"id": "tap0", "type": "tap", "ethernet_mac_address": mac, "mtu": 1500}],
+            "networks": [{"id": "network0", "link": "tap0", "type": "ipv6",
+                          "ip_address": RouterLab::MGMT_ADDR, "netmask": "ffff:ffff:ffff:ffff::",
+                          "routes": [], "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa"}]
+        });
+        let meta = json!({"uuid": "u", "meta": {"akanda_mgmt_mac": mac,
+            "akanda_api_port": self.port().to_string(), "akanda_insecure_http": "true"}});
+        std::fs::write(latest.join("network_data.json"), nd.to_string())
+            .expect("network_data.json");
+        std::fs::write(latest.join("meta_data.json"), meta.to_string()).expect("meta_data.json");
+        dir
+    }
+
     pub fn fitted_config(&self) -> Value {
         self.fitted_config_with(&self.http())
     }

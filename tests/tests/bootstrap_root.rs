@@ -14,27 +14,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use akanda_tests::{failpoint_agent_bin, in_netns, require_root, tls::Pki, Agent, RouterLab};
-use serde_json::json;
-
-/// An extracted config drive: the management NIC by MAC, its static address, the lab's port,
-/// plain HTTP allowed.
-fn config_drive(lab: &RouterLab) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let latest = dir.path().join("openstack/latest");
-    std::fs::create_dir_all(&latest).unwrap();
-    let mac = RouterLab::ROUTER_MACS[0];
-    let nd = json!({
-        "links": [{"id": "tap0", "type": "tap", "ethernet_mac_address": mac, "mtu": 1500}],
-        "networks": [{"id": "network0", "link": "tap0", "type": "ipv6",
-                      "ip_address": RouterLab::MGMT_ADDR, "netmask": "ffff:ffff:ffff:ffff::",
-                      "routes": [], "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa"}]
-    });
-    let meta = json!({"uuid": "u", "meta": {"akanda_mgmt_mac": mac,
-        "akanda_api_port": lab.port().to_string(), "akanda_insecure_http": "true"}});
-    std::fs::write(latest.join("network_data.json"), nd.to_string()).unwrap();
-    std::fs::write(latest.join("meta_data.json"), meta.to_string()).unwrap();
-    dir
-}
 
 /// Forwarding off and no agent table, as at boot (a test namespace may start otherwise, and
 /// an agent stopped earlier leaves its table).
@@ -147,7 +126,7 @@ fn the_bootstrap_ruleset_is_in_place_before_anything_listens_or_forwards_root() 
     let bin = failpoint_agent_bin();
     for path in PATHS {
         let lab = RouterLab::new("bootfirst");
-        let drive = config_drive(&lab);
+        let drive = lab.boot_config_drive();
         let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
         if path.saved_config {
             // An earlier run saved a config (with tenant networks: metadata proxies, dnsmasq).
@@ -266,7 +245,7 @@ fn an_agent_that_cannot_install_the_bootstrap_ruleset_exits_without_listening_ro
     let bin = failpoint_agent_bin();
     for path in PATHS {
         let lab = RouterLab::new("bootfail");
-        let drive = config_drive(&lab);
+        let drive = lab.boot_config_drive();
         let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
         if path.saved_config {
             let mut first = lab.start_agent();
@@ -321,7 +300,7 @@ fn before_the_first_push_the_api_is_open_on_the_management_nic_only_root() {
         return;
     }
     let lab = RouterLab::new("bootmgmt");
-    let drive = config_drive(&lab);
+    let drive = lab.boot_config_drive();
     let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
     as_at_boot(&lab);
     let path = StartPath {

@@ -8,17 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use akanda_tests::{agent_bin, require_root, Agent, RouterLab};
-
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
+use akanda_tests::{agent_bin, process_running, require_root, Agent, RouterLab};
 
 #[test]
 fn a_daemon_check_that_hangs_is_killed_and_the_apply_answers_root() {
@@ -98,7 +88,7 @@ fn a_daemon_check_that_hangs_is_killed_and_the_apply_answers_root() {
     );
     assert!(took < Duration::from_secs(8), "the PUT took {took:?}");
     assert!(
-        !running(hung),
+        !process_running(hung),
         "the check's grandchild outlived the timeout"
     );
     // The router's first config failed: nothing it started runs.

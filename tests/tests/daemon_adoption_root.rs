@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use akanda_tests::{require_root, RouterLab};
+use akanda_tests::{process_running, require_root, RouterLab};
 use serde_json::Value;
 
 /// `argv` of a process, joined.
@@ -22,17 +22,6 @@ fn cmdline(pid: i32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
-}
-
-/// Not exited (a zombie has).
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// The router namespace's dnsmasq and bird processes: (pid, command line).
@@ -92,7 +81,10 @@ fn daemons_left_by_a_killed_agent_are_replaced_not_doubled_root() {
     // They live on after their agent.
     std::thread::sleep(Duration::from_secs(2));
     for (pid, argv) in &before {
-        assert!(running(*pid), "{argv} ({pid}) did not outlive the agent");
+        assert!(
+            process_running(*pid),
+            "{argv} ({pid}) did not outlive the agent"
+        );
     }
     // A decoy: an unrelated process whose command line names ge2's config file, and whose
     // pid is now in ge2's pid file; bird's pid file is gone.
@@ -111,7 +103,7 @@ fn daemons_left_by_a_killed_agent_are_replaced_not_doubled_root() {
     // By the time it answers, the leftovers are gone and the decoy is untouched.
     for (pid, argv) in &before {
         assert!(
-            !running(*pid),
+            !process_running(*pid),
             "{argv} ({pid}) still runs after the restart"
         );
     }

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use akanda_tests::{dump_state, failpoint_agent_bin, require_root, Agent, RouterLab};
+use akanda_tests::{
+    dump_state, failpoint_agent_bin, process_running, require_root, Agent, RouterLab,
+};
 use serde_json::{json, Value};
 
 /// The failpoints B's apply reaches, in order, and how many times each was reached before
@@ -135,17 +137,6 @@ fn daemons(lab: &RouterLab) -> BTreeMap<String, usize> {
         *out.entry(argv).or_default() += 1;
     }
     out
-}
-
-/// Whether `pid` is a process that has not exited (a zombie has).
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// The dnsmasq and bird processes in the router's namespace, with their command lines.
@@ -465,7 +456,10 @@ fn a_kill_at_each_phase_restarts_into_the_old_or_the_new_config_root() {
         // The shipped agent, on the same state directory: once it answers, none of them is
         // left (it stops them before it applies anything).
         let restarted = lab.start_agent();
-        let alive: Vec<_> = orphans.iter().filter(|(pid, _)| running(*pid)).collect();
+        let alive: Vec<_> = orphans
+            .iter()
+            .filter(|(pid, _)| process_running(*pid))
+            .collect();
         assert!(alive.is_empty(), "[{spec}] left running: {alive:?}");
         let (want, hash, which) = if point == "persist_committed" {
             (&refs.b, &refs.hash_b, "B")

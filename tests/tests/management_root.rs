@@ -11,25 +11,6 @@ use std::time::Duration;
 use akanda_tests::{dump_state, require_root, Agent, RouterLab};
 use serde_json::{json, Value};
 
-/// An extracted config drive: the management NIC by MAC, its static address, MTU 1500.
-fn config_drive(lab: &RouterLab) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let latest = dir.path().join("openstack/latest");
-    std::fs::create_dir_all(&latest).unwrap();
-    let mac = RouterLab::ROUTER_MACS[0];
-    let nd = json!({
-        "links": [{"id": "tap0", "type": "tap", "ethernet_mac_address": mac, "mtu": 1500}],
-        "networks": [{"id": "network0", "link": "tap0", "type": "ipv6",
-                      "ip_address": RouterLab::MGMT_ADDR, "netmask": "ffff:ffff:ffff:ffff::",
-                      "routes": [], "network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa"}]
-    });
-    let meta = json!({"uuid": "u", "meta": {"akanda_mgmt_mac": mac,
-        "akanda_api_port": lab.port().to_string(), "akanda_insecure_http": "true"}});
-    std::fs::write(latest.join("network_data.json"), nd.to_string()).unwrap();
-    std::fs::write(latest.join("meta_data.json"), meta.to_string()).unwrap();
-    dir
-}
-
 fn boot_agent(lab: &RouterLab, drive: &std::path::Path) -> Agent {
     let drive = drive.display().to_string();
     let mut agent = Agent::spawn_with_args(
@@ -58,7 +39,7 @@ fn no_config_can_cut_the_orchestrators_path() {
         return;
     }
     let lab = RouterLab::new("mgmtcut");
-    let drive = config_drive(&lab);
+    let drive = lab.boot_config_drive();
     let mut agent = boot_agent(&lab, drive.path());
     let http = lab.http();
     let config = lab.fitted_config();
