@@ -250,6 +250,7 @@ impl Validator {
 
         let default_v4_gateway = self.default_v4_gateway(doc, &networks);
         self.check_upstream_gateway(&networks, default_v4_gateway);
+        self.check_default_v4_gateway_on_link(&networks, default_v4_gateway);
         let floating_ips = self.floating_ips(&doc.floating_ips, &networks, default_v4_gateway);
         let static_routes = doc
             .static_routes
@@ -990,6 +991,46 @@ impl Validator {
                     );
                 }
             }
+        }
+    }
+
+    /// The IPv4 default route goes via `default_v4_gateway`, else the first IPv4 `gateway_ip` of
+    /// the external subnets. The kernel refuses a gateway that is not on the external NIC's
+    /// link (an apply would fail with "Network is unreachable"), so the gateway must be inside
+    /// the prefix of one of that NIC's IPv4 addresses.
+    fn check_default_v4_gateway_on_link(
+        &mut self,
+        networks: &[Network],
+        default_v4_gateway: Option<Ipv4Addr>,
+    ) {
+        let Some((i, ext)) = networks
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.network_type == NetworkType::External)
+        else {
+            return;
+        };
+        let (path, gateway) = match default_v4_gateway {
+            Some(gw) => ("default_v4_gateway".to_string(), IpAddr::V4(gw)),
+            None => {
+                let Some((j, gw)) = ext
+                    .subnets
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, s)| s.gateway_ip.filter(IpAddr::is_ipv4).map(|gw| (j, gw)))
+                else {
+                    return;
+                };
+                (format!("networks[{i}].subnets[{j}].gateway_ip"), gw)
+            }
+        };
+        if !ext.addresses.iter().any(|a| a.contains(&gateway)) {
+            self.problem(
+                path,
+                format!(
+                    "{gateway} is not on the external network's link: none of its interface addresses has a prefix that holds it, so the default route could not be added"
+                ),
+            );
         }
     }
 

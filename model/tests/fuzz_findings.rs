@@ -136,3 +136,28 @@ fn label_cidrs_have_a_total() {
         &format!("the limit is {MAX_LABEL_CIDRS_TOTAL}"),
     );
 }
+
+/// `mutated_configs_root` (seed 1796047825379894825, mutation 2351): the external NIC lost its
+/// IPv4 address while `default_v4_gateway` stayed. The kernel refused the default route
+/// ("Network is unreachable"), a 409 after a rollback, where the config itself is wrong: the
+/// gateway must be on the external NIC's link.
+#[test]
+fn the_ipv4_default_gateway_is_on_the_external_link() {
+    let mut doc = basic();
+    doc["networks"][1]["interface"]["addresses"] = json!(["2001:db8:77::2/64"]);
+    assert_refused_at(
+        doc.to_string().as_bytes(),
+        "default_v4_gateway",
+        "not on the external network's link",
+    );
+    // Without default_v4_gateway, the external subnet's gateway_ip is the one named.
+    doc.as_object_mut().unwrap().remove("default_v4_gateway");
+    assert_refused_at(
+        doc.to_string().as_bytes(),
+        "networks[1].subnets[0].gateway_ip",
+        "not on the external network's link",
+    );
+    // With its address back, the same config is accepted.
+    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.77.2/24", "2001:db8:77::2/64"]);
+    parse(doc.to_string().as_bytes()).expect("accepted");
+}
