@@ -921,6 +921,26 @@ impl Validator {
                 if let Some(first) = addresses.insert(a.addr(), a_path.clone()) {
                     self.problem(&a_path, format!("{} is also at {first}", a.addr()));
                 }
+                // An IPv6 prefix's first address is the subnet-router anycast address (RFC
+                // 4291 2.6.1), which the kernel already gives a forwarding router on that
+                // link. Neutron never allocates it to a port; only a subnet whose gateway_ip
+                // it is gives it to the router. As another address it would displace the
+                // kernel's anycast route, and a rollback could not give it back.
+                if let IpNet::V6(v6) = a {
+                    if v6.prefix_len() < 127
+                        && v6.addr() == v6.network()
+                        && !n.subnets.iter().any(|s| s.gateway_ip == Some(a.addr()))
+                    {
+                        self.problem(
+                            &a_path,
+                            format!(
+                                "{} is the subnet-router anycast address of {}: only a subnet whose gateway_ip it is gives it to the router",
+                                a.addr(),
+                                v6.trunc()
+                            ),
+                        );
+                    }
+                }
             }
             for (j, s) in n.subnets.iter().enumerate() {
                 let s_path = field(&index(&field(&path, "subnets"), j), "cidr");

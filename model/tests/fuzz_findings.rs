@@ -161,3 +161,32 @@ fn the_ipv4_default_gateway_is_on_the_external_link() {
     doc["networks"][1]["interface"]["addresses"] = json!(["172.16.77.2/24", "2001:db8:77::2/64"]);
     parse(doc.to_string().as_bytes()).expect("accepted");
 }
+
+/// `mutated_configs_root` (seed 1796048810106355619, mutation 1580): an interface address equal
+/// to its IPv6 prefix's network address (the subnet-router anycast address) displaced the
+/// kernel's anycast route, and after a failed apply's rollback the route stayed `local`.
+/// Refused, unless a subnet's gateway_ip is that address (Neutron allows that gateway).
+#[test]
+fn the_subnet_router_anycast_address_is_an_address_only_as_the_gateway() {
+    let mut doc = basic();
+    doc["networks"][1]["interface"]["addresses"] =
+        json!(["172.16.77.2/24", "2001:db8:77::/64", "2001:db8:77::2/64"]);
+    assert_refused_at(
+        doc.to_string().as_bytes(),
+        "networks[1].interface.addresses[1]",
+        "subnet-router anycast",
+    );
+    doc["networks"][1]["subnets"][1]["gateway_ip"] = json!("2001:db8:77::");
+    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.77.2/24", "2001:db8:77::/64"]);
+    let found = match parse(doc.to_string().as_bytes()) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(p)) => p,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        !found
+            .iter()
+            .any(|p| p.reason.contains("subnet-router anycast")),
+        "{found:#?}"
+    );
+}
