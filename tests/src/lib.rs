@@ -1062,6 +1062,27 @@ impl RouterLab {
     pub fn ext(&self) -> &Netns {
         &self.ext
     }
+    /// t1 asks for a DHCPv4 lease on eth0 (its address flushed first) with a real dhclient,
+    /// which is stopped again; the lease as dhclient's hook saw it (`new_ip_address=...` lines).
+    pub fn t1_dhcp_lease(&self) -> String {
+        let t1 = self.t1();
+        t1.ip("addr flush dev eth0");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("hook"),
+            format!("#!/bin/sh\nenv > {d}/$reason.env\n"),
+        )
+        .expect("dhclient hook");
+        t1.sh(&format!("chmod +x {d}/hook"));
+        t1.sh(&format!(
+            "timeout 20 dhclient -4 -1 -sf {d}/hook -lf {d}/leases -pf {d}/pid eth0"
+        ));
+        let env = std::fs::read_to_string(dir.path().join("BOUND.env"));
+        t1.sh(&format!("kill $(cat {d}/pid) 2>/dev/null || true"));
+        env.expect("a DHCP lease")
+    }
+
     pub fn t1(&self) -> &Netns {
         &self.t1
     }

@@ -24,6 +24,16 @@ fn as_at_boot(lab: &RouterLab) {
         .sh("nft delete table inet akanda 2>/dev/null; true");
 }
 
+/// An earlier run saved a config (with tenant networks: metadata proxies, dnsmasq).
+fn save_a_config(lab: &RouterLab) {
+    let mut first = lab.start_agent();
+    let r = lab
+        .http()
+        .put_json("/v1/system/config", &lab.fitted_config());
+    assert_eq!(r.status, 200, "{}", r.body);
+    first.stop();
+}
+
 fn forwarding(lab: &RouterLab) -> String {
     lab.router().sh(
         "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding | tr -d '\\n'",
@@ -129,13 +139,7 @@ fn the_bootstrap_ruleset_is_in_place_before_anything_listens_or_forwards_root() 
         let drive = lab.boot_config_drive();
         let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
         if path.saved_config {
-            // An earlier run saved a config (with tenant networks: metadata proxies, dnsmasq).
-            let mut first = lab.start_agent();
-            let r = lab
-                .http()
-                .put_json("/v1/system/config", &lab.fitted_config());
-            assert_eq!(r.status, 200, "{}", r.body);
-            first.stop();
+            save_a_config(&lab);
         }
         as_at_boot(&lab);
         assert_eq!(forwarding(&lab), "00");
@@ -248,12 +252,7 @@ fn an_agent_that_cannot_install_the_bootstrap_ruleset_exits_without_listening_ro
         let drive = lab.boot_config_drive();
         let pki = Pki::new(RouterLab::MGMT_ADDR.parse().unwrap());
         if path.saved_config {
-            let mut first = lab.start_agent();
-            let r = lab
-                .http()
-                .put_json("/v1/system/config", &lab.fitted_config());
-            assert_eq!(r.status, 200, "{}", r.body);
-            first.stop();
+            save_a_config(&lab);
         }
         as_at_boot(&lab);
         let dir = tempfile::tempdir().unwrap();

@@ -129,22 +129,8 @@ fn daemons_left_by_a_killed_agent_are_replaced_not_doubled_root() {
     );
 
     // DHCP answers: t1 (its MAC is an allocation) gets its address from the new dnsmasq.
-    lab.t1().ip("addr flush dev eth0");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("hook"),
-        format!("#!/bin/sh\nenv > {d}/$reason.env\n"),
-    )
-    .unwrap();
-    lab.t1().sh(&format!("chmod +x {d}/hook"));
-    lab.t1().sh(&format!(
-        "timeout 20 dhclient -4 -1 -sf {d}/hook -lf {d}/leases -pf {d}/pid eth0"
-    ));
-    let env = std::fs::read_to_string(dir.path().join("BOUND.env")).expect("a DHCP lease");
+    let env = lab.t1_dhcp_lease();
     assert!(env.contains("new_ip_address=192.168.0.2"), "{env}");
-    lab.t1()
-        .sh(&format!("kill $(cat {d}/pid) 2>/dev/null || true"));
     let _ = decoy.kill();
     let _ = decoy.wait();
     eprintln!(

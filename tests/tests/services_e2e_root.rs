@@ -53,23 +53,9 @@ fn dhcp_metadata_announcements_and_supervision_through_the_agent() {
     );
 
     // DHCP: t1 (its MAC is an allocation) gets 192.168.0.2 and its host name from the router.
-    lab.t1().ip("addr flush dev eth0");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("hook"),
-        format!("#!/bin/sh\nenv > {d}/$reason.env\n"),
-    )
-    .unwrap();
-    lab.t1().sh(&format!("chmod +x {d}/hook"));
-    lab.t1().sh(&format!(
-        "timeout 20 dhclient -4 -1 -sf {d}/hook -lf {d}/leases -pf {d}/pid eth0"
-    ));
-    let env = std::fs::read_to_string(dir.path().join("BOUND.env")).expect("a DHCP lease");
+    let env = lab.t1_dhcp_lease();
     assert!(env.contains("new_ip_address=192.168.0.2"), "{env}");
     assert!(env.contains("new_host_name=192-168-0-2"), "{env}");
-    lab.t1()
-        .sh(&format!("kill $(cat {d}/pid) 2>/dev/null || true"));
     lab.t1().ip("addr replace 192.168.0.2/24 dev eth0");
     lab.t1().sh("ip route replace default via 192.168.0.1");
 
