@@ -527,29 +527,24 @@ where
     // The apply runs in its own task: a client that hangs up must not cancel a transaction
     // half-way. The lock serialises concurrent PUTs.
     let appliance = s.appliance.clone();
-    let hash = config.document.hash();
-    let hash_for_apply = hash.clone();
+    // Serialised once: hashed, saved (when it holds no secret) and sent back.
+    let shown = config.document.shown();
+    let hash = shown.hash.clone();
     tracing::info!(peer = %who, config_hash = %hash, "config change requested");
     let task = tokio::spawn(async move {
         let mut appliance = appliance.lock_owned().await;
-        let shown = config.document.redacted();
-        appliance
-            .apply_hashed(config, hash_for_apply)
-            .await
-            .map(|()| shown)
+        let json = shown.json.clone();
+        appliance.apply_shown(config, shown).await.map(|()| json)
     });
     match task.await {
-        Ok(Ok(doc)) => {
+        Ok(Ok(json)) => {
             tracing::info!(peer = %who, config_hash = %hash, "config changed");
-            // Serialized straight from the document: a `json!` value tree of 10,000
-            // floating IPs costs milliseconds.
-            #[derive(serde::Serialize)]
-            struct Applied<'a> {
-                configuration: &'a akanda_model::Document,
-            }
-            ok_json(&Applied {
-                configuration: &doc,
-            })
+            // `{"configuration": <the redacted document>}`, around the bytes already made.
+            let mut body = Vec::with_capacity(json.len() + 20);
+            body.extend_from_slice(b"{\"configuration\":");
+            body.extend_from_slice(&json);
+            body.push(b'}');
+            warp::reply::with_header(body, "content-type", "application/json").into_response()
         }
         Ok(Err(e)) => {
             tracing::warn!(peer = %who, config_hash = %hash, "config change failed");

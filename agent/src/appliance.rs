@@ -156,7 +156,7 @@ enum Undo {
     /// Put the links, addresses and routes the apply touched back as read before it began.
     Kernel,
     /// Reinstall the ruleset that was in the kernel (None: delete the agent's table).
-    Ruleset(Option<Ruleset>),
+    Ruleset(Option<Arc<Ruleset>>),
     /// Bring the services back to the previous config.
     Services,
     /// Put the previous config back in the state directory (or remove the new one).
@@ -258,7 +258,8 @@ pub struct Appliance {
     state: StateDir,
     current: Option<RouterConfig>,
     /// The ruleset last installed in the kernel (None: the agent's table is absent).
-    ruleset: Option<Ruleset>,
+    /// Shared with the journal: a 10,000-floating-IP ruleset is not copied per push.
+    ruleset: Option<Arc<Ruleset>>,
     /// The floating IPs' local routes as last written (None: unknown, read the kernel). A
     /// no-op apply at 10,000 floating IPs must not dump them.
     floating_ips: Option<BTreeSet<Ipv4Addr>>,
@@ -267,7 +268,7 @@ pub struct Appliance {
     /// config has IPv4 floating IPs, so a rollback or a restart leaves it as it was.
     floating_ip_rule: Option<bool>,
     /// The config being saved while the kernel work runs.
-    persisting: Option<tokio::task::JoinHandle<std::io::Result<crate::store::Staged>>>,
+    persisting: Option<tokio::task::JoinHandle<std::io::Result<crate::store::StagedConfig>>>,
     /// The staged config's commit began in this apply (see `restore_saved_config`).
     persist_committing: bool,
     /// The saved config may differ from the config in force (putting it back failed): the
@@ -481,7 +482,7 @@ impl Appliance {
         );
         // Not trusted: an earlier agent's table, or none.
         self.ruleset = None;
-        self.install_ruleset(&bootstrap)
+        self.install_ruleset(bootstrap)
             .map_err(|e| format!("installing the bootstrap ruleset: {e}"))?;
         sysctl::ensure_router_sysctls().map_err(|e| e.to_string())?;
         Ok(())
@@ -558,7 +559,7 @@ impl Appliance {
             self.firewall,
             self.management.as_ref().map(|m| m.ifname.as_str()),
         );
-        self.install_ruleset(&bootstrap)
+        self.install_ruleset(bootstrap)
             .map_err(|e| format!("installing the bootstrap ruleset: {e}"))
     }
 
@@ -605,7 +606,7 @@ impl Appliance {
             Err(e) => {
                 return Err(format!(
                     "reading {}: {e}",
-                    self.state.config_path().display()
+                    self.state.commit_path().display()
                 ))
             }
         };
@@ -644,17 +645,19 @@ impl Appliance {
 
     /// Applies a config completely or not at all.
     pub async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
-        let hash = config.document.hash();
-        self.apply_hashed(config, hash).await
+        let shown = config.document.shown();
+        self.apply_shown(config, shown).await
     }
 
-    /// [`Appliance::apply`] with the config's hash already computed (by the API, which logs
-    /// it): hashing 10,000 floating IPs twice per push is a millisecond for nothing.
-    pub async fn apply_hashed(
+    /// [`Appliance::apply`] with the config already serialised and hashed (by the API, which
+    /// logs the hash and sends the JSON back): at 10,000 floating IPs each serialisation or
+    /// hash is a millisecond.
+    pub async fn apply_shown(
         &mut self,
         config: RouterConfig,
-        hash: String,
+        shown: akanda_model::Shown,
     ) -> Result<(), ApplyError> {
+        let hash = shown.hash;
         let started = Instant::now();
         let writes_before = self.nl.writes();
         let batches_before = self.netfilter_batches;
@@ -663,7 +666,7 @@ impl Appliance {
         self.running = Phase::Preflight;
         // A panic inside a phase is caught there and unwound; one outside the phases (while
         // preflight names NICs or reads the kernel) changed nothing the journal undoes.
-        let result = match AssertUnwindSafe(self.transaction(&config))
+        let result = match AssertUnwindSafe(self.transaction(&config, shown.saved))
             .catch_unwind()
             .await
         {
@@ -749,7 +752,12 @@ impl Appliance {
         result
     }
 
-    async fn transaction(&mut self, config: &RouterConfig) -> Result<(), ApplyError> {
+    /// `saved`: the config's canonical JSON, when already serialised.
+    async fn transaction(
+        &mut self,
+        config: &RouterConfig,
+        saved: Option<std::sync::Arc<[u8]>>,
+    ) -> Result<(), ApplyError> {
         let nics = self.nics().await?;
         let missing: Vec<Problem> = config
             .networks
@@ -818,10 +826,16 @@ impl Appliance {
         let leftovers_before = self.leftovers.clone();
         // A panic in a phase unwinds the journal like an error does; the appliance's own
         // records of that phase are then not trusted (see `unwind`).
-        let outcome =
-            AssertUnwindSafe(self.run_phases(config, &desired, &before, &mut journal, clock))
-                .catch_unwind()
-                .await;
+        let outcome = AssertUnwindSafe(self.run_phases(
+            config,
+            saved,
+            &desired,
+            &before,
+            &mut journal,
+            clock,
+        ))
+        .catch_unwind()
+        .await;
         let (phase, cause, panicked) = match outcome {
             Ok(Ok(())) => {
                 self.services.settle();
@@ -872,6 +886,7 @@ impl Appliance {
     async fn run_phases(
         &mut self,
         config: &RouterConfig,
+        saved: Option<std::sync::Arc<[u8]>>,
         desired: &DesiredState,
         before: &KernelState,
         journal: &mut Vec<(Phase, Undo)>,
@@ -898,9 +913,9 @@ impl Appliance {
         if !unchanged {
             journal.push((Phase::Persist, Undo::Persist));
             let state = self.state.clone();
-            let document = config.document.clone();
+            let json = saved.unwrap_or_else(|| config.document.to_canonical_json().into());
             self.persisting = Some(tokio::task::spawn_blocking(move || {
-                state.stage_config(&document.to_canonical_json())
+                state.stage_config(&json)
             }));
         }
 
@@ -923,7 +938,7 @@ impl Appliance {
         self.running = Phase::Ruleset;
         journal.push((Phase::Ruleset, Undo::Ruleset(self.ruleset.clone())));
         let ruleset = firewall::build(config, self.firewall);
-        self.install_ruleset(&ruleset)
+        self.install_ruleset(ruleset)
             .map_err(|e| (Phase::Ruleset, e))?;
         failpoint::hit("ruleset").map_err(|e| (Phase::Ruleset, e))?;
         lap(&mut self.phases, Phase::Ruleset);
@@ -1098,22 +1113,22 @@ impl Appliance {
 
     /// Installs `ruleset` in one atomic batch, unless the kernel already has exactly it (an
     /// identical config performs no netfilter write). A change of floating IPs only changes
-    /// their map elements; any other change replaces the table.
-    fn install_ruleset(&mut self, ruleset: &Ruleset) -> Result<(), String> {
+    /// their map elements, and a change of rules rewrites them in the table and base chains
+    /// already there ([`firewall::batch::update`]).
+    fn install_ruleset(&mut self, ruleset: Ruleset) -> Result<(), String> {
         let table_present =
             || firewall::netfilter::inet_table_exists(firewall::ruleset::TABLE).unwrap_or(false);
-        let same = self.ruleset.as_ref() == Some(ruleset);
+        let same = self.ruleset.as_deref() == Some(&ruleset);
         if same && tokio::task::block_in_place(table_present) {
             return Ok(());
         }
         // The same ruleset, but its table is gone (deleted by hand): install it whole.
-        let installed = if same { None } else { self.ruleset.as_ref() };
+        let installed = if same { None } else { self.ruleset.as_deref() };
         self.netfilter_batches += 1;
-        let elements_only =
-            tokio::task::block_in_place(|| firewall::batch::update(installed, ruleset))
-                .map_err(|e| e.to_string())?;
-        tracing::debug!(elements_only, "ruleset installed");
-        self.ruleset = Some(ruleset.clone());
+        let update = tokio::task::block_in_place(|| firewall::batch::update(installed, &ruleset))
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(?update, "ruleset installed");
+        self.ruleset = Some(Arc::new(ruleset));
         Ok(())
     }
 
@@ -1173,14 +1188,18 @@ impl Appliance {
 
     /// Puts the previous ruleset back after a later step of the apply failed. `whole`:
     /// what the kernel has is not known for sure (a panic), so the table is replaced whole.
-    fn restore_ruleset(&mut self, previous: Option<Ruleset>, whole: bool) -> Result<(), String> {
+    fn restore_ruleset(
+        &mut self,
+        previous: Option<Arc<Ruleset>>,
+        whole: bool,
+    ) -> Result<(), String> {
         if !whole && self.ruleset == previous {
             return Ok(());
         }
         failpoint::hit("rollback_ruleset")?;
         self.netfilter_batches += 1;
-        let installed = if whole { None } else { self.ruleset.as_ref() };
-        tokio::task::block_in_place(|| match &previous {
+        let installed = if whole { None } else { self.ruleset.as_deref() };
+        tokio::task::block_in_place(|| match previous.as_deref() {
             Some(rs) => firewall::batch::update(installed, rs).map(|_| ()),
             None => firewall::batch::delete_table(),
         })

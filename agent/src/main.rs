@@ -132,6 +132,12 @@ enum Command {
     },
     /// Check a config file; prints every problem. Exit 0 valid, 1 invalid, 2 unreadable.
     Validate { file: PathBuf },
+    /// Print the last good config of a state directory (the one a restart re-applies). Exit 0
+    /// printed, 1 none saved, 2 unreadable.
+    SavedConfig {
+        #[arg(long, default_value = "/var/lib/akanda-agent")]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::SavedConfig { state_dir } => saved_config(state_dir),
         Command::Serve {
             listen,
             boot_config,
@@ -199,6 +206,27 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn saved_config(state_dir: PathBuf) -> ExitCode {
+    match akanda_agent::store::StateDir::existing(state_dir.clone()).load_config() {
+        Ok(Some(bytes)) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|()| out.write_all(b"\n")) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(2),
+            }
+        }
+        Ok(None) => {
+            eprintln!("{}: no config saved", state_dir.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", state_dir.display());
+            ExitCode::from(2)
+        }
     }
 }
 

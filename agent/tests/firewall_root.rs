@@ -190,3 +190,99 @@ fn ten_thousand_floating_ips_apply_in_one_batch() {
     assert_eq!(map.matches(" : 10.0.").count(), 10_000);
     assert!(map.contains("172.16.40.250 : 10.0.40.250"));
 }
+
+/// The handles of the table and of its base chains (`nft -a`): the same handles mean the
+/// kernel kept them (no hook was unregistered, so no RCU grace period was waited for).
+fn base_handles(ns: &Netns, rs: &Ruleset) -> Vec<String> {
+    let bases: Vec<String> = rs
+        .chains
+        .iter()
+        .filter(|c| c.base.is_some())
+        .map(|c| format!("chain {} {{", c.name))
+        .collect();
+    nft(ns, "-a list table inet akanda")
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("table ") || bases.iter().any(|b| l.starts_with(b.as_str())))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_change_of_rules_rewrites_them_in_the_table_and_base_chains_already_there() {
+    if !require_root() {
+        return;
+    }
+    let config = |doc: serde_json::Value| akanda_model::parse(doc.to_string().as_bytes()).unwrap();
+    let rich = build(&rich_config(), OPTS);
+    let full = build(&config(conformance_json("astara-router-full.json")), OPTS);
+    let basic = build(&config(conformance_json("astara-router-basic.json")), OPTS);
+    let mut no_fips = conformance_json("astara-router-full.json");
+    no_fips["floating_ips"] = json!([]);
+    no_fips["address_book"] = json!({"other": ["10.77.0.0/16"]});
+    no_fips["anchors"] = json!([{"name": "web", "rules": [
+        {"action": "pass", "protocol": "tcp", "destination": "other", "destination_port": 443}
+    ]}]);
+    let no_fips = build(&config(no_fips), OPTS);
+    let mut no_external = conformance_json("astara-router-basic.json");
+    no_external["networks"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["network_type"] != "external");
+    no_external
+        .as_object_mut()
+        .unwrap()
+        .remove("default_v4_gateway");
+    no_external["floating_ips"] = json!([]);
+    let no_external = build(&config(no_external), OPTS);
+
+    let ns = Netns::new("fwrw");
+    in_netns(&ns, || batch::apply(&rich)).unwrap();
+    let steps = [
+        ("rich → full", &rich, &full),
+        ("full → without floating IPs, other rules", &full, &no_fips),
+        ("→ basic", &no_fips, &basic),
+        ("basic → rich", &basic, &rich),
+        ("rich → without external network", &rich, &no_external),
+        ("→ rich again", &no_external, &rich),
+    ];
+    let mut kinds = BTreeSet::new();
+    for (what, old, new) in steps {
+        assert_ne!(old, new, "{what}: the step changes nothing");
+        let handles = base_handles(&ns, old);
+        let update = in_netns(&ns, || batch::update(Some(old), new))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        // What the kernel holds is what a whole-table apply of the new ruleset gives.
+        let fresh = Netns::new("fwrwref");
+        in_netns(&fresh, || batch::apply(new)).unwrap();
+        assert_eq!(listing(&ns), listing(&fresh), "{what}: {update:?}");
+        kinds.insert(format!("{update:?}"));
+        let bases = |rs: &Ruleset| {
+            rs.chains
+                .iter()
+                .filter_map(|c| {
+                    c.base
+                        .map(|b| format!("{} {:?} {}", c.name, b.hook, b.priority))
+                })
+                .collect::<BTreeSet<_>>()
+        };
+        if bases(old) == bases(new) {
+            assert_eq!(update, batch::Update::Rules, "{what}");
+            assert_eq!(
+                base_handles(&ns, new),
+                handles,
+                "{what}: the table or a base chain was re-created"
+            );
+        } else {
+            assert_eq!(update, batch::Update::Table, "{what}");
+        }
+    }
+    assert_eq!(kinds, BTreeSet::from(["Rules".into()]));
+    // The table deleted by hand: the update finds it gone and installs the table whole.
+    nft(&ns, "delete table inet akanda");
+    let update = in_netns(&ns, || batch::update(Some(&rich), &full)).unwrap();
+    assert_eq!(update, batch::Update::Table);
+    let fresh = Netns::new("fwrwref");
+    in_netns(&fresh, || batch::apply(&full)).unwrap();
+    assert_eq!(listing(&ns), listing(&fresh));
+}

@@ -45,6 +45,8 @@ struct Figures {
     noop_writes: u64,
     /// Where the last first apply's time went, per phase.
     first_phases: Value,
+    /// Where the last changed apply's time went, per phase.
+    changed_phases: Value,
 }
 
 fn measure(
@@ -65,6 +67,7 @@ fn measure(
             first_writes: 0,
             noop_writes: 0,
             first_phases: Value::Null,
+            changed_phases: Value::Null,
         };
         c.put(full); // warm-up
         for _ in 0..ROUNDS {
@@ -76,6 +79,7 @@ fn measure(
             f.noop.push(c.put(full));
             f.noop_writes = f.noop_writes.max(writes(&c.last_apply()));
             f.changed.push(c.put(changed));
+            f.changed_phases = c.last_apply()["phases_ms"].clone();
             c.put(full);
         }
         f
@@ -475,8 +479,8 @@ fn main() {
     println!();
     for f in &results {
         println!(
-            "{}: netlink writes: first apply {}, no-op re-apply {}; last first apply by phase (ms): {}",
-            f.name, f.first_writes, f.noop_writes, f.first_phases
+            "{}: netlink writes: first apply {}, no-op re-apply {}; by phase (ms), last first apply: {}; last changed apply: {}",
+            f.name, f.first_writes, f.noop_writes, f.first_phases, f.changed_phases
         );
         assert_eq!(f.noop_writes, 0, "a no-op re-apply wrote to the kernel");
     }

@@ -1246,6 +1246,85 @@ pub fn config_with_floating_ips(n: u32) -> Value {
     doc
 }
 
+/// The last good config saved in `state_dir` (`None` when none is saved), read from the
+/// documented format (docs/architecture.md, "Persisting"): of the two records in
+/// `config.commit`, the newest whose slot holds what it names; without a commit file, an
+/// older agent's `config.json`. Read here, in the harness, rather than by running
+/// `akanda-agent saved-config` (tests/tests/cli.rs checks that both agree): the mutation test
+/// reads it twice per config.
+pub fn saved_config(state_dir: &Path) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let Ok(commit) = std::fs::read(state_dir.join("config.commit")) else {
+        return std::fs::read(state_dir.join("config.json")).ok();
+    };
+    let mut records: Vec<(u64, Option<String>, usize, String)> = commit
+        .chunks(512)
+        .filter_map(|r| {
+            let line = std::str::from_utf8(r).ok()?.split('\n').next()?;
+            // CHECK: the first 16 hex digits of the SHA-256 of the line before it.
+            let (body, check) = line.rsplit_once(' ')?;
+            let digest = hex::encode(Sha256::digest(format!("{body} ").as_bytes()));
+            if digest.get(..16) != Some(check) {
+                return None;
+            }
+            match body.split_whitespace().collect::<Vec<_>>()[..] {
+                ["akanda-commit", "1", generation, slot, length, sha] => Some((
+                    generation.parse().ok()?,
+                    (slot != "-").then(|| slot.to_string()),
+                    length.parse().ok()?,
+                    sha.to_string(),
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    records.sort_by_key(|r| std::cmp::Reverse(r.0));
+    for (_, slot, length, sha) in records {
+        let slot = slot?;
+        let bytes = std::fs::read(state_dir.join(format!("config.{slot}.json"))).ok()?;
+        let config = bytes.get(..length)?;
+        if hex::encode(Sha256::digest(config)) == sha {
+            return Some(config.to_vec());
+        }
+    }
+    panic!(
+        "{}: no slot holds what config.commit names",
+        state_dir.display()
+    )
+}
+
+/// Whether `path` is one of the files that keep the saved config (its two slots and the
+/// commit record): which slot holds it, and what the other slot holds (a config staged by an
+/// apply that failed), is not the box's state; [`saved_config`] is.
+pub fn is_saved_config_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        ["config.0.json", "config.1.json", "config.commit"]
+            .iter()
+            .any(|f| n == *f)
+    })
+}
+
+/// The permission bits of every file that keeps the saved config (`config.*`) in `state_dir`.
+pub fn saved_config_modes(state_dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut modes: Vec<(String, u32)> = std::fs::read_dir(state_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", state_dir.display()))
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mode = e.metadata().ok()?.permissions().mode() & 0o777;
+            name.starts_with("config.").then_some((name, mode))
+        })
+        .collect();
+    modes.sort();
+    assert!(
+        !modes.is_empty(),
+        "no saved config in {}",
+        state_dir.display()
+    );
+    modes
+}
+
 /// The i-th floating IP of [`config_with_floating_ips`] (i < 62,500).
 pub fn floating_ip(i: u32) -> Value {
     let (hi, lo) = (1 + i / 250, 1 + i % 250);

@@ -464,7 +464,7 @@ fn kernel_refusal_rolls_everything_back() {
     let before = lab.dump_router_state();
     let hash = status(&lab)["config_hash"].clone();
     let saved = || -> Value {
-        let bytes = std::fs::read(agent.state_dir().join("config.json")).unwrap();
+        let bytes = akanda_tests::saved_config(agent.state_dir()).unwrap();
         serde_json::from_slice(&bytes).unwrap()
     };
     let saved_before = saved();
@@ -537,11 +537,9 @@ fn restart_reapplies_the_last_good_config_before_serving() {
 
     // A clean stop (SIGTERM) exits 0 and keeps the state for the next start too.
     assert!(agent.stop().success());
-    let mode = std::fs::metadata(lab.state_dir().join("config.json"))
-        .unwrap()
-        .permissions();
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(mode.mode() & 0o777, 0o600);
+    for (name, mode) in akanda_tests::saved_config_modes(lab.state_dir()) {
+        assert_eq!(mode, 0o600, "{name}");
+    }
 }
 
 #[test]

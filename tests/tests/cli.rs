@@ -84,3 +84,54 @@ fn only_the_failpoint_build_carries_failpoints() {
         );
     }
 }
+
+/// A commit record as docs/architecture.md describes it (512 bytes).
+fn record(generation: u64, slot: u8, config: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let body = format!(
+        "akanda-commit 1 {generation} {slot} {} {} ",
+        config.len(),
+        hex::encode(Sha256::digest(config))
+    );
+    let check = hex::encode(Sha256::digest(body.as_bytes()));
+    let mut r = format!("{body}{}\n", &check[..16]).into_bytes();
+    r.resize(512, 0);
+    r
+}
+
+/// `akanda-agent saved-config` and the harness's reader agree on what is saved: nothing (exit
+/// 1), an older agent's config.json, the newest record's slot, or (that record torn) the
+/// other one.
+#[test]
+fn saved_config_prints_the_last_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = Command::new(agent_bin())
+            .args(["saved-config", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let harness = akanda_tests::saved_config(dir.path());
+        if out.status.code() == Some(0) {
+            let mut printed = out.stdout.clone();
+            assert_eq!(printed.pop(), Some(b'\n'));
+            assert_eq!(Some(printed), harness);
+        } else {
+            assert_eq!(harness, None);
+        }
+        (out.status.code(), out.stdout)
+    };
+    assert_eq!(run(), (Some(1), Vec::new()));
+    std::fs::write(dir.path().join("config.json"), b"{\"old\":1}").unwrap();
+    assert_eq!(run(), (Some(0), b"{\"old\":1}\n".to_vec()));
+    let (a, b) = (&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]);
+    std::fs::write(dir.path().join("config.0.json"), [a, b"\n    "].concat()).unwrap();
+    std::fs::write(dir.path().join("config.1.json"), [b, b"\n  "].concat()).unwrap();
+    let mut commit = record(2, 1, b);
+    commit.extend(record(1, 0, a));
+    std::fs::write(dir.path().join("config.commit"), &commit).unwrap();
+    assert_eq!(run(), (Some(0), b"{\"b\":2}\n".to_vec()));
+    commit[30] ^= 1;
+    std::fs::write(dir.path().join("config.commit"), &commit).unwrap();
+    assert_eq!(run(), (Some(0), b"{\"a\":1}\n".to_vec()));
+}

@@ -159,8 +159,22 @@ fn daemon_pids(lab: &RouterLab) -> Vec<(i32, String)> {
     out
 }
 
-/// Every file under the state directory but leases and pid files (a daemon's own data).
+/// Every file under the state directory but leases and pid files (a daemon's own data), with
+/// the config's slots and commit record read as the one saved config (`config.json`): which
+/// slot holds it, and what the other holds, is not part of the box's state.
 fn files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = raw_files(dir);
+    out.retain(|name, _| !akanda_tests::is_saved_config_file(Path::new(name)));
+    if let Some(saved) = akanda_tests::saved_config(dir) {
+        out.insert(
+            "config.json".into(),
+            String::from_utf8_lossy(&saved).into_owned(),
+        );
+    }
+    out
+}
+
+fn raw_files(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -50,7 +50,7 @@ fn no_config_can_cut_the_orchestrators_path() {
     let t1 = network_on(&config, &lab.ifname_for(RouterLab::ROUTER_MACS[2]));
 
     let kernel_before = dump_state(lab.router());
-    let saved_before = std::fs::read(lab.state_dir().join("config.json")).unwrap();
+    let saved_before = akanda_tests::saved_config(lab.state_dir()).unwrap();
     let shown_before = http.get("/v1/system/config").body;
 
     type Cut = Box<dyn Fn(&mut Value)>;
@@ -165,7 +165,7 @@ fn no_config_can_cut_the_orchestrators_path() {
             "{what}: the kernel changed"
         );
         assert_eq!(
-            std::fs::read(lab.state_dir().join("config.json")).unwrap(),
+            akanda_tests::saved_config(lab.state_dir()).unwrap(),
             saved_before,
             "{what}: the saved config changed"
         );
@@ -173,10 +173,14 @@ fn no_config_can_cut_the_orchestrators_path() {
     }
     agent.stop();
 
-    // A saved config that cuts the path (as an older agent could have saved it) is not
-    // re-applied at start: the management address stays, and the API answers.
+    // A saved config that cuts the path (as an older agent could have saved it, in the
+    // config.json that came before the slots) is not re-applied at start: the management
+    // address stays, and the API answers.
     let mut cut = config.clone();
     cut["networks"].as_array_mut().unwrap().remove(m);
+    for name in ["config.0.json", "config.1.json", "config.commit"] {
+        let _ = std::fs::remove_file(lab.state_dir().join(name));
+    }
     std::fs::write(lab.state_dir().join("config.json"), cut.to_string()).unwrap();
     let agent = boot_agent(&lab, drive.path());
     assert!(

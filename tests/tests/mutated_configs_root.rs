@@ -310,9 +310,13 @@ fn mutate(rng: &mut Rng, doc: &mut Value, base: &Value) {
     }
 }
 
-/// Every file under the state directory (daemon configs, the saved config), by path.
+/// Every file under the state directory (daemon configs, the saved config), by path; the
+/// saved config as `akanda-agent saved-config` reads it, not its slot files.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
+    if let Some(saved) = akanda_tests::saved_config(dir) {
+        out.insert("saved config".into(), saved);
+    }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -322,7 +326,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.is_file() {
+            } else if p.is_file() && !akanda_tests::is_saved_config_file(&p) {
                 out.insert(
                     p.display().to_string(),
                     std::fs::read(&p).unwrap_or_default(),

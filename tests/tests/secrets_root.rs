@@ -46,8 +46,8 @@ fn the_status_hash_confirms_no_key_and_the_placeholder_is_refused() {
         "***"
     );
     let kernel_before = dump_state(lab.router());
-    let saved = lab.state_dir().join("config.json");
-    let saved_before = std::fs::read(&saved).unwrap();
+    let saved = || akanda_tests::saved_config(lab.state_dir()).unwrap();
+    let saved_before = saved();
     let r = http.put_json("/v1/system/config", &shown);
     assert_eq!(r.status, 422, "{}", r.body);
     let details = r.json()["details"].clone();
@@ -63,7 +63,7 @@ fn the_status_hash_confirms_no_key_and_the_placeholder_is_refused() {
         "{details}"
     );
     assert_eq!(dump_state(lab.router()), kernel_before);
-    assert_eq!(std::fs::read(&saved).unwrap(), saved_before);
+    assert_eq!(saved(), saved_before);
     assert!(String::from_utf8_lossy(&saved_before).contains("the-real-key"));
     assert!(
         !agent.log().contains("the-real-key"),

@@ -181,12 +181,11 @@ fn only_the_orchestrators_certificate_passes_the_handshake() {
     let shown = https.get("/v1/system/config");
     assert!(!shown.body.contains(psk), "{}", shown.body);
     assert!(shown.body.contains("***"), "{}", shown.body);
-    let saved = lab.state_dir().join("config.json");
-    assert!(std::fs::read_to_string(&saved).unwrap().contains(psk));
-    assert_eq!(
-        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    let saved = akanda_tests::saved_config(lab.state_dir()).unwrap();
+    assert!(String::from_utf8_lossy(&saved).contains(psk));
+    for (name, mode) in akanda_tests::saved_config_modes(lab.state_dir()) {
+        assert_eq!(mode, 0o600, "{name}");
+    }
     let hash = https.get("/v1/status").json()["config_hash"]
         .as_str()
         .unwrap()

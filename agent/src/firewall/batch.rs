@@ -1,10 +1,12 @@
 //! The only user of nftnl: turns a [`Ruleset`] into one nf_tables batch, which
 //! [`netfilter`] sends (socket, acknowledgements and libnftnl's raw calls live there).
 //!
-//! The batch is: add table, delete table, add table (so the table exists and is empty, in the
-//! same transaction), then maps with their elements, chains and rules. The kernel applies it
-//! atomically: the old ruleset stays in force until the whole batch commits, and a refused
-//! batch changes nothing. No other table is ever named.
+//! A whole ruleset ([`apply`]) is: add table, delete table, add table (so the table exists and
+//! is empty, in the same transaction), then maps with their elements, chains and rules. A
+//! change ([`update`]) keeps the table and its base chains when it can, and sends only element
+//! changes, or flushes and rewrites the rules. The kernel applies each batch atomically: the
+//! old ruleset stays in force until the whole batch commits, and a refused batch changes
+//! nothing. No other table is ever named.
 
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -86,22 +88,166 @@ pub fn build(rs: &Ruleset) -> Result<nftnl::FinalizedBatch, NetfilterError> {
     Ok(batch.finalize())
 }
 
-/// Brings table `inet akanda` from `old` (what the kernel has) to `new` in one atomic batch.
-/// When only map elements differ (floating IPs), the batch deletes and adds just those
-/// elements: the table and its base chains stay, so no RCU grace period is waited for (the
-/// kernel waits one to unregister base chains) and no other element is touched. Otherwise,
-/// or when the table is gone, the table is replaced with [`apply`]. Returns whether the
-/// batch was elements only.
-pub fn update(old: Option<&Ruleset>, new: &Ruleset) -> Result<bool, NetfilterError> {
-    let Some(deltas) = old.and_then(|old| element_delta(old, new)) else {
-        return apply(new).map(|()| false);
+/// How [`update`] brought the table to the new ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// Only map elements were deleted and added (floating IPs).
+    Elements,
+    /// The rules were flushed and rewritten, and the maps and chains that changed replaced,
+    /// in the table and base chains already there.
+    Rules,
+    /// The table was replaced whole.
+    Table,
+}
+
+/// Brings table `inet akanda` from `old` (what the kernel has) to `new` in one atomic batch,
+/// without re-creating the table or its base chains whenever it can: unregistering a base
+/// chain makes the kernel wait for an RCU grace period (10 to 15 ms) before the batch is
+/// answered.
+/// - Only map elements differ (floating IPs): the batch deletes and adds just those elements.
+/// - The rules differ but every base chain stays (same hook, priority and type): every chain
+///   is flushed and its rules rewritten, chains and maps that went are deleted, new ones
+///   added, kept maps get their element delta, and base chains their policy.
+/// - Otherwise, or when the table is gone: the table is replaced with [`apply`].
+pub fn update(old: Option<&Ruleset>, new: &Ruleset) -> Result<Update, NetfilterError> {
+    let attempt = match old {
+        None => None,
+        Some(old) => match element_delta(old, new) {
+            Some(deltas) => Some(apply_elements(&deltas).map(|()| Update::Elements)),
+            None if base_chains_stay(old, new) => {
+                Some(rewrite_rules(old, new).map(|()| Update::Rules))
+            }
+            None => None,
+        },
     };
-    match apply_elements(&deltas) {
-        Ok(()) => Ok(true),
-        // The table (or a map) vanished behind the agent's back: replace it whole.
-        Err(e) if e.errno() == Some(libc::ENOENT) => apply(new).map(|()| false),
-        Err(e) => Err(e),
+    match attempt {
+        Some(Ok(update)) => Ok(update),
+        // The table (or a chain or map) vanished behind the agent's back: replace it whole.
+        Some(Err(e)) if e.errno() == Some(libc::ENOENT) => apply(new).map(|()| Update::Table),
+        Some(Err(e)) => Err(e),
+        None => apply(new).map(|()| Update::Table),
     }
+}
+
+/// Whether every base chain of `old` is in `new` with the same hook, priority and type (its
+/// policy may change), and `new` has no base chain `old` lacks: then no hook is unregistered
+/// or registered.
+fn base_chains_stay(old: &Ruleset, new: &Ruleset) -> bool {
+    let bases = |rs: &Ruleset| -> Vec<(String, ChainKind, Hook, i32)> {
+        let mut v: Vec<_> = rs
+            .chains
+            .iter()
+            .filter_map(|c| c.base.map(|b| (c.name.clone(), b.kind, b.hook, b.priority)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    bases(old) == bases(new)
+}
+
+/// The batch of [`update`]'s `Rules` case: flush every chain, delete the maps and regular
+/// chains that went (or whose types changed), add the new ones, apply the element deltas of
+/// the kept maps, re-declare every chain (a base chain's policy may change), then add every
+/// rule. The kernel applies it atomically, as one generation.
+fn rewrite_rules(old: &Ruleset, new: &Ruleset) -> Result<(), NetfilterError> {
+    let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    let old_chains: Vec<NftChain> = old
+        .chains
+        .iter()
+        .map(|c| build_chain(c, &table))
+        .collect::<Result<_, _>>()?;
+    // A rule message with a chain and no handle deletes every rule of the chain.
+    let flushes: Vec<NftRule> = old_chains.iter().map(NftRule::new).collect();
+    for flush in &flushes {
+        batch.add(flush, MsgType::Del);
+    }
+
+    let same_type = |o: &Set, n: &Set| o.key == n.key && o.data == n.data;
+    let find = |rs: &'_ Ruleset, name: &str| rs.sets.iter().position(|s| s.name == name);
+    // Sets must outlive the batch's finalisation: nftnl keeps pointers into them.
+    let mut gone = Vec::new();
+    for (i, o) in old.sets.iter().enumerate() {
+        let kept = find(new, &o.name).is_some_and(|j| same_type(o, &new.sets[j]));
+        if !kept {
+            gone.push(build_set(o, i as u32 + 1, &table, &[])?);
+        }
+    }
+    for set in &gone {
+        batch.add(set, MsgType::Del);
+    }
+    for (def, chain) in old.chains.iter().zip(&old_chains) {
+        if def.base.is_none() && !new.chains.iter().any(|c| c.name == def.name) {
+            batch.add(chain, MsgType::Del);
+        }
+    }
+
+    let mut added = Vec::new();
+    let mut deltas = Vec::new();
+    for (i, n) in new.sets.iter().enumerate() {
+        let id = i as u32 + 1;
+        match find(old, &n.name).filter(|&j| same_type(&old.sets[j], n)) {
+            Some(j) => {
+                let old_set = Ruleset {
+                    sets: vec![old.sets[j].clone()],
+                    chains: Vec::new(),
+                };
+                let new_set = Ruleset {
+                    sets: vec![n.clone()],
+                    chains: Vec::new(),
+                };
+                deltas.extend(element_delta(&old_set, &new_set).unwrap_or_default());
+            }
+            None => {
+                let chunks = n
+                    .elements
+                    .chunks(ELEMENTS_PER_MESSAGE)
+                    .map(|chunk| build_set(n, id, &table, chunk))
+                    .collect::<Result<Vec<_>, _>>()?;
+                added.push((build_set(n, id, &table, &[])?, chunks));
+            }
+        }
+    }
+    for (set, chunks) in &added {
+        batch.add(set, MsgType::Add);
+        for chunk in chunks {
+            batch.add_iter(chunk.elems_iter(), MsgType::Add);
+        }
+    }
+    let delta_sets = delta_messages(&deltas, &table)?;
+    for (removed, _) in &delta_sets {
+        for chunk in removed {
+            batch.add_iter(chunk.elems_iter(), MsgType::Del);
+        }
+    }
+    for (_, added) in &delta_sets {
+        for chunk in added {
+            batch.add_iter(chunk.elems_iter(), MsgType::Add);
+        }
+    }
+
+    // Rules name their maps: a kept map is found by name, a new one by name or batch id.
+    let set_ids: Vec<(&str, u32)> = new
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i as u32 + 1))
+        .collect();
+    let chains: Vec<NftChain> = new
+        .chains
+        .iter()
+        .map(|c| build_chain(c, &table))
+        .collect::<Result<_, _>>()?;
+    for chain in &chains {
+        batch.add(chain, MsgType::Add);
+    }
+    for (def, chain) in new.chains.iter().zip(&chains) {
+        for rule in &def.rules {
+            let nft_rule = build_rule(rule, chain, &set_ids)?;
+            batch.add(&nft_rule, MsgType::Add);
+        }
+    }
+    netfilter::send_batch(&batch.finalize())
 }
 
 /// Deletes then adds the elements of `deltas` in one batch.
@@ -111,6 +257,27 @@ fn apply_elements(deltas: &[SetDelta]) -> Result<(), NetfilterError> {
     }
     let table = Table::new(cstring(TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
+    let sets = delta_messages(deltas, &table)?;
+    for (removed, _) in &sets {
+        for chunk in removed {
+            batch.add_iter(chunk.elems_iter(), MsgType::Del);
+        }
+    }
+    for (_, added) in &sets {
+        for chunk in added {
+            batch.add_iter(chunk.elems_iter(), MsgType::Add);
+        }
+    }
+    netfilter::send_batch(&batch.finalize())
+}
+
+/// The element messages of `deltas`, per set: (removed, added), in chunks. Removed elements go
+/// first in a batch: a map key whose value changed is in both.
+#[allow(clippy::type_complexity)]
+fn delta_messages<'a>(
+    deltas: &[SetDelta],
+    table: &'a Table,
+) -> Result<Vec<(Vec<NftSet<'a, Ipv4Addr>>, Vec<NftSet<'a, Ipv4Addr>>)>, NetfilterError> {
     let mut sets = Vec::new();
     for (i, d) in deltas.iter().enumerate() {
         let def = Set {
@@ -125,26 +292,16 @@ fn apply_elements(deltas: &[SetDelta]) -> Result<(), NetfilterError> {
         let id = i as u32 + 1;
         let removed = keys
             .chunks(ELEMENTS_PER_MESSAGE)
-            .map(|chunk| build_set(&def, id, &table, chunk))
+            .map(|chunk| build_set(&def, id, table, chunk))
             .collect::<Result<Vec<_>, _>>()?;
         let added = d
             .added
             .chunks(ELEMENTS_PER_MESSAGE)
-            .map(|chunk| build_set(&def, id, &table, chunk))
+            .map(|chunk| build_set(&def, id, table, chunk))
             .collect::<Result<Vec<_>, _>>()?;
         sets.push((removed, added));
     }
-    for (removed, _) in &sets {
-        for chunk in removed {
-            batch.add_iter(chunk.elems_iter(), MsgType::Del);
-        }
-    }
-    for (_, added) in &sets {
-        for chunk in added {
-            batch.add_iter(chunk.elems_iter(), MsgType::Add);
-        }
-    }
-    netfilter::send_batch(&batch.finalize())
+    Ok(sets)
 }
 
 /// Removes table `inet akanda` (when no config is in force). A missing table is fine.

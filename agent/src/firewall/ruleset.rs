@@ -205,8 +205,7 @@ pub struct SetDelta {
 
 /// The element changes that turn `old` into `new` when nothing else differs (same chains and
 /// rules, same sets of the same types): floating IPs added, removed or re-pointed. `None`
-/// when the structure changed, and the table must be replaced. Sets that did not change
-/// are left out.
+/// when the structure changed (see `batch::update`). Sets that did not change are left out.
 pub fn element_delta(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
     if old.chains != new.chains || old.sets.len() != new.sets.len() {
         return None;
@@ -225,18 +224,28 @@ pub fn element_delta(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
             v
         };
         let (before, after) = (sorted(&o.elements), sorted(&n.elements));
-        let missing_from = |have: &[(IpAddr, Option<IpAddr>)], of: &[(IpAddr, Option<IpAddr>)]| {
-            of.iter()
-                .filter(|e| have.binary_search(e).is_err())
-                .copied()
-                .collect::<Vec<_>>()
-        };
+        // One pass over both sorted lists (10,000 floating IPs: a binary search per element
+        // cost a millisecond a push).
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+        loop {
+            match (b.peek(), a.peek()) {
+                (Some(x), Some(y)) if x == y => {
+                    b.next();
+                    a.next();
+                }
+                (Some(x), Some(y)) if x < y => removed.extend(b.next().copied()),
+                (Some(_), Some(_)) | (None, Some(_)) => added.extend(a.next().copied()),
+                (Some(_), None) => removed.extend(b.next().copied()),
+                (None, None) => break,
+            }
+        }
         deltas.push(SetDelta {
             name: n.name.clone(),
             key: n.key,
             data: n.data,
-            removed: missing_from(&after, &before),
-            added: missing_from(&before, &after),
+            removed,
+            added,
         });
     }
     Some(deltas)
