@@ -1074,9 +1074,10 @@ impl Validator {
             .flat_map(|n| n.addresses.iter().map(|a| a.addr()))
             .collect();
         let upstream_gateways = upstream_gateways(networks, default_v4_gateway);
-        let mut seen_floating: HashMap<IpAddr, usize> = HashMap::new();
-        let mut seen_fixed: HashMap<IpAddr, usize> = HashMap::new();
-        let mut out = Vec::new();
+        // Sized once: growing them rehashed 20,000 entries a push at 10,000 floating IPs.
+        let mut seen_floating: HashMap<IpAddr, usize> = HashMap::with_capacity(docs.len());
+        let mut seen_fixed: HashMap<IpAddr, usize> = HashMap::with_capacity(docs.len());
+        let mut out = Vec::with_capacity(docs.len());
         for (i, doc) in docs.iter().enumerate() {
             // Paths are spelt out only for a problem: 10,000 floating IPs would otherwise
             // format 30,000 strings per push.
