@@ -48,33 +48,54 @@ pub fn build(rs: &Ruleset) -> Result<nftnl::FinalizedBatch, NetfilterError> {
     batch.add(&table, MsgType::Add);
 
     // Sets must outlive the batch's finalisation: nftnl keeps pointers into them.
-    let mut sets = Vec::new();
-    for (i, def) in rs.sets.iter().enumerate() {
-        let id = i as u32 + 1;
-        let chunks = def
-            .elements
-            .chunks(ELEMENTS_PER_MESSAGE)
-            .map(|chunk| build_set(def, id, &table, chunk))
-            .collect::<Result<Vec<_>, _>>()?;
-        sets.push((build_set(def, id, &table, &[])?, chunks));
-    }
+    let sets = rs
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, def)| set_with_elements(def, i as u32 + 1, &table))
+        .collect::<Result<Vec<_>, _>>()?;
     for (set, chunks) in &sets {
         batch.add(set, MsgType::Add);
         for chunk in chunks {
             batch.add_iter(chunk.elems_iter(), MsgType::Add);
         }
     }
+    add_chains_and_rules(&mut batch, rs, &table)?;
+    Ok(batch.finalize())
+}
+
+/// A set's own message (id `id` in its batch) and its elements' messages, in chunks.
+fn set_with_elements<'a>(
+    def: &Set,
+    id: u32,
+    table: &'a Table,
+) -> Result<(NftSet<'a, Ipv4Addr>, Vec<NftSet<'a, Ipv4Addr>>), NetfilterError> {
+    let chunks = def
+        .elements
+        .chunks(ELEMENTS_PER_MESSAGE)
+        .map(|chunk| build_set(def, id, table, chunk))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((build_set(def, id, table, &[])?, chunks))
+}
+
+/// Adds `rs`'s chains (a base chain already there gets its policy), then their rules. A rule
+/// finds its map by name, or by batch id when the map is added in the same batch (ids are
+/// positions in `rs.sets`, from 1).
+fn add_chains_and_rules(
+    batch: &mut Batch,
+    rs: &Ruleset,
+    table: &Table,
+) -> Result<(), NetfilterError> {
     let set_ids: Vec<(&str, u32)> = rs
         .sets
         .iter()
         .enumerate()
         .map(|(i, s)| (s.name.as_str(), i as u32 + 1))
         .collect();
-
     let chains: Vec<NftChain> = rs
         .chains
         .iter()
-        .map(|c| build_chain(c, &table))
+        .map(|c| build_chain(c, table))
         .collect::<Result<_, _>>()?;
     for chain in &chains {
         batch.add(chain, MsgType::Add);
@@ -85,7 +106,7 @@ pub fn build(rs: &Ruleset) -> Result<nftnl::FinalizedBatch, NetfilterError> {
             batch.add(&nft_rule, MsgType::Add);
         }
     }
-    Ok(batch.finalize())
+    Ok(())
 }
 
 /// How [`update`] brought the table to the new ruleset.
@@ -198,14 +219,7 @@ fn rewrite_rules(old: &Ruleset, new: &Ruleset) -> Result<(), NetfilterError> {
                 };
                 deltas.extend(element_delta(&old_set, &new_set).unwrap_or_default());
             }
-            None => {
-                let chunks = n
-                    .elements
-                    .chunks(ELEMENTS_PER_MESSAGE)
-                    .map(|chunk| build_set(n, id, &table, chunk))
-                    .collect::<Result<Vec<_>, _>>()?;
-                added.push((build_set(n, id, &table, &[])?, chunks));
-            }
+            None => added.push(set_with_elements(n, id, &table)?),
         }
     }
     for (set, chunks) in &added {
@@ -226,27 +240,7 @@ fn rewrite_rules(old: &Ruleset, new: &Ruleset) -> Result<(), NetfilterError> {
         }
     }
 
-    // Rules name their maps: a kept map is found by name, a new one by name or batch id.
-    let set_ids: Vec<(&str, u32)> = new
-        .sets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i as u32 + 1))
-        .collect();
-    let chains: Vec<NftChain> = new
-        .chains
-        .iter()
-        .map(|c| build_chain(c, &table))
-        .collect::<Result<_, _>>()?;
-    for chain in &chains {
-        batch.add(chain, MsgType::Add);
-    }
-    for (def, chain) in new.chains.iter().zip(&chains) {
-        for rule in &def.rules {
-            let nft_rule = build_rule(rule, chain, &set_ids)?;
-            batch.add(&nft_rule, MsgType::Add);
-        }
-    }
+    add_chains_and_rules(&mut batch, new, &table)?;
     netfilter::send_batch(&batch.finalize())
 }
 
