@@ -606,7 +606,7 @@ impl Appliance {
             Err(e) => {
                 return Err(format!(
                     "reading {}: {e}",
-                    self.state.commit_path().display()
+                    self.state.slot_path(0).display()
                 ))
             }
         };

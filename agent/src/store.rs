@@ -2,14 +2,17 @@
 //! each kept so that a crash or power cut leaves the old version or the new one, never half of
 //! one, with mode 0600.
 //!
-//! The config is kept in two slots, `config.0.json` and `config.1.json`, and `config.commit`
-//! says which of them is the last good config (see [`CommitRecord`]). An apply stages its
-//! config in the other slot (overwritten in place, fsynced) while the kernel work runs, and
-//! commits it once everything succeeded by writing one 512-byte record: one small write and
-//! one flush on the path to the 200, where a rename and a directory fsync cost a journal
-//! commit (two flushes, and a wait for whatever else the filesystem has in flight). A crash
-//! or power cut before the record is on disk leaves the previous config committed. Other files
-//! are replaced atomically (temp file, fsync, rename, fsync of the directory).
+//! The config is kept in two slot files, `config.0` and `config.1`: a 512-byte header (one
+//! line: generation, length, SHA-256 of the config, and a check of the line) and the config's
+//! JSON after it. The slot whose header is valid, whose JSON matches its SHA-256, and whose
+//! generation is the higher, holds the last good config. An apply writes its config into the
+//! other slot while the kernel work runs (the old header then no longer matches: the slot is
+//! out of play), and commits it once everything succeeded by writing that slot's header and
+//! one `fdatasync`: one flush on the path to the 200. A rename and a directory fsync cost a
+//! journal commit (two flushes, and a wait for whatever else the filesystem has in flight),
+//! and a staged file fsynced apart one flush more. The header needs no ordering against the
+//! JSON: until both are on disk the SHA-256 does not match, and the other slot stands. Other
+//! files are replaced atomically (temp file, fsync, rename, fsync of the directory).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -53,20 +56,15 @@ impl StateDir {
         &self.root
     }
 
-    /// Where an agent before the slots kept its config: read when no commit record exists,
-    /// removed by the first commit.
+    /// Where an agent before the slots kept its config: read when there is no slot, removed
+    /// by the first commit.
     pub fn legacy_config_path(&self) -> PathBuf {
         self.root.join("config.json")
     }
 
-    /// The commit record: which slot holds the last good config.
-    pub fn commit_path(&self) -> PathBuf {
-        self.root.join("config.commit")
-    }
-
     /// Slot 0 or 1 of the config.
     pub fn slot_path(&self, slot: u8) -> PathBuf {
-        self.root.join(format!("config.{slot}.json"))
+        self.root.join(format!("config.{slot}"))
     }
 
     pub fn nics_path(&self) -> PathBuf {
@@ -99,39 +97,18 @@ impl StateDir {
         }
     }
 
-    /// The last config that applied successfully, if any: the newest commit record whose
-    /// slot holds what it names, else (an older agent's state) `config.json`.
+    /// The last config that applied successfully, if any: that of the slot in force (see the
+    /// module's documentation), else (an older agent's state) `config.json`.
     pub fn load_config(&self) -> io::Result<Option<Vec<u8>>> {
-        let mut records = self.commit_records()?;
-        if records.is_empty() {
-            return read_optional(&self.legacy_config_path());
+        let slots = [self.read_slot(0)?, self.read_slot(1)?];
+        match in_force(&slots) {
+            Some((slot, header)) => Ok(header.config.and_then(|range| {
+                Some(slots[usize::from(slot)].as_deref()?.get(range)?.to_vec())
+            })),
+            // No slot, or none whole: a first config staged and never committed (its header
+            // not written, or written without all of its JSON), or a pre-slot agent's state.
+            None => read_optional(&self.legacy_config_path()),
         }
-        records.sort_by_key(|r| std::cmp::Reverse(r.generation));
-        for record in &records {
-            let Some(slot) = record.slot else {
-                return Ok(None);
-            };
-            let Some(bytes) = read_optional(&self.slot_path(slot))? else {
-                continue;
-            };
-            if let Some(config) = bytes.get(..record.length) {
-                if hex::encode(Sha256::digest(config)) == record.sha256 {
-                    return Ok(Some(config.to_vec()));
-                }
-            }
-            tracing::warn!(
-                slot,
-                generation = record.generation,
-                "a config slot does not hold what its commit record names: the older record is used"
-            );
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "no config slot holds what {} names",
-                self.commit_path().display()
-            ),
-        ))
     }
 
     /// Saves a config: staged, then committed.
@@ -139,16 +116,17 @@ impl StateDir {
         self.stage_config(bytes)?.commit()
     }
 
-    /// Writes and fsyncs a config into the slot that does not hold the last good one, without
-    /// committing it: an apply stages its config while the kernel work runs and commits it
-    /// only once everything succeeded, so a crash or power cut before the commit leaves the
-    /// last good config in force. The slot is overwritten in place and padded with spaces
-    /// (JSON whitespace) to its size, so that the fsync flushes data only, no metadata, unless
-    /// the slot has to grow.
+    /// Writes a config into the slot that is not in force, without committing it: an apply
+    /// stages its config while the kernel work runs and commits it only once everything
+    /// succeeded, so a crash or power cut before the commit leaves the last good config in
+    /// force. The JSON is written in place after the header and padded with spaces to the
+    /// slot's size (so the commit's `fdatasync` flushes data only, no metadata, unless the slot
+    /// grows); its write-back to disk is started at once, so the commit finds it done.
     pub fn stage_config(&self, bytes: &[u8]) -> io::Result<StagedConfig> {
-        let current = self.newest_record()?;
-        let slot = match current.as_ref().and_then(|r| r.slot) {
-            Some(0) => 1,
+        let slots = [self.read_slot(0)?, self.read_slot(1)?];
+        let current = in_force(&slots);
+        let slot = match current {
+            Some((0, _)) => 1,
             _ => 0,
         };
         let path = self.slot_path(slot);
@@ -162,88 +140,79 @@ impl StateDir {
             .open(&path)?;
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
         let size = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-        // Room for the document and a newline; grown by a quarter beyond what it needs so that
-        // floating IPs added one by one do not grow it at every push, and shrunk when a quarter
-        // of it would do.
-        let needed = bytes.len() + 1;
+        // Room for the header, the document and a newline; grown by a quarter beyond what it
+        // needs so that floating IPs added one by one do not grow it at every push, and shrunk
+        // when a quarter of it would do.
+        let needed = HEADER_BYTES + bytes.len() + 1;
         let capacity = if needed > size || needed < size / 4 {
             (needed + needed / 4).next_multiple_of(SLOT_GRANULE)
         } else {
             size
         };
-        let mut padded = Vec::with_capacity(capacity);
-        padded.extend_from_slice(bytes);
-        padded.push(b'\n');
-        padded.resize(capacity, b' ');
-        file.write_all_at(&padded, 0)?;
+        let mut body = Vec::with_capacity(capacity - HEADER_BYTES);
+        body.extend_from_slice(bytes);
+        body.push(b'\n');
+        body.resize(capacity - HEADER_BYTES, b' ');
+        file.write_all_at(&body, HEADER_BYTES as u64)?;
         if capacity != size {
+            // The slot's size is metadata: it goes to disk now, off the commit's path.
             file.set_len(capacity as u64)?;
             file.sync_all()?;
+            if created {
+                File::open(&self.root)?.sync_all()?;
+            }
         } else {
-            file.sync_data()?;
-        }
-        if created {
-            File::open(&self.root)?.sync_all()?;
+            // Starts the write-back without waiting for it (nor flushing the disk's cache).
+            let _ = nix::fcntl::posix_fadvise(
+                &file,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
         }
         Ok(StagedConfig {
-            state: self.clone(),
-            record: CommitRecord {
-                generation: current.map_or(1, |r| r.generation + 1),
-                slot: Some(slot),
-                length: bytes.len(),
+            file,
+            header: SlotHeader {
+                generation: current.map_or(1, |(_, h)| h.generation + 1),
+                config: Some(HEADER_BYTES..HEADER_BYTES + bytes.len()),
                 sha256: hex::encode(Sha256::digest(bytes)),
             },
+            state: self.clone(),
         })
     }
 
     /// Records durably that there is no saved config (an apply onto a router that had none
-    /// failed after its config was committed).
+    /// failed after its config was committed): a header without a config, of a newer
+    /// generation, in the slot not in force.
     pub fn remove_config(&self) -> io::Result<()> {
-        let generation = self.newest_record()?.map_or(1, |r| r.generation + 1);
-        self.write_record(&CommitRecord {
-            generation,
-            slot: None,
-            length: 0,
+        let slots = [self.read_slot(0)?, self.read_slot(1)?];
+        let Some((slot, current)) = in_force(&slots) else {
+            return self.remove_legacy_config();
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.slot_path(1 - slot))?;
+        let header = SlotHeader {
+            generation: current.generation + 1,
+            config: None,
             sha256: String::new(),
-        })?;
+        };
+        file.write_all_at(&header.encode(), 0)?;
+        file.sync_all()?;
+        File::open(&self.root)?.sync_all()?;
         self.remove_legacy_config()
     }
 
-    /// The valid commit records (none when there is no commit file).
-    fn commit_records(&self) -> io::Result<Vec<CommitRecord>> {
-        let Some(bytes) = read_optional(&self.commit_path())? else {
-            return Ok(Vec::new());
-        };
-        Ok(bytes
-            .chunks(RECORD_BYTES)
-            .take(2)
-            .filter_map(CommitRecord::decode)
-            .collect())
+    /// A slot's bytes (`None` when the file does not exist).
+    fn read_slot(&self, slot: u8) -> io::Result<Option<Vec<u8>>> {
+        read_optional(&self.slot_path(slot))
     }
 
-    fn newest_record(&self) -> io::Result<Option<CommitRecord>> {
-        Ok(self
-            .commit_records()?
-            .into_iter()
-            .max_by_key(|r| r.generation))
-    }
-
-    /// Writes `record` over the older of the two records (its place is its generation's
-    /// parity) and flushes it: the commit. The file is made once, whole, before its first
-    /// record.
-    fn write_record(&self, record: &CommitRecord) -> io::Result<()> {
-        let path = self.commit_path();
-        if !path.exists() {
-            write_atomic(&path, &[0; 2 * RECORD_BYTES])?;
-        }
-        let file = OpenOptions::new().write(true).open(&path)?;
-        let offset = (record.generation % 2) * RECORD_BYTES as u64;
-        file.write_all_at(&record.encode(), offset)?;
-        file.sync_data()
-    }
-
-    /// The pre-slot `config.json`, once a commit record supersedes it. Not synced: were it
-    /// to come back after a crash, the commit record still wins.
+    /// The pre-slot `config.json`, once a commit supersedes it. Not synced: were it to come
+    /// back after a crash, the slots still win.
     fn remove_legacy_config(&self) -> io::Result<()> {
         match fs::remove_file(self.legacy_config_path()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -254,44 +223,58 @@ impl StateDir {
 
 /// Slots grow and shrink by this much.
 const SLOT_GRANULE: usize = 64 * 1024;
-/// One commit record: within one sector, so that it is written whole or not at all (a torn
-/// one fails its check and the other record stands).
-const RECORD_BYTES: usize = 512;
+/// A slot's header: within one sector, so that it is written whole or not at all (a torn one
+/// fails its check, and the other slot stands).
+const HEADER_BYTES: usize = 512;
 
-/// Which slot holds the last good config, as one line of text in a 512-byte record:
-/// `akanda-commit 1 GENERATION SLOT|- LENGTH SHA256 CHECK`, where CHECK is the first 16 hex
-/// digits of the SHA-256 of everything before it. `config.commit` holds two records; the one
-/// with the higher generation is in force, and a commit overwrites the other.
+/// The slot in force among `slots` (each file's bytes): the one with a valid header whose
+/// config matches its SHA-256, of the higher generation. The newer header is checked against
+/// its config first, so a push hashes one config, not two.
+fn in_force(slots: &[Option<Vec<u8>>; 2]) -> Option<(u8, SlotHeader)> {
+    let mut headers: Vec<(u8, SlotHeader, &[u8])> = (0..2u8)
+        .filter_map(|i| {
+            let bytes = slots[usize::from(i)].as_deref()?;
+            Some((i, SlotHeader::decode(bytes.get(..HEADER_BYTES)?)?, bytes))
+        })
+        .collect();
+    headers.sort_by_key(|(_, h, _)| std::cmp::Reverse(h.generation));
+    headers.into_iter().find_map(|(i, header, bytes)| {
+        let whole = match &header.config {
+            None => true,
+            Some(range) => bytes
+                .get(range.clone())
+                .is_some_and(|c| hex::encode(Sha256::digest(c)) == header.sha256),
+        };
+        whole.then_some((i, header))
+    })
+}
+
+/// A slot's header, one line of text: `akanda-config 1 GENERATION LENGTH|- SHA256|- CHECK`,
+/// where CHECK is the first 16 hex digits of the SHA-256 of everything before it, and `-`
+/// says the slot records that no config is saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct CommitRecord {
+struct SlotHeader {
     generation: u64,
-    /// `None`: no saved config.
-    slot: Option<u8>,
-    /// Bytes of the slot that are the config (the rest is padding).
-    length: usize,
+    /// Where the config is in the slot file (`None`: no saved config).
+    config: Option<std::ops::Range<usize>>,
     sha256: String,
 }
 
-impl CommitRecord {
+impl SlotHeader {
     fn encode(&self) -> Vec<u8> {
-        let slot = self.slot.map_or("-".to_string(), |s| s.to_string());
-        let sha = if self.sha256.is_empty() {
-            "-"
-        } else {
-            &self.sha256
+        let (length, sha) = match &self.config {
+            Some(range) => (range.len().to_string(), self.sha256.as_str()),
+            None => ("-".to_string(), "-"),
         };
-        let body = format!(
-            "akanda-commit 1 {} {slot} {} {sha} ",
-            self.generation, self.length
-        );
+        let body = format!("akanda-config 1 {} {length} {sha} ", self.generation);
         let check = &hex::encode(Sha256::digest(body.as_bytes()))[..16];
         let mut out = format!("{body}{check}\n").into_bytes();
-        out.resize(RECORD_BYTES, 0);
+        out.resize(HEADER_BYTES, 0);
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<CommitRecord> {
-        let text = std::str::from_utf8(bytes).ok()?;
+    fn decode(bytes: &[u8]) -> Option<SlotHeader> {
+        let text = std::str::from_utf8(bytes.split(|b| *b == 0).next()?).ok()?;
         let line = text.split('\n').next()?;
         let (body, check) = line.rsplit_once(' ')?;
         let body = format!("{body} ");
@@ -299,18 +282,16 @@ impl CommitRecord {
             return None;
         }
         let fields: Vec<&str> = body.split_whitespace().collect();
-        let ["akanda-commit", "1", generation, slot, length, sha] = fields[..] else {
+        let ["akanda-config", "1", generation, length, sha] = fields[..] else {
             return None;
         };
-        Some(CommitRecord {
+        let config = match length {
+            "-" => None,
+            n => Some(HEADER_BYTES..HEADER_BYTES + n.parse::<usize>().ok()?),
+        };
+        Some(SlotHeader {
             generation: generation.parse().ok()?,
-            slot: match slot {
-                "-" => None,
-                "0" => Some(0),
-                "1" => Some(1),
-                _ => return None,
-            },
-            length: length.parse().ok()?,
+            config,
             sha256: if sha == "-" {
                 String::new()
             } else {
@@ -320,18 +301,21 @@ impl CommitRecord {
     }
 }
 
-/// A config written and fsynced into a slot, not yet committed. Dropped uncommitted, it
-/// changes nothing: the commit record still names the last good config.
+/// A config written into a slot, not yet committed. Dropped uncommitted, it changes nothing:
+/// the other slot is still in force.
 #[must_use = "a staged config is in force only once committed"]
 pub struct StagedConfig {
+    file: File,
+    header: SlotHeader,
     state: StateDir,
-    record: CommitRecord,
 }
 
 impl StagedConfig {
-    /// Writes the commit record that puts the staged config in force, and flushes it.
+    /// Writes the slot's header and flushes the slot (its JSON, if the write-back has not
+    /// finished, and the header): from then on the slot is in force.
     pub fn commit(self) -> io::Result<()> {
-        self.state.write_record(&self.record)?;
+        self.file.write_all_at(&self.header.encode(), 0)?;
+        self.file.sync_data()?;
         self.state.remove_legacy_config()
     }
 }
@@ -469,17 +453,15 @@ mod tests {
         state.save_config(b"{\"one\":1}").unwrap();
         state.save_config(b"{\"two\":2}").unwrap();
         assert_eq!(state.load_config().unwrap().unwrap(), b"{\"two\":2}");
-        assert_eq!(
-            names(state.path()),
-            ["config.0.json", "config.1.json", "config.commit"]
-        );
+        assert_eq!(names(state.path()), ["config.0", "config.1"]);
         for name in names(state.path()) {
             assert_eq!(mode(&state.path().join(name)), 0o600);
         }
-        // A slot is the JSON document, padded with JSON whitespace.
-        let slot: serde_json::Value =
-            serde_json::from_slice(&fs::read(state.slot_path(1)).unwrap()).unwrap();
-        assert_eq!(slot, serde_json::json!({"two": 2}));
+        // A slot is a header line, then the JSON document padded with JSON whitespace.
+        let slot = fs::read(state.slot_path(1)).unwrap();
+        assert!(slot.starts_with(b"akanda-config 1 2 9 "), "{slot:?}");
+        let json: serde_json::Value = serde_json::from_slice(&slot[HEADER_BYTES..]).unwrap();
+        assert_eq!(json, serde_json::json!({"two": 2}));
         state.remove_config().unwrap();
         assert_eq!(state.load_config().unwrap(), None);
         state.save_config(b"three").unwrap();
@@ -509,27 +491,39 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_record_or_slot_leaves_the_previous_config() {
+    fn a_torn_header_or_config_leaves_the_previous_config() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         state.save_config(b"first").unwrap();
         state.save_config(b"second").unwrap();
-        // A torn commit record (generation 2, at offset 0): the other one stands.
-        let commit = fs::read(state.commit_path()).unwrap();
-        let mut torn = commit.clone();
-        torn[20] ^= 0x55;
-        fs::write(state.commit_path(), &torn).unwrap();
+        let second = fs::read(state.slot_path(1)).unwrap();
+        // A torn header (its generation is the newer): the other slot stands.
+        let mut torn = second.clone();
+        torn[16] ^= 0x55;
+        fs::write(state.slot_path(1), &torn).unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"first"[..]));
-        // A slot that does not hold what the newest record names: the older record stands.
-        fs::write(state.commit_path(), &commit).unwrap();
-        let second = state.slot_path(1);
-        let mut bytes = fs::read(&second).unwrap();
-        bytes[0] = b'S';
-        fs::write(&second, bytes).unwrap();
+        // The header on disk but not all of the config (the disk wrote them in another
+        // order, and the power went): the other slot stands.
+        let mut torn = second.clone();
+        torn[HEADER_BYTES] = b'S';
+        fs::write(state.slot_path(1), &torn).unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"first"[..]));
-        // Nothing valid at all is an error, not an empty box.
+        // The next config goes into the slot that is not in force (the torn one), never over
+        // the one in force.
+        state.save_config(b"third").unwrap();
+        assert_eq!(
+            fs::read(state.slot_path(1)).unwrap()[HEADER_BYTES..][..5],
+            *b"third"
+        );
+        assert_eq!(
+            fs::read(state.slot_path(0)).unwrap()[HEADER_BYTES..][..5],
+            *b"first"
+        );
+        assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"third"[..]));
+        // Nothing whole at all (a first config staged, never committed): no saved config.
         fs::write(state.slot_path(0), b"garbage").unwrap();
-        assert!(state.load_config().is_err());
+        fs::write(state.slot_path(1), b"garbage").unwrap();
+        assert_eq!(state.load_config().unwrap(), None);
     }
 
     #[test]

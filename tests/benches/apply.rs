@@ -264,11 +264,18 @@ fn floating_ips(n: u32) -> FipFigures {
     let tag = format!("bf{n}");
     let (router, mgmt, _sink, agent, listen) = router_with_agent(&tag, 1);
     let full = config_with_floating_ips(n);
-    let mut plus = full.clone();
-    plus["floating_ips"]
-        .as_array_mut()
-        .unwrap()
-        .push(floating_ip(n));
+    // ±1 around n; at the limit (20,000) one more is refused, so around n − 1 instead.
+    let at_limit = n as usize >= akanda_model::bounds::MAX_FLOATING_IPS;
+    let other = if at_limit {
+        config_with_floating_ips(n - 1)
+    } else {
+        let mut plus = full.clone();
+        plus["floating_ips"]
+            .as_array_mut()
+            .unwrap()
+            .push(floating_ip(n));
+        plus
+    };
     let bare = bare_of(&full);
     let (first_rounds, change_rounds) = fip_rounds(n);
     let c = AgentClient::new(&mgmt, &format!("http://{listen}"), None, KeepAlive);
@@ -294,10 +301,17 @@ fn floating_ips(n: u32) -> FipFigures {
             f.noop.push(c.put(&full));
             let noop = c.last_apply();
             f.noop_writes = f.noop_writes.max(writes(&noop));
-            f.plus.push(c.put(&plus));
-            let plus = c.last_apply();
-            f.minus.push(c.put(&full));
-            let minus = c.last_apply();
+            let (plus, minus) = if at_limit {
+                f.minus.push(c.put(&other));
+                let minus = c.last_apply();
+                f.plus.push(c.put(&full));
+                (c.last_apply(), minus)
+            } else {
+                f.plus.push(c.put(&other));
+                let plus = c.last_apply();
+                f.minus.push(c.put(&full));
+                (plus, c.last_apply())
+            };
             f.change_phases = [plus, minus, noop]
                 .map(|a| json!({"duration_ms": a["duration_ms"], "phases_ms": a["phases_ms"]}));
         }

@@ -1247,61 +1247,50 @@ pub fn config_with_floating_ips(n: u32) -> Value {
 }
 
 /// The last good config saved in `state_dir` (`None` when none is saved), read from the
-/// documented format (docs/architecture.md, "Persisting"): of the two records in
-/// `config.commit`, the newest whose slot holds what it names; without a commit file, an
-/// older agent's `config.json`. Read here, in the harness, rather than by running
-/// `akanda-agent saved-config` (tests/tests/cli.rs checks that both agree): the mutation test
-/// reads it twice per config.
+/// documented format (agent/src/store.rs, docs/architecture.md "Persisting"): of the slots
+/// `config.0` and `config.1`, the one whose header line is valid and whose JSON matches the
+/// header's SHA-256, of the higher generation; without one, an older agent's `config.json`.
+/// Read here, in the harness, rather than by running `akanda-agent saved-config`
+/// (tests/tests/cli.rs checks that both agree): the mutation test reads it twice per config.
 pub fn saved_config(state_dir: &Path) -> Option<Vec<u8>> {
     use sha2::{Digest, Sha256};
-    let Ok(commit) = std::fs::read(state_dir.join("config.commit")) else {
-        return std::fs::read(state_dir.join("config.json")).ok();
-    };
-    let mut records: Vec<(u64, Option<String>, usize, String)> = commit
-        .chunks(512)
-        .filter_map(|r| {
-            let line = std::str::from_utf8(r).ok()?.split('\n').next()?;
-            // CHECK: the first 16 hex digits of the SHA-256 of the line before it.
-            let (body, check) = line.rsplit_once(' ')?;
-            let digest = hex::encode(Sha256::digest(format!("{body} ").as_bytes()));
-            if digest.get(..16) != Some(check) {
-                return None;
-            }
-            match body.split_whitespace().collect::<Vec<_>>()[..] {
-                ["akanda-commit", "1", generation, slot, length, sha] => Some((
-                    generation.parse().ok()?,
-                    (slot != "-").then(|| slot.to_string()),
-                    length.parse().ok()?,
-                    sha.to_string(),
-                )),
-                _ => None,
-            }
-        })
+    let slots: Vec<Vec<u8>> = (0..2)
+        .filter_map(|i| std::fs::read(state_dir.join(format!("config.{i}"))).ok())
         .collect();
-    records.sort_by_key(|r| std::cmp::Reverse(r.0));
-    for (_, slot, length, sha) in records {
-        let slot = slot?;
-        let bytes = std::fs::read(state_dir.join(format!("config.{slot}.json"))).ok()?;
-        let config = bytes.get(..length)?;
-        if hex::encode(Sha256::digest(config)) == sha {
-            return Some(config.to_vec());
+    // (generation, the config or None for "no config saved")
+    let whole = |bytes: &[u8]| -> Option<(u64, Option<Vec<u8>>)> {
+        let header = bytes.get(..512)?;
+        let line = std::str::from_utf8(header.split(|b| *b == 0).next()?).ok()?;
+        let line = line.split('\n').next()?;
+        // CHECK: the first 16 hex digits of the SHA-256 of the line before it.
+        let (body, check) = line.rsplit_once(' ')?;
+        let digest = hex::encode(Sha256::digest(format!("{body} ").as_bytes()));
+        if digest.get(..16) != Some(check) {
+            return None;
         }
+        match body.split_whitespace().collect::<Vec<_>>()[..] {
+            ["akanda-config", "1", generation, "-", "-"] => Some((generation.parse().ok()?, None)),
+            ["akanda-config", "1", generation, length, sha] => {
+                let config = bytes.get(512..512 + length.parse::<usize>().ok()?)?;
+                (hex::encode(Sha256::digest(config)) == sha).then_some(())?;
+                Some((generation.parse().ok()?, Some(config.to_vec())))
+            }
+            _ => None,
+        }
+    };
+    match slots.iter().filter_map(|s| whole(s)).max_by_key(|(g, _)| *g) {
+        Some((_, config)) => config,
+        // No slot, or none whole (a first config never committed): an older agent's file.
+        None => std::fs::read(state_dir.join("config.json")).ok(),
     }
-    panic!(
-        "{}: no slot holds what config.commit names",
-        state_dir.display()
-    )
 }
 
-/// Whether `path` is one of the files that keep the saved config (its two slots and the
-/// commit record): which slot holds it, and what the other slot holds (a config staged by an
+/// Whether `path` is one of the files that keep the saved config (its two slots): which slot
+/// holds it, and what the other slot holds (a config staged by an
 /// apply that failed), is not the box's state; [`saved_config`] is.
 pub fn is_saved_config_file(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| {
-        ["config.0.json", "config.1.json", "config.commit"]
-            .iter()
-            .any(|f| n == *f)
-    })
+    path.file_name()
+        .is_some_and(|n| ["config.0", "config.1"].iter().any(|f| n == *f))
 }
 
 /// The permission bits of every file that keeps the saved config (`config.*`) in `state_dir`.

@@ -85,23 +85,25 @@ fn only_the_failpoint_build_carries_failpoints() {
     }
 }
 
-/// A commit record as docs/architecture.md describes it (512 bytes).
-fn record(generation: u64, slot: u8, config: &[u8]) -> Vec<u8> {
+/// A config slot as agent/src/store.rs describes it: a 512-byte header line, then the JSON.
+fn slot(generation: u64, config: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let body = format!(
-        "akanda-commit 1 {generation} {slot} {} {} ",
+        "akanda-config 1 {generation} {} {} ",
         config.len(),
         hex::encode(Sha256::digest(config))
     );
     let check = hex::encode(Sha256::digest(body.as_bytes()));
-    let mut r = format!("{body}{}\n", &check[..16]).into_bytes();
-    r.resize(512, 0);
-    r
+    let mut s = format!("{body}{}\n", &check[..16]).into_bytes();
+    s.resize(512, 0);
+    s.extend_from_slice(config);
+    s.extend_from_slice(b"\n    ");
+    s
 }
 
 /// `akanda-agent saved-config` and the harness's reader agree on what is saved: nothing (exit
-/// 1), an older agent's config.json, the newest record's slot, or (that record torn) the
-/// other one.
+/// 1), an older agent's config.json, the slot of the higher generation, or (that slot's
+/// header torn) the other one.
 #[test]
 fn saved_config_prints_the_last_good_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,13 +127,11 @@ fn saved_config_prints_the_last_good_config() {
     std::fs::write(dir.path().join("config.json"), b"{\"old\":1}").unwrap();
     assert_eq!(run(), (Some(0), b"{\"old\":1}\n".to_vec()));
     let (a, b) = (&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]);
-    std::fs::write(dir.path().join("config.0.json"), [a, b"\n    "].concat()).unwrap();
-    std::fs::write(dir.path().join("config.1.json"), [b, b"\n  "].concat()).unwrap();
-    let mut commit = record(2, 1, b);
-    commit.extend(record(1, 0, a));
-    std::fs::write(dir.path().join("config.commit"), &commit).unwrap();
+    std::fs::write(dir.path().join("config.0"), slot(1, a)).unwrap();
+    let mut second = slot(2, b);
+    std::fs::write(dir.path().join("config.1"), &second).unwrap();
     assert_eq!(run(), (Some(0), b"{\"b\":2}\n".to_vec()));
-    commit[30] ^= 1;
-    std::fs::write(dir.path().join("config.commit"), &commit).unwrap();
+    second[20] ^= 1;
+    std::fs::write(dir.path().join("config.1"), &second).unwrap();
     assert_eq!(run(), (Some(0), b"{\"a\":1}\n".to_vec()));
 }

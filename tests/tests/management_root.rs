@@ -178,7 +178,7 @@ fn no_config_can_cut_the_orchestrators_path() {
     // address stays, and the API answers.
     let mut cut = config.clone();
     cut["networks"].as_array_mut().unwrap().remove(m);
-    for name in ["config.0.json", "config.1.json", "config.commit"] {
+    for name in ["config.0", "config.1"] {
         let _ = std::fs::remove_file(lab.state_dir().join(name));
     }
     std::fs::write(lab.state_dir().join("config.json"), cut.to_string()).unwrap();
