@@ -69,10 +69,6 @@ impl Netns {
             .await
             .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
     }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
 }
 
 /// A veth pair with one end in each namespace, both up.
@@ -959,21 +955,21 @@ impl Orchestrator {
         use http_body_util::{BodyExt, Full};
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let path = ns.path();
+        // Bound inside the namespace: the socket, and every connection it accepts, stay there
+        // whichever thread serves them.
+        let listener = akanda_tests::in_netns(ns, || {
+            std::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port)))
+                .expect("bind the orchestrator")
+        });
+        listener.set_nonblocking(true).unwrap();
         let seen2 = seen.clone();
         let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port)))
-                    .await
-                    .expect("bind the orchestrator");
-                ready_tx.send(()).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let serve = async {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else {
@@ -1045,9 +1041,6 @@ impl Orchestrator {
                 }
             });
         });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("orchestrator started");
         Orchestrator {
             seen,
             stop: Some(stop),
@@ -1433,11 +1426,9 @@ fn hostname_in_a_private_uts_namespace() {
     let dir = workdir();
     let base = dir.path().to_path_buf();
     let router = Netns::new("host-r");
-    let path = router.path();
-    std::thread::spawn(move || {
+    akanda_tests::in_netns(&router, move || {
+        // This thread's own UTS namespace: the host's name stays as it is.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).expect("unshare UTS");
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1471,9 +1462,7 @@ fn hostname_in_a_private_uts_namespace() {
             assert_eq!(services.status()["hostname"], "ak-test-router");
             services.shutdown().await;
         });
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    });
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
         host_name,

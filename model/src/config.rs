@@ -71,11 +71,7 @@ impl NetworkType {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, t)| *t == self)
-            .map(|(s, _)| *s)
-            .unwrap_or("isolated")
+        name_in(&Self::ALL, self)
     }
 
     /// Astara's "tenant network": where tenant VMs live.
@@ -84,10 +80,29 @@ impl NetworkType {
     }
 }
 
+/// An enumeration's wire name; every variant is in its `ALL` table.
+fn name_in<T: PartialEq>(all: &[(&'static str, T)], value: T) -> &'static str {
+    all.iter()
+        .find(|(_, t)| *t == value)
+        .map(|(s, _)| *s)
+        .expect("every variant has a name")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum V4ConfService {
     Dhcp,
     Static,
+}
+
+impl V4ConfService {
+    pub const ALL: [(&'static str, V4ConfService); 2] = [
+        ("dhcp", V4ConfService::Dhcp),
+        ("static", V4ConfService::Static),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        name_in(&Self::ALL, self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +110,18 @@ pub enum V6ConfService {
     Dhcp,
     Ra,
     Static,
+}
+
+impl V6ConfService {
+    pub const ALL: [(&'static str, V6ConfService); 3] = [
+        ("dhcp", V6ConfService::Dhcp),
+        ("ra", V6ConfService::Ra),
+        ("static", V6ConfService::Static),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        name_in(&Self::ALL, self)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,9 +3,11 @@
 //!
 //! - [`document`]: the wire types, lenient so that every problem can be reported at once;
 //! - [`validate()`]: turns a document into a [`RouterConfig`] or a list of [`Problem`]s;
-//! - [`parse`]: bytes → config, telling malformed JSON (HTTP 400) from an invalid config (422).
+//! - [`parse`]: bytes → config, telling malformed JSON (HTTP 400) from an invalid config (422);
+//! - [`builder`]: typed values → a document that always validates (what rug-lite sends).
 
 pub mod bounds;
+pub mod builder;
 pub mod config;
 pub mod document;
 mod domain;

@@ -514,10 +514,7 @@ impl Validator {
             .enum_value(
                 doc.v4_conf_service.as_deref(),
                 &field(path, "v4_conf_service"),
-                &[
-                    ("dhcp", V4ConfService::Dhcp),
-                    ("static", V4ConfService::Static),
-                ],
+                &V4ConfService::ALL,
                 Some(V4ConfService::Static),
             )
             .unwrap_or(V4ConfService::Static);
@@ -525,11 +522,7 @@ impl Validator {
             .enum_value(
                 doc.v6_conf_service.as_deref(),
                 &field(path, "v6_conf_service"),
-                &[
-                    ("dhcp", V6ConfService::Dhcp),
-                    ("ra", V6ConfService::Ra),
-                    ("static", V6ConfService::Static),
-                ],
+                &V6ConfService::ALL,
                 Some(V6ConfService::Static),
             )
             .unwrap_or(V6ConfService::Static);

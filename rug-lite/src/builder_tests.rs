@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::neutron::{FixedIp, GatewayInfo};
+use akanda_model::document::{FloatingIpDoc, NetworkDoc, StaticRouteDoc};
 use serde_json::Value;
 use std::path::Path;
 
@@ -296,6 +297,29 @@ fn the_management_nic_must_be_reported_by_the_appliance() {
             mac: "fa:16:3e:de:ee:03".into()
         })
     );
+}
+
+/// The agent names its NICs geN; any other name it reports is an error, not a config.
+#[test]
+fn a_nic_name_other_than_gen_is_an_error() {
+    let (snapshot, mut appliance) = r1();
+    appliance
+        .nics
+        .insert("fa:16:3e:de:ee:03".into(), "eth0".into());
+    assert_eq!(
+        build(&snapshot, &appliance, &params()),
+        Err(BuildError::NicName {
+            mac: "fa:16:3e:de:ee:03".into(),
+            name: "eth0".into()
+        })
+    );
+}
+
+#[test]
+fn the_built_hash_is_the_one_the_agent_reports() {
+    let (snapshot, appliance) = r1();
+    let built = build_valid(&snapshot, &appliance, &params());
+    assert_eq!(built.hash, agent_hash(&built.document).unwrap());
 }
 
 #[test]

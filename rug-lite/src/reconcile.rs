@@ -345,12 +345,15 @@ impl<C: Cloud> Reconciler<C> {
             data_ports,
             nics,
         };
-        let built = builder::build(&snapshot, &view, &self.settings.build)?;
+        let built =
+            builder::build(&snapshot, &view, &self.settings.build).map_err(|e| match e {
+                builder::BuildError::Invalid(e) => ReconcileError::InvalidConfig(e.to_string()),
+                e => ReconcileError::Build(e),
+            })?;
         for o in &built.omissions {
             tracing::debug!(router = %router_id, omission = ?o, "left out of the config");
         }
-        let desired = builder::agent_hash(&built.document)
-            .map_err(|e| ReconcileError::InvalidConfig(e.to_string()))?;
+        let desired = built.hash.clone();
         let held = {
             let _permit = self.probes.acquire().await.expect("never closed");
             self.cloud.config_hash(&target).await?
