@@ -102,9 +102,9 @@ impl StateDir {
     pub fn load_config(&self) -> io::Result<Option<Vec<u8>>> {
         let slots = [self.read_slot(0)?, self.read_slot(1)?];
         match in_force(&slots) {
-            Some((slot, header)) => Ok(header.config.and_then(|range| {
-                Some(slots[usize::from(slot)].as_deref()?.get(range)?.to_vec())
-            })),
+            Some((slot, header)) => Ok(header
+                .config
+                .and_then(|range| Some(slots[usize::from(slot)].as_deref()?.get(range)?.to_vec()))),
             // No slot, or none whole: a first config staged and never committed (its header
             // not written, or written without all of its JSON), or a pre-slot agent's state.
             None => read_optional(&self.legacy_config_path()),

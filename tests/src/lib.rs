@@ -1278,7 +1278,11 @@ pub fn saved_config(state_dir: &Path) -> Option<Vec<u8>> {
             _ => None,
         }
     };
-    match slots.iter().filter_map(|s| whole(s)).max_by_key(|(g, _)| *g) {
+    match slots
+        .iter()
+        .filter_map(|s| whole(s))
+        .max_by_key(|(g, _)| *g)
+    {
         Some((_, config)) => config,
         // No slot, or none whole (a first config never committed): an older agent's file.
         None => std::fs::read(state_dir.join("config.json")).ok(),
