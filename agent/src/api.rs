@@ -31,12 +31,12 @@ use crate::tls::{Peer, TlsError, TlsState};
 const MAX_BODY: u64 = 32 * 1024 * 1024;
 
 /// The API version `GET /` reports: Astara's v1 appliance contract.
-pub const API_VERSION: &str = "v1";
+pub(crate) const API_VERSION: &str = "v1";
 
 /// What `GET /` lists: the additions to Astara's contract this agent has. An orchestrator
 /// uses a feature only when it is listed (rug-lite treats a 404 on `GET /` as a plain Astara
 /// appliance, with none of them).
-pub const FEATURES: &[&str] = &[
+pub(crate) const FEATURES: &[&str] = &[
     // GET / itself.
     "version-discovery",
     // GET /v1/firewall/rules reads the live nf_tables table back.
@@ -57,7 +57,7 @@ pub const FEATURES: &[&str] = &[
 /// list exactly these (a unit test checks it), and the live agent must answer each and refuse
 /// every other method with 405 and an `Allow` header (`tests/tests/openapi_root.rs`). `{x}` is
 /// one path segment. A trailing slash is accepted everywhere, as warp does.
-pub const ROUTES: &[(&str, &[&str])] = &[
+pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET"]),
     ("/v1/base", &["GET"]),
     ("/v1/base/", &["GET"]),
@@ -70,7 +70,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 ];
 
 /// The methods [`ROUTES`] gives `path`, or `None` for a path the API does not have.
-pub fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
+pub(crate) fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
     let trimmed = match path {
         "/" => "/",
         p => p.strip_suffix('/').unwrap_or(p),
@@ -192,7 +192,7 @@ struct ErrorBody<'a> {
     details: &'a [Problem],
 }
 
-pub fn error(status: StatusCode, message: &str, details: &[Problem]) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str, details: &[Problem]) -> Response {
     let body = ErrorBody {
         error: message,
         details,
@@ -387,7 +387,7 @@ async fn get_interface(name: String, s: Arc<ApiState>) -> Response {
 }
 
 /// `application/json`, any parameters (`charset`), any letter case.
-pub fn is_json_content_type(value: &str) -> bool {
+pub(crate) fn is_json_content_type(value: &str) -> bool {
     value
         .split(';')
         .next()
@@ -673,7 +673,7 @@ where
 /// the previous config still in force). A rollback that failed is a 503: the box is degraded
 /// (`/v1/status`), and the body names what was put back and what was not. `rollback` in
 /// the body carries the same as data.
-pub fn apply_error(e: ApplyError) -> Response {
+pub(crate) fn apply_error(e: ApplyError) -> Response {
     match e {
         ApplyError::DoesNotFit(problems) => error(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -48,7 +48,7 @@ pub enum Phase {
 
 impl Phase {
     /// The phase's name, as in `/v1/status` `last_apply.phases_ms`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",
             Phase::LinksAddressesRoutes => "links_addresses_routes",
@@ -60,7 +60,7 @@ impl Phase {
     }
 
     /// What failed, in words for an operator.
-    pub fn refusal(self) -> &'static str {
+    pub(crate) fn refusal(self) -> &'static str {
         match self {
             Phase::Preflight => "the apply could not be prepared",
             Phase::LinksAddressesRoutes => "the kernel refused the links, addresses or routes",
@@ -82,20 +82,20 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, Default, Clone)]
 pub struct Rollback {
     /// Phases put back as they were before the apply (last first, as unwound).
-    pub restored: Vec<Phase>,
+    pub(crate) restored: Vec<Phase>,
     /// Phases that could not be put back, with why: the box is then degraded.
-    pub failed: Vec<(Phase, String)>,
+    pub(crate) failed: Vec<(Phase, String)>,
     /// What no rollback undoes, said so that the answer stays true (ended sessions).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Rollback {
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.failed.is_empty()
     }
 
     /// `{"complete", "restored": [phase], "not_restored": [{"phase", "error"}], "notes"}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "complete": self.is_complete(),
             "restored": self.restored.iter().map(|p| p.name()).collect::<Vec<_>>(),
@@ -110,9 +110,9 @@ impl Rollback {
 
 /// A phase a rollback could not put back.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct NotRestored {
-    pub phase: &'static str,
-    pub error: String,
+pub(crate) struct NotRestored {
+    pub(crate) phase: &'static str,
+    pub(crate) error: String,
 }
 
 /// Why the box is degraded: an apply failed and its rollback failed too, so the box is
@@ -120,14 +120,14 @@ pub struct NotRestored {
 /// succeeds (an apply reconciles every part of the box from what the kernel, the disk and the
 /// daemons actually have).
 #[derive(Debug, Clone, Serialize)]
-pub struct Degraded {
-    pub since: String,
+pub(crate) struct Degraded {
+    pub(crate) since: String,
     /// The config whose apply failed.
-    pub config_hash: String,
-    pub phase: &'static str,
-    pub cause: String,
-    pub restored: Vec<&'static str>,
-    pub not_restored: Vec<NotRestored>,
+    pub(crate) config_hash: String,
+    pub(crate) phase: &'static str,
+    pub(crate) cause: String,
+    pub(crate) restored: Vec<&'static str>,
+    pub(crate) not_restored: Vec<NotRestored>,
 }
 
 /// Why an apply failed. Every variant but a `Failed` whose rollback is incomplete leaves the
@@ -208,48 +208,48 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// What `/v1/status` shows of the last apply.
 #[derive(Debug, Clone, Serialize)]
-pub struct ApplyRecord {
-    pub time: String,
-    pub duration_ms: f64,
-    pub result: &'static str,
+pub(crate) struct ApplyRecord {
+    pub(crate) time: String,
+    pub(crate) duration_ms: f64,
+    pub(crate) result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub config_hash: String,
+    pub(crate) error: Option<String>,
+    pub(crate) config_hash: String,
     /// Netlink write requests this apply sent (0 for an identical config).
-    pub netlink_writes: u64,
+    pub(crate) netlink_writes: u64,
     /// nf_tables batches this apply sent (0 when the ruleset did not change).
-    pub netfilter_batches: u64,
+    pub(crate) netfilter_batches: u64,
     /// Conntrack entries deleted because their floating IP went away or moved.
-    pub conntrack_deleted: usize,
+    pub(crate) conntrack_deleted: usize,
     /// Milliseconds spent in each phase: where an apply's time went.
-    pub phases_ms: std::collections::BTreeMap<&'static str, f64>,
+    pub(crate) phases_ms: std::collections::BTreeMap<&'static str, f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Counters {
-    pub applies_ok: u64,
-    pub applies_failed: u64,
+pub(crate) struct Counters {
+    pub(crate) applies_ok: u64,
+    pub(crate) applies_failed: u64,
 }
 
 /// State readable without waiting for an apply in progress (liveness and status stay fast).
 #[derive(Debug, Default)]
 pub struct Shared {
-    pub last_apply: Option<ApplyRecord>,
-    pub counters: Counters,
-    pub current: Option<Document>,
-    pub current_hash: Option<String>,
-    pub netlink_writes_total: u64,
-    pub netfilter_batches_total: u64,
+    pub(crate) last_apply: Option<ApplyRecord>,
+    pub(crate) counters: Counters,
+    pub(crate) current: Option<Document>,
+    pub(crate) current_hash: Option<String>,
+    pub(crate) netlink_writes_total: u64,
+    pub(crate) netfilter_batches_total: u64,
     /// The daemons as the last apply left them: `/v1/status` shows this while an apply
     /// holds the appliance.
-    pub services: Option<serde_json::Value>,
+    pub(crate) services: Option<serde_json::Value>,
     /// Set when a rollback failed; cleared by the next successful apply.
-    pub degraded: Option<Degraded>,
+    pub(crate) degraded: Option<Degraded>,
 }
 
 /// Locks a mutex even if a panic poisoned it: the data behind these (status, the external
 /// NIC's name) is replaced whole, never left half-written.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -312,7 +312,7 @@ pub struct InterfaceReader {
 }
 
 impl InterfaceReader {
-    pub async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
+    pub(crate) async fn interfaces(&self) -> Result<Vec<InterfaceView>, ApplyError> {
         let nics = {
             let _naming = self.naming.lock().await;
             nics::name_nics(&self.nl, &self.nics_path)
@@ -366,15 +366,15 @@ fn interface_views(nics: &[Nic], kernel: &KernelState) -> Vec<InterfaceView> {
 
 /// One NIC as `GET /v1/system/interfaces` shows it (Astara's Interface shape).
 #[derive(Debug, Clone, Serialize)]
-pub struct InterfaceView {
-    pub ifname: String,
-    pub lladdr: String,
-    pub addresses: Vec<String>,
-    pub mtu: u32,
-    pub state: &'static str,
-    pub description: String,
-    pub groups: Vec<String>,
-    pub media: Option<String>,
+pub(crate) struct InterfaceView {
+    pub(crate) ifname: String,
+    pub(crate) lladdr: String,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) mtu: u32,
+    pub(crate) state: &'static str,
+    pub(crate) description: String,
+    pub(crate) groups: Vec<String>,
+    pub(crate) media: Option<String>,
 }
 
 /// The daemons' programs and how long their config checks may take (`serve --dnsmasq`,
@@ -489,7 +489,7 @@ impl Appliance {
     }
 
     /// dnsmasq, bird and the metadata proxy, for `/v1/status`.
-    pub fn services_status(&self) -> serde_json::Value {
+    pub(crate) fn services_status(&self) -> serde_json::Value {
         self.services.status()
     }
 
@@ -534,10 +534,6 @@ impl Appliance {
                 routes: Vec::new(),
             }
         }))
-    }
-
-    pub fn current(&self) -> Option<&RouterConfig> {
-        self.current.as_ref()
     }
 
     /// Re-applies the last good config from the state directory (at start, after
@@ -644,7 +640,7 @@ impl Appliance {
     }
 
     /// Applies a config completely or not at all.
-    pub async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
+    pub(crate) async fn apply(&mut self, config: RouterConfig) -> Result<(), ApplyError> {
         let shown = config.document.shown();
         self.apply_shown(config, shown).await
     }
@@ -652,7 +648,7 @@ impl Appliance {
     /// [`Appliance::apply`] with the config already serialised and hashed (by the API, which
     /// logs the hash and sends the JSON back): at 10,000 floating IPs each serialisation or
     /// hash is a millisecond.
-    pub async fn apply_shown(
+    pub(crate) async fn apply_shown(
         &mut self,
         config: RouterConfig,
         shown: akanda_model::Shown,

@@ -12,23 +12,23 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredLink {
     /// `None` leaves the kernel's MTU alone.
-    pub mtu: Option<u32>,
-    pub up: bool,
+    pub(crate) mtu: Option<u32>,
+    pub(crate) up: bool,
     /// Addresses with prefix length. IPv6 link-local addresses are the kernel's and never listed.
-    pub addresses: BTreeSet<IpNet>,
+    pub(crate) addresses: BTreeSet<IpNet>,
     /// Add IPv6 addresses without duplicate address detection, so a gateway address works at
     /// once. Astara turned DAD off on every network but the external one; so do we. The
     /// external addresses are added as optimistic ones (see `Netlink::add_address`).
-    pub nodad: bool,
+    pub(crate) nodad: bool,
 }
 
 /// A route the agent owns (installed with the agent's route protocol).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DesiredRoute {
     pub destination: IpNet,
-    pub gateway: IpAddr,
+    pub(crate) gateway: IpAddr,
     /// `None`: let the kernel find the interface from the gateway (top-level static routes).
-    pub ifname: Option<String>,
+    pub(crate) ifname: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,10 +37,10 @@ pub struct DesiredState {
     pub routes: BTreeSet<DesiredRoute>,
     /// IPv4 floating IPs: one `local` route each in the agent's floating-IP table
     /// ([`crate::netlink::FLOATING_IP_TABLE`]), not interface addresses.
-    pub floating_ips: BTreeSet<Ipv4Addr>,
+    pub(crate) floating_ips: BTreeSet<Ipv4Addr>,
 }
 
-pub fn is_ipv6_link_local(net: &IpNet) -> bool {
+pub(crate) fn is_ipv6_link_local(net: &IpNet) -> bool {
     matches!(net.addr(), IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 

@@ -15,7 +15,7 @@
 //! | `kill` | the agent sends itself SIGKILL (a crash: no unwinding, no cleanup) |
 //! | `sleep:MS` | the agent sleeps MS milliseconds there (blocking its thread), then carries on |
 //!
-//! The places ([`POINTS`]): the end of each apply phase (its work done, nothing after it yet),
+//! The places (`POINTS`): the end of each apply phase (its work done, nothing after it yet),
 //! each daemon config check (`daemon_check`: in the middle of the services phase, some
 //! daemons' files written, others not), the config staged but not committed, the config
 //! committed but not answered, the bootstrap
@@ -23,7 +23,8 @@
 //! (`rollback_ruleset=fail` makes a rollback fail, for the degraded state).
 
 /// Every failpoint, in the order an apply reaches them (`bootstrap` is at start).
-pub const POINTS: &[&str] = &[
+#[cfg(feature = "failpoints")]
+const POINTS: &[&str] = &[
     "bootstrap",
     "links_addresses_routes",
     "ruleset",
@@ -36,12 +37,13 @@ pub const POINTS: &[&str] = &[
 ];
 
 /// The environment variable that arms failpoints.
-pub const ENV: &str = "AKANDA_FAILPOINTS";
+#[cfg(feature = "failpoints")]
+const ENV: &str = "AKANDA_FAILPOINTS";
 
 /// Reaches failpoint `name`: `Err` when it is armed with `fail` (the message names it).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_name: &str) -> Result<(), String> {
+pub(crate) fn hit(_name: &str) -> Result<(), String> {
     Ok(())
 }
 
@@ -51,7 +53,9 @@ pub fn hit(_name: &str) -> Result<(), String> {
 pub fn announce() {}
 
 #[cfg(feature = "failpoints")]
-pub use armed::{announce, hit};
+pub use armed::announce;
+#[cfg(feature = "failpoints")]
+pub(crate) use armed::hit;
 
 #[cfg(feature = "failpoints")]
 mod armed {
@@ -150,7 +154,7 @@ mod armed {
         );
     }
 
-    pub fn hit(name: &str) -> Result<(), String> {
+    pub(crate) fn hit(name: &str) -> Result<(), String> {
         let action = {
             let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
             let Some(armed) = table.get_mut(name) else {

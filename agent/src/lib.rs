@@ -15,7 +15,7 @@ pub mod failpoint;
 pub mod firewall;
 pub mod management;
 pub mod netlink;
-pub mod nics;
+pub(crate) mod nics;
 pub mod reconcile;
 pub mod server;
 pub mod services;

@@ -39,18 +39,18 @@ use tracing::debug;
 pub const RTPROT_AKANDA: u8 = 44;
 
 /// The main routing table (`RT_TABLE_MAIN`).
-pub const TABLE_MAIN: u32 = akanda_model::MAIN_ROUTE_TABLE;
+pub(crate) const TABLE_MAIN: u32 = akanda_model::MAIN_ROUTE_TABLE;
 
 /// The agent's own FIB table: one `local` route per IPv4 floating IP (`ip route show table
 /// 44`). The kernel inserts routes in logarithmic time, where interface addresses cost time
 /// that grows with the addresses already on the link; a `local` route is enough for the
 /// router to answer ARP for the address (with the default `arp_ignore=0`) and to accept
 /// packets to it. Numbered like [`RTPROT_AKANDA`]; 44 is unassigned in `rt_tables`.
-pub const FLOATING_IP_TABLE: u32 = 44;
+pub(crate) const FLOATING_IP_TABLE: u32 = 44;
 
 /// The policy rule that consults [`FLOATING_IP_TABLE`]: after the local table's rule (0) and
 /// before main's (32766), so a floating IP inside a connected subnet is still local.
-pub const FLOATING_IP_RULE_PRIORITY: u32 = 44;
+pub(crate) const FLOATING_IP_RULE_PRIORITY: u32 = 44;
 
 /// `lo` has ifindex 1 in every network namespace (`LOOPBACK_IFINDEX`): the floating IPs'
 /// local routes point at it, so they survive the external NIC going down and up (IPv4 flushes
@@ -60,10 +60,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 const _: () = assert!(TABLE_MAIN == RouteHeader::RT_TABLE_MAIN as u32);
 
 /// `ARPHRD_ETHER`, the `link_type` of Ethernet-like links (veth, virtio, ...).
-pub const ARPHRD_ETHER: u16 = 1;
-
-/// `ARPHRD_LOOPBACK`, the `link_type` of `lo`.
-pub const ARPHRD_LOOPBACK: u16 = 772;
+pub(crate) const ARPHRD_ETHER: u16 = 1;
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +245,7 @@ impl Netlink {
     }
 
     /// The IPv4 host addresses that have a `local` route in `table`.
-    pub async fn local_routes(&self, table: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+    pub(crate) async fn local_routes(&self, table: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
         let messages = self
             .dump_table("dump local routes", AddressFamily::Inet, table)
             .await?;
@@ -294,7 +291,7 @@ impl Netlink {
     /// apiece. Removals go first. Adding a route that exists and removing one that is gone
     /// are no errors. The kernel processes every request even after one fails: the first
     /// failure is returned, and the caller restores what it wants from a fresh read.
-    pub fn write_local_routes(
+    pub(crate) fn write_local_routes(
         &self,
         table: u32,
         add: &[Ipv4Addr],
@@ -345,7 +342,11 @@ impl Netlink {
 
     /// Adds the IPv4 rule `from all lookup TABLE pref PRIORITY` unless it is there.
     /// Returns whether it was added.
-    pub async fn ensure_rule(&self, table: u32, priority: u32) -> Result<bool, NetlinkError> {
+    pub(crate) async fn ensure_rule(
+        &self,
+        table: u32,
+        priority: u32,
+    ) -> Result<bool, NetlinkError> {
         let rules = dump(
             "dump IPv4 rules",
             self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
@@ -375,7 +376,11 @@ impl Netlink {
 
     /// Deletes the IPv4 policy rule `priority: from all lookup table` if there is one.
     /// Returns whether it deleted one.
-    pub async fn delete_rule(&self, table: u32, priority: u32) -> Result<bool, NetlinkError> {
+    pub(crate) async fn delete_rule(
+        &self,
+        table: u32,
+        priority: u32,
+    ) -> Result<bool, NetlinkError> {
         let rules = dump(
             "dump IPv4 rules",
             self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
@@ -538,7 +543,7 @@ impl Netlink {
 
     /// One link by index (a read, not counted as a write). A missing link is
     /// `NetlinkError::Kernel` with errno ENODEV.
-    pub async fn link(&self, index: u32) -> Result<Link, NetlinkError> {
+    pub(crate) async fn link(&self, index: u32) -> Result<Link, NetlinkError> {
         let op = || format!("get link ifindex {index}");
         let message = self
             .handle
@@ -948,7 +953,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 /// Parses a MAC as the model does ([`akanda_model::MacAddr`]); `None` for anything else.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     s.parse::<akanda_model::MacAddr>().ok().map(|m| m.0)
 }
 

@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 
-use crate::netlink::{format_mac, Link, Netlink, NetlinkError};
+use crate::netlink::{format_mac, Link, Netlink, NetlinkError, ARPHRD_ETHER};
 use crate::store;
-
-const ARPHRD_ETHER: u16 = 1;
 
 /// Software links that carry Ethernet frames but are not NICs of the appliance.
 const NOT_NICS: &[&str] = &[
@@ -37,20 +35,20 @@ const NOT_NICS: &[&str] = &[
 
 /// A NIC as the rest of the agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nic {
-    pub ifname: String,
-    pub index: u32,
-    pub mac: String,
+pub(crate) struct Nic {
+    pub(crate) ifname: String,
+    pub(crate) index: u32,
+    pub(crate) mac: String,
 }
 
-pub fn is_nic(link: &Link) -> bool {
+pub(crate) fn is_nic(link: &Link) -> bool {
     link.link_type == ARPHRD_ETHER
         && link.mac.is_some()
         && !link.kind.as_deref().is_some_and(|k| NOT_NICS.contains(&k))
 }
 
 /// MAC → N. `present` lists the MACs of the NICs now present, in ifindex order.
-pub fn assign(records: &BTreeMap<String, u32>, present: &[String]) -> BTreeMap<String, u32> {
+pub(crate) fn assign(records: &BTreeMap<String, u32>, present: &[String]) -> BTreeMap<String, u32> {
     let mut out = records.clone();
     let held: BTreeSet<u32> = present
         .iter()
@@ -73,7 +71,7 @@ pub fn assign(records: &BTreeMap<String, u32>, present: &[String]) -> BTreeMap<S
 /// Renames that give each link index its wanted name. When a wanted name is held by another
 /// link that is itself being renamed (two NICs swapping names), every rename goes through a
 /// temporary name first.
-pub fn plan_renames(
+pub(crate) fn plan_renames(
     links: &[Link],
     wanted: &BTreeMap<u32, String>,
 ) -> Result<Vec<(u32, String)>, String> {
@@ -108,7 +106,7 @@ pub fn plan_renames(
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum NamingError {
+pub(crate) enum NamingError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error("NIC names file {path}: {source}")]
@@ -119,7 +117,7 @@ pub enum NamingError {
 
 /// Reads the links, names every NIC `geN` (renaming kernel links where needed, persisting new
 /// assignments) and returns the NICs in N order. Performs no write when nothing changed.
-pub async fn name_nics(nl: &Netlink, records_path: &Path) -> Result<Vec<Nic>, NamingError> {
+pub(crate) async fn name_nics(nl: &Netlink, records_path: &Path) -> Result<Vec<Nic>, NamingError> {
     let store_err = |source| NamingError::Store {
         path: records_path.display().to_string(),
         source,
@@ -167,7 +165,7 @@ pub async fn name_nics(nl: &Netlink, records_path: &Path) -> Result<Vec<Nic>, Na
 }
 
 /// `ge12` → 12 (for numeric ordering: ge2 before ge10); names that are not `geN` last.
-pub fn ge_number(ifname: &str) -> u32 {
+pub(crate) fn ge_number(ifname: &str) -> u32 {
     ifname
         .parse::<akanda_model::NicName>()
         .map(|n| u32::from(n.index()))

@@ -4,7 +4,7 @@
 //! netlink writes to make, and nothing when the kernel already agrees (an identical config
 //! performs no write). `execute` is the thin I/O layer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -37,7 +37,7 @@ pub struct KernelState {
 impl KernelState {
     /// Links, addresses and the agent's main-table routes (not the floating-IP table: with
     /// thousands of floating IPs, dumping it would dominate a no-op apply).
-    pub async fn read(nl: &Netlink) -> Result<KernelState, NetlinkError> {
+    pub(crate) async fn read(nl: &Netlink) -> Result<KernelState, NetlinkError> {
         Ok(KernelState {
             links: nl.links().await?,
             addresses: nl.addresses().await?,
@@ -46,7 +46,7 @@ impl KernelState {
         })
     }
 
-    pub fn link(&self, name: &str) -> Option<&Link> {
+    pub(crate) fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
     }
 
@@ -58,7 +58,7 @@ impl KernelState {
     }
 
     /// Global addresses of a link (IPv6 link-local ones belong to the kernel).
-    pub fn addresses_of(&self, index: u32) -> BTreeSet<IpNet> {
+    pub(crate) fn addresses_of(&self, index: u32) -> BTreeSet<IpNet> {
         self.addresses
             .iter()
             .filter(|a| a.index == index && !is_ipv6_link_local(&a.net))
@@ -68,7 +68,10 @@ impl KernelState {
 
     /// The state to return to if an apply fails: these links as they are now, and the agent's
     /// routes as they are now.
-    pub fn as_desired<'a>(&self, ifnames: impl IntoIterator<Item = &'a str>) -> DesiredState {
+    pub(crate) fn as_desired<'a>(
+        &self,
+        ifnames: impl IntoIterator<Item = &'a str>,
+    ) -> DesiredState {
         let mut state = DesiredState::default();
         for name in ifnames {
             if let Some(link) = self.link(name) {
@@ -98,7 +101,7 @@ impl KernelState {
 }
 
 /// The floating IPs that have a local route in the agent's floating-IP table.
-pub async fn floating_ip_routes(nl: &Netlink) -> Result<BTreeSet<Ipv4Addr>, NetlinkError> {
+pub(crate) async fn floating_ip_routes(nl: &Netlink) -> Result<BTreeSet<Ipv4Addr>, NetlinkError> {
     Ok(nl
         .local_routes(FLOATING_IP_TABLE)
         .await?
@@ -127,7 +130,7 @@ pub fn plan_floating_ips(
 }
 
 /// Routes in the main table that carry the agent's protocol.
-pub async fn agent_routes(nl: &Netlink) -> Result<Vec<Route>, NetlinkError> {
+pub(crate) async fn agent_routes(nl: &Netlink) -> Result<Vec<Route>, NetlinkError> {
     Ok(nl
         .routes()
         .await?
@@ -189,7 +192,7 @@ fn describe_route(r: &Route) -> String {
 /// A link the config names is not on this appliance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("interface {0} is not present on this appliance")]
-pub struct MissingLink(pub String);
+pub struct MissingLink(pub(crate) String);
 
 /// MTU, admin state and addresses of the links in `desired`. Links it does not name are never
 /// touched. Order: link settings, then addresses that change only their prefix length (removed
@@ -301,7 +304,7 @@ pub fn plan_routes(desired: &DesiredState, actual: &KernelState) -> Result<Vec<O
 
 /// Sends the writes in order, stopping at the first the kernel refuses. Outcomes that already
 /// are the desired state (adding what exists, deleting what is gone) count as success.
-pub async fn execute(nl: &Netlink, ops: &[Op]) -> Result<(), NetlinkError> {
+pub(crate) async fn execute(nl: &Netlink, ops: &[Op]) -> Result<(), NetlinkError> {
     for op in ops {
         tracing::debug!(%op, "netlink write");
         let result = match op {
@@ -330,11 +333,6 @@ fn tolerate(e: NetlinkError, errnos: &[i32]) -> Result<(), NetlinkError> {
         Some(n) if errnos.contains(&n) => Ok(()),
         _ => Err(e),
     }
-}
-
-/// Link index → name, for showing routes.
-pub fn names_by_index(links: &[Link]) -> BTreeMap<u32, String> {
-    links.iter().map(|l| (l.index, l.name.clone())).collect()
 }
 
 #[cfg(test)]

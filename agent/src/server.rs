@@ -44,7 +44,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// `[::]:port` (dual stack; `0.0.0.0:port` where IPv6 is off) with `SO_BINDTODEVICE ifname`:
 /// every address of that NIC and no other NIC's. The one device-bound binder: the API on a
 /// DHCP-configured management NIC and each NIC's metadata proxy use it.
-pub fn bind_to_device(ifname: &str, port: u16, backlog: i32) -> io::Result<TcpListener> {
+pub(crate) fn bind_to_device(ifname: &str, port: u16, backlog: i32) -> io::Result<TcpListener> {
     use std::net::{IpAddr, Ipv6Addr};
     let (socket, addr) = match Socket::new(Domain::IPV6, Type::STREAM, None) {
         Ok(s) => {

@@ -52,45 +52,45 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.root
     }
 
     /// Where an agent before the slots kept its config: read when there is no slot, removed
     /// by the first commit.
-    pub fn legacy_config_path(&self) -> PathBuf {
+    pub(crate) fn legacy_config_path(&self) -> PathBuf {
         self.root.join("config.json")
     }
 
     /// Slot 0 or 1 of the config.
-    pub fn slot_path(&self, slot: u8) -> PathBuf {
+    pub(crate) fn slot_path(&self, slot: u8) -> PathBuf {
         self.root.join(format!("config.{slot}"))
     }
 
-    pub fn nics_path(&self) -> PathBuf {
+    pub(crate) fn nics_path(&self) -> PathBuf {
         self.root.join("nics.json")
     }
 
     /// What an apply in progress is about to change beyond the saved config (the NICs it
     /// configures for the first time, as they were before): a restart after a crash puts
     /// them back. See `Appliance` ("leftovers").
-    pub fn intent_path(&self) -> PathBuf {
+    pub(crate) fn intent_path(&self) -> PathBuf {
         self.root.join("applying.json")
     }
 
     /// Writes the intent, atomically (temp file, rename) but without fsync: it only has to
     /// outlive the agent's process, not the machine (a reboot empties the kernel it
     /// describes).
-    pub fn save_intent(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn save_intent(&self, bytes: &[u8]) -> io::Result<()> {
         Staged::create(&self.intent_path(), bytes, 0o600)?.rename()
     }
 
-    pub fn load_intent(&self) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn load_intent(&self) -> io::Result<Option<Vec<u8>>> {
         read_optional(&self.intent_path())
     }
 
     /// Removes the intent; a missing one is fine.
-    pub fn remove_intent(&self) -> io::Result<()> {
+    pub(crate) fn remove_intent(&self) -> io::Result<()> {
         match fs::remove_file(self.intent_path()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -112,7 +112,7 @@ impl StateDir {
     }
 
     /// Saves a config: staged, then committed.
-    pub fn save_config(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn save_config(&self, bytes: &[u8]) -> io::Result<()> {
         self.stage_config(bytes)?.commit()
     }
 
@@ -122,7 +122,7 @@ impl StateDir {
     /// force. The JSON is written in place after the header and padded with spaces to the
     /// slot's size (so the commit's `fdatasync` flushes data only, no metadata, unless the slot
     /// grows); its write-back to disk is started at once, so the commit finds it done.
-    pub fn stage_config(&self, bytes: &[u8]) -> io::Result<StagedConfig> {
+    pub(crate) fn stage_config(&self, bytes: &[u8]) -> io::Result<StagedConfig> {
         let slots = [self.read_slot(0)?, self.read_slot(1)?];
         let current = in_force(&slots);
         let slot = match current {
@@ -184,7 +184,7 @@ impl StateDir {
     /// Records durably that there is no saved config (an apply onto a router that had none
     /// failed after its config was committed): a header without a config, of a newer
     /// generation, in the slot not in force.
-    pub fn remove_config(&self) -> io::Result<()> {
+    pub(crate) fn remove_config(&self) -> io::Result<()> {
         let slots = [self.read_slot(0)?, self.read_slot(1)?];
         let Some((slot, current)) = in_force(&slots) else {
             return self.remove_legacy_config();
@@ -304,7 +304,7 @@ impl SlotHeader {
 /// A config written into a slot, not yet committed. Dropped uncommitted, it changes nothing:
 /// the other slot is still in force.
 #[must_use = "a staged config is in force only once committed"]
-pub struct StagedConfig {
+pub(crate) struct StagedConfig {
     file: File,
     header: SlotHeader,
     state: StateDir,
@@ -313,14 +313,14 @@ pub struct StagedConfig {
 impl StagedConfig {
     /// Writes the slot's header and flushes the slot (its JSON, if the write-back has not
     /// finished, and the header): from then on the slot is in force.
-    pub fn commit(self) -> io::Result<()> {
+    pub(crate) fn commit(self) -> io::Result<()> {
         self.file.write_all_at(&self.header.encode(), 0)?;
         self.file.sync_data()?;
         self.state.remove_legacy_config()
     }
 }
 
-pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -329,13 +329,13 @@ pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// Writes `path` atomically with mode 0600 (the agent's own state).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_mode(path, bytes, 0o600)
 }
 
 /// Writes `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`,
 /// whatever the umask.
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Staged::write(path, bytes, mode)?.commit()
 }
 
@@ -366,7 +366,7 @@ pub fn write_all_then(files: &[(&Path, &[u8])], last: (&Path, &[u8]), mode: u32)
 /// place. Dropped uncommitted, it is removed; a crash leaves only a dot-file that the next
 /// write of the same path truncates.
 #[must_use = "a staged file is removed unless committed"]
-pub struct Staged {
+pub(crate) struct Staged {
     tmp: PathBuf,
     path: PathBuf,
     committed: bool,
@@ -413,7 +413,7 @@ impl Staged {
     }
 
     /// Renames the file into place and fsyncs the directory.
-    pub fn commit(self) -> io::Result<()> {
+    pub(crate) fn commit(self) -> io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         self.rename()?;
         File::open(dir)?.sync_all()

@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 /// (key under /proc/sys, value) that every router needs.
-pub const ROUTER_SYSCTLS: &[(&str, &str)] = &[
+pub(crate) const ROUTER_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv4/ip_forward", "1"),
     ("net/ipv6/conf/all/forwarding", "1"),
     // Deleting a primary IPv4 address must not take the secondaries (other addresses of the
@@ -22,13 +22,13 @@ pub const ROUTER_SYSCTLS: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 #[error("sysctl {key}: {source}")]
 pub struct SysctlError {
-    pub key: String,
+    pub(crate) key: String,
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 /// Sets `key` to `value` unless it already has it. Returns whether it wrote.
-pub fn ensure(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> {
+pub(crate) fn ensure(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> {
     let path = root.join(key);
     let err = |source| SysctlError {
         key: key.replace('/', "."),
@@ -43,18 +43,18 @@ pub fn ensure(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> 
 }
 
 /// Whether `key` turns forwarding on: those wait for the bootstrap ruleset.
-pub fn is_forwarding(key: &str) -> bool {
+pub(crate) fn is_forwarding(key: &str) -> bool {
     key.ends_with("/forwarding") || key == "net/ipv4/ip_forward"
 }
 
-pub fn ensure_router_sysctls() -> Result<usize, SysctlError> {
+pub(crate) fn ensure_router_sysctls() -> Result<usize, SysctlError> {
     ensure_sysctls(|_| true)
 }
 
 /// The router's sysctls but forwarding (kept addresses, promoted secondaries): set before the
 /// NICs are renamed (a rename sets a link down), while forwarding waits for the bootstrap
 /// ruleset.
-pub fn ensure_address_sysctls() -> Result<usize, SysctlError> {
+pub(crate) fn ensure_address_sysctls() -> Result<usize, SysctlError> {
     ensure_sysctls(|key| !is_forwarding(key))
 }
 

@@ -48,7 +48,7 @@ pub struct TlsFiles {
     pub client_ca: PathBuf,
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     akanda_pki::tls::provider()
 }
 
@@ -73,7 +73,7 @@ fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErr
 
 /// Checks that PEM texts are a usable certificate, key and CA, without any file (the config
 /// drive parser uses it). Never puts key material in an error.
-pub fn check_pem(cert: &str, key: &str, ca: &str) -> Result<(), String> {
+pub(crate) fn check_pem(cert: &str, key: &str, ca: &str) -> Result<(), String> {
     certs(Path::new("server_cert"), cert.as_bytes()).map_err(|e| e.to_string())?;
     certs(Path::new("ca_cert"), ca.as_bytes()).map_err(|e| e.to_string())?;
     akanda_pki::tls::private_key(key.as_bytes())
@@ -95,16 +95,16 @@ fn stamp(files: &TlsFiles) -> Option<Stamp> {
 
 /// What was loaded, for the log (never the key).
 #[derive(Debug, Clone)]
-pub struct Loaded {
-    pub server_subject: String,
-    pub server_sans: Vec<String>,
-    pub server_not_after: String,
-    pub server_sha256: String,
-    pub client_ca_subjects: Vec<String>,
+pub(crate) struct Loaded {
+    pub(crate) server_subject: String,
+    pub(crate) server_sans: Vec<String>,
+    pub(crate) server_not_after: String,
+    pub(crate) server_sha256: String,
+    pub(crate) client_ca_subjects: Vec<String>,
 }
 
 /// Builds the server config from the three files.
-pub fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Loaded), TlsError> {
+pub(crate) fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Loaded), TlsError> {
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
     let ca_pem = read(&files.client_ca)?;
@@ -166,7 +166,6 @@ pub struct TlsState {
     current: RwLock<Arc<ServerConfig>>,
     /// The stamp of what is loaded, and of the last material that failed (logged once).
     stamps: Mutex<(Option<Stamp>, Option<Stamp>)>,
-    reloads: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for TlsState {
@@ -194,23 +193,17 @@ impl TlsState {
             files,
             current: RwLock::new(Arc::new(config)),
             stamps: Mutex::new((before, None)),
-            reloads: 0.into(),
         }))
     }
 
     /// The config for the next handshake.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
         self.current.read().expect("tls lock").clone()
-    }
-
-    /// Successful reloads since start.
-    pub fn reloads(&self) -> u64 {
-        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Re-reads the files. `force` reloads even if the contents look unchanged (SIGHUP).
     /// On failure the config in force stays.
-    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
+    pub(crate) fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let now = stamp(&self.files);
         {
             let stamps = self.stamps.lock().expect("tls stamps");
@@ -222,8 +215,6 @@ impl TlsState {
             Ok((config, loaded)) => {
                 *self.current.write().expect("tls lock") = Arc::new(config);
                 *self.stamps.lock().expect("tls stamps") = (now, None);
-                self.reloads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     subject = %loaded.server_subject,
                     sans = ?loaded.server_sans,
@@ -247,7 +238,12 @@ impl TlsState {
     /// parses), then writes the files (key first, each 0600, atomically) and reloads. `ca`
     /// `None` keeps the client CA. Errors name the field (`server_cert`, `server_key`,
     /// `ca_cert`) and never quote the key. Blocking (file I/O).
-    pub fn replace(&self, cert: &str, key: &str, ca: Option<&str>) -> Result<Loaded, TlsError> {
+    pub(crate) fn replace(
+        &self,
+        cert: &str,
+        key: &str,
+        ca: Option<&str>,
+    ) -> Result<Loaded, TlsError> {
         let fields = TlsFiles {
             cert: PathBuf::from("server_cert"),
             key: PathBuf::from("server_key"),
@@ -377,13 +373,13 @@ impl ClientCertVerifier for ClientAuthOnly {
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub identity: Identity,
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) identity: Identity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// A client certificate verified in the handshake.
     Certificate {
         subject: String,
@@ -397,7 +393,10 @@ pub enum Identity {
 
 impl Peer {
     /// The identity from the client's verified certificate chain.
-    pub fn from_certificates(addr: SocketAddr, chain: Option<&[CertificateDer<'_>]>) -> Peer {
+    pub(crate) fn from_certificates(
+        addr: SocketAddr,
+        chain: Option<&[CertificateDer<'_>]>,
+    ) -> Peer {
         let identity = match chain.and_then(|c| c.first()) {
             Some(der) => {
                 use x509_parser::prelude::*;
@@ -416,7 +415,7 @@ impl Peer {
         Peer { addr, identity }
     }
 
-    pub fn plain(addr: SocketAddr) -> Peer {
+    pub(crate) fn plain(addr: SocketAddr) -> Peer {
         Peer {
             addr,
             identity: Identity::PlainHttp,

@@ -19,7 +19,7 @@ use crate::progress::Progress;
 const BASE_CACHE_VERSION: &str = "akanda-image base v1";
 
 /// Inputs of the base tree: what `root.d` produces depends on nothing else.
-pub fn base_cache_key(
+pub(crate) fn base_cache_key(
     release: &str,
     mirror: &str,
     packages: &BTreeSet<String>,

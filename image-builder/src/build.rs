@@ -18,7 +18,7 @@ use crate::tools::{self, ToolError};
 use crate::{base, locate, tree};
 
 /// The element a default build starts from.
-pub const DEFAULT_ELEMENT: &str = "akanda-router";
+pub(crate) const DEFAULT_ELEMENT: &str = "akanda-router";
 /// Free space a build needs in its cache/work directory: the base (~450 MiB), its working
 /// copy, the raw disk (sparse, ~400 MiB written) and slack.
 const NEEDED_WORK_BYTES: u64 = 2 << 30;
@@ -91,12 +91,12 @@ pub enum BuildError {
      {tail}\nFull build log: {log}"
 )]
 pub struct ScriptFailure {
-    pub element: String,
-    pub phase: String,
-    pub script: String,
-    pub status: String,
-    pub tail: String,
-    pub log: String,
+    pub(crate) element: String,
+    pub(crate) phase: String,
+    pub(crate) script: String,
+    pub(crate) status: String,
+    pub(crate) tail: String,
+    pub(crate) log: String,
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -116,7 +116,7 @@ pub struct BuildReport {
 }
 
 /// `SOURCE_DATE_EPOCH`, when set and valid.
-pub fn source_date_epoch() -> Option<u64> {
+pub(crate) fn source_date_epoch() -> Option<u64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
 
@@ -152,7 +152,7 @@ fn explain_space(err: BuildError, dir: &Path) -> BuildError {
 
 /// The agent binary to put in the image when `--agent-bin` is not given: the `akanda-agent`
 /// beside this `akanda-image` executable ([`locate::agent_beside`]).
-pub fn default_agent_bin() -> Result<PathBuf, BuildError> {
+pub(crate) fn default_agent_bin() -> Result<PathBuf, BuildError> {
     let exe = std::env::current_exe()
         .map_err(|e| BuildError::Agent(format!("cannot find akanda-image's own path: {e}")))?;
     let bin = locate::agent_beside(&exe)

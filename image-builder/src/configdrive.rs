@@ -18,23 +18,14 @@ pub enum ConfigDriveError {
 
 /// Nova's two config drive formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DriveFormat {
+pub(crate) enum DriveFormat {
     Iso9660,
     Vfat,
 }
 
-impl DriveFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriveFormat::Iso9660 => "iso9660",
-            DriveFormat::Vfat => "vfat",
-        }
-    }
-}
-
 /// Writes the config drive image at `image` with the documents in `openstack/latest/`:
 /// `user_data` is written as is, as Nova writes the server's user data.
-pub fn make(
+pub(crate) fn make(
     format: DriveFormat,
     image: &Path,
     network_data: &serde_json::Value,

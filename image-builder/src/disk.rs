@@ -25,13 +25,13 @@ use sha2::{Digest, Sha256};
 
 use crate::tools::{self, cmd, ToolError};
 
-pub const SECTOR: u64 = 512;
-pub const BIOS_START: u64 = 2048;
-pub const BIOS_SECTORS: u64 = 2048;
-pub const ESP_START: u64 = 4096;
-pub const ESP_SECTORS: u64 = 32 * 2048;
-pub const ROOT_START: u64 = ESP_START + ESP_SECTORS;
-pub const ROOT_LABEL: &str = "akanda-root";
+pub(crate) const SECTOR: u64 = 512;
+pub(crate) const BIOS_START: u64 = 2048;
+pub(crate) const BIOS_SECTORS: u64 = 2048;
+pub(crate) const ESP_START: u64 = 4096;
+pub(crate) const ESP_SECTORS: u64 = 32 * 2048;
+pub(crate) const ROOT_START: u64 = ESP_START + ESP_SECTORS;
+pub(crate) const ROOT_LABEL: &str = "akanda-root";
 
 /// GPT partition type GUIDs.
 const TYPE_BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
@@ -48,13 +48,13 @@ const GRUB_MODULES: &str =
 /// two builds give the same bytes; otherwise they are random, so two images never share a
 /// filesystem UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ids {
-    pub disk_guid: String,
-    pub root_partuuid: String,
-    pub root_uuid: String,
-    pub ext4_hash_seed: String,
+pub(crate) struct Ids {
+    pub(crate) disk_guid: String,
+    pub(crate) root_partuuid: String,
+    pub(crate) root_uuid: String,
+    pub(crate) ext4_hash_seed: String,
     /// FAT volume id, 8 hex digits.
-    pub esp_volume_id: String,
+    pub(crate) esp_volume_id: String,
 }
 
 fn uuid_from(bytes: &[u8]) -> String {
@@ -76,7 +76,7 @@ fn uuid_from(bytes: &[u8]) -> String {
 
 impl Ids {
     /// Derived from a seed (the `SOURCE_DATE_EPOCH` value and the build's inputs).
-    pub fn derived(seed: &str) -> Ids {
+    pub(crate) fn derived(seed: &str) -> Ids {
         let h = |what: &str| Sha256::digest(format!("akanda-image {what} {seed}").as_bytes());
         Ids {
             disk_guid: uuid_from(&h("disk")),
@@ -87,7 +87,7 @@ impl Ids {
         }
     }
 
-    pub fn random() -> Ids {
+    pub(crate) fn random() -> Ids {
         let mut seed = [0u8; 32];
         // getrandom(2) cannot fail for 32 bytes once the pool is initialised; fall back to
         // the clock and pid so a failure never blocks a build.
@@ -113,7 +113,7 @@ impl Ids {
 /// element's `root.d/50-small-initramfs`); `cryptomgr.notests` skips the self-tests of every
 /// kernel crypto algorithm at registration (mainline's default; Debian turns them on), about
 /// 0.4 s of a boot under emulation, for checks of the kernel's own implementations.
-pub fn kernel_cmdline(ids: &Ids) -> String {
+pub(crate) fn kernel_cmdline(ids: &Ids) -> String {
     format!(
         "root=UUID={} rw console=tty0 console=ttyS0,115200n8 net.ifnames=0 scsi_mod.scan=sync cryptomgr.notests panic=10",
         ids.root_uuid
@@ -121,7 +121,7 @@ pub fn kernel_cmdline(ids: &Ids) -> String {
 }
 
 /// systemd-boot's files on the ESP: `loader/loader.conf` and the one boot entry.
-pub fn systemd_boot_files(ids: &Ids) -> [(&'static str, String); 2] {
+pub(crate) fn systemd_boot_files(ids: &Ids) -> [(&'static str, String); 2] {
     [
         (
             "loader/loader.conf",
@@ -138,10 +138,10 @@ pub fn systemd_boot_files(ids: &Ids) -> [(&'static str, String); 2] {
 }
 
 /// systemd-boot's EFI binary on the build host (Debian package `systemd-boot-efi`).
-pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+pub(crate) const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 /// The GRUB config embedded in the BIOS GRUB image: no menu, serial console, straight to Linux.
-pub fn grub_cfg(ids: &Ids) -> String {
+pub(crate) fn grub_cfg(ids: &Ids) -> String {
     format!(
         "set timeout=0\n\
          serial --unit=0 --speed=115200\n\
@@ -157,7 +157,7 @@ pub fn grub_cfg(ids: &Ids) -> String {
 }
 
 /// The sfdisk script for the layout.
-pub fn sfdisk_script(ids: &Ids, root_sectors: u64) -> String {
+pub(crate) fn sfdisk_script(ids: &Ids, root_sectors: u64) -> String {
     format!(
         "label: gpt\n\
          label-id: {disk}\n\
@@ -178,7 +178,7 @@ pub fn sfdisk_script(ids: &Ids, root_sectors: u64) -> String {
 /// boot.img (MBR) at 0x5c holds the LBA of core.img's first sector (diskboot.img); diskboot's
 /// blocklist at 0x1f4 holds the LBA of the rest of core.img. `grub-mkimage` already filled in
 /// the blocklist length. GRUB 2.06 offsets; the qemu boot test catches a change.
-pub fn patch_bios_boot(image: &mut File, core_lba: u64) -> std::io::Result<()> {
+pub(crate) fn patch_bios_boot(image: &mut File, core_lba: u64) -> std::io::Result<()> {
     image.seek(SeekFrom::Start(0x5c))?;
     image.write_all(&core_lba.to_le_bytes())?;
     image.seek(SeekFrom::Start(core_lba * SECTOR + 0x1f4))?;
@@ -225,13 +225,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
 
 /// Sizes the root partition: the tree's size plus a third for metadata and some free space
 /// at first boot, at least `min_mib`.
-pub fn root_mib(tree_bytes: u64, min_mib: u64) -> u64 {
+pub(crate) fn root_mib(tree_bytes: u64, min_mib: u64) -> u64 {
     let mib = tree_bytes.div_ceil(1 << 20);
     (mib + mib / 3 + 64).max(min_mib)
 }
 
 /// Builds `raw` from the root tree. `epoch` pins the timestamps mkfs writes.
-pub fn assemble(
+pub(crate) fn assemble(
     rootfs: &Path,
     raw: &Path,
     work: &Path,
@@ -386,7 +386,7 @@ fn resolve_in(rootfs: &Path, name: &str) -> std::path::PathBuf {
 
 /// `qemu-img convert` to the final format. qcow2 is compressed (zlib, which every QEMU and
 /// Glance consumer reads; zstd would be 5x faster but needs QEMU >= 5.1 on the compute hosts).
-pub fn convert(raw: &Path, out: &Path, qcow2: bool) -> Result<(), DiskError> {
+pub(crate) fn convert(raw: &Path, out: &Path, qcow2: bool) -> Result<(), DiskError> {
     let tmp = out.with_extension("partial");
     let mut c = cmd("qemu-img", ["convert", "-f", "raw", "-O"]);
     if qcow2 {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// Where a phase's scripts run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Where {
+pub(crate) enum Where {
     /// On the build host, with `TARGET_ROOT` pointing at the image's root tree.
     Outside,
     /// Inside the image tree with `chroot`.
@@ -29,7 +29,7 @@ pub enum Where {
 
 /// The phases, in the order they run. `block-device.d` is not here: disk assembly is the
 /// builder's own (no loop devices), and an element that ships one gets an error, not silence.
-pub const PHASES: &[(&str, Where)] = &[
+pub(crate) const PHASES: &[(&str, Where)] = &[
     ("root.d", Where::Outside),
     ("extra-data.d", Where::Outside),
     ("pre-install.d", Where::Chroot),
@@ -78,24 +78,24 @@ pub struct Element {
     pub name: String,
     pub dir: PathBuf,
     pub deps: Vec<String>,
-    pub provides: Vec<String>,
+    pub(crate) provides: Vec<String>,
     pub description: String,
 }
 
 impl Element {
     /// Executable scripts of one phase, in lexical order. Files without an execute bit are
     /// skipped, as diskimage-builder does (READMEs and data files live next to scripts).
-    pub fn scripts(&self, phase: &str) -> Result<Vec<PathBuf>, ElementError> {
+    pub(crate) fn scripts(&self, phase: &str) -> Result<Vec<PathBuf>, ElementError> {
         executables(&self.dir.join(phase))
     }
 
     /// Environment snippets (`environment.d/*`), in lexical order.
-    pub fn environment(&self) -> Result<Vec<PathBuf>, ElementError> {
+    pub(crate) fn environment(&self) -> Result<Vec<PathBuf>, ElementError> {
         files(&self.dir.join("environment.d"))
     }
 
     /// Packages from `package-installs.yaml`.
-    pub fn packages(&self) -> Result<Vec<String>, ElementError> {
+    pub(crate) fn packages(&self) -> Result<Vec<String>, ElementError> {
         let path = self.dir.join("package-installs.yaml");
         match fs::read_to_string(&path) {
             Ok(text) => parse_package_installs(&text).map_err(|message| ElementError::Invalid {
@@ -144,7 +144,7 @@ fn executables(dir: &Path) -> Result<Vec<PathBuf>, ElementError> {
 /// Only `phase` is accepted (and ignored: every package goes into the cached base, which is
 /// what makes rebuilds fast); other diskimage-builder keys (`uninstall`, `when`, `arch`, ...)
 /// are refused by name so an element never silently does less than it says.
-pub fn parse_package_installs(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn parse_package_installs(text: &str) -> Result<Vec<String>, String> {
     let value: serde_norway::Value =
         serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
     let map = match value {
@@ -261,7 +261,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<BTreeMap<String, Element>, ElementE
 
 /// The requested elements plus everything they depend on, dependencies first. Among elements
 /// that do not depend on each other the order is by name, so it is stable across runs.
-pub fn resolve(
+pub(crate) fn resolve(
     all: &BTreeMap<String, Element>,
     requested: &[String],
     paths: &[PathBuf],

@@ -17,13 +17,13 @@
 
 pub(crate) mod base;
 pub mod build;
-pub mod configdrive;
-pub mod disk;
+pub(crate) mod configdrive;
+pub(crate) mod disk;
 pub mod elements;
 pub mod locate;
 pub(crate) mod phases;
 pub(crate) mod progress;
-pub mod tools;
+pub(crate) mod tools;
 pub(crate) mod tree;
 pub mod upload;
 pub mod verify;

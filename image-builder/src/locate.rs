@@ -12,11 +12,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Colon-separated directories of elements, searched after `--elements-path`.
-pub const ELEMENTS_PATH_ENV: &str = "AKANDA_ELEMENTS_PATH";
+pub(crate) const ELEMENTS_PATH_ENV: &str = "AKANDA_ELEMENTS_PATH";
 /// The shipped elements under an install prefix.
-pub const SHARE_ELEMENTS: &str = "share/akanda-image/elements";
+pub(crate) const SHARE_ELEMENTS: &str = "share/akanda-image/elements";
 /// The agent binary, expected beside `akanda-image`.
-pub const AGENT_BIN_NAME: &str = "akanda-agent";
+pub(crate) const AGENT_BIN_NAME: &str = "akanda-agent";
 /// How many directories above the executable a checkout is looked for: `target/release/`
 /// is two, `target/x86_64-unknown-linux-gnu/release/` three.
 const CHECKOUT_DEPTH: usize = 4;
@@ -51,7 +51,7 @@ pub(crate) fn elements_path_from(
 
 /// The shipped elements directory for the executable `exe`: the install prefix's
 /// `share/akanda-image/elements`, else the `elements/` of the checkout it was built in.
-pub fn shipped_elements(exe: &Path) -> Option<PathBuf> {
+pub(crate) fn shipped_elements(exe: &Path) -> Option<PathBuf> {
     let bin_dir = exe.parent()?;
     let prefix = bin_dir.parent().map(|p| p.join(SHARE_ELEMENTS));
     if let Some(p) = prefix.filter(|p| p.is_dir()) {
@@ -69,7 +69,7 @@ pub fn shipped_elements(exe: &Path) -> Option<PathBuf> {
 /// The agent binary beside the executable `exe` (`target/release/akanda-agent` after
 /// `cargo build --release`, which builds both at once so the agent is compiled once, or
 /// `PREFIX/bin/akanda-agent` where both are installed).
-pub fn agent_beside(exe: &Path) -> Option<PathBuf> {
+pub(crate) fn agent_beside(exe: &Path) -> Option<PathBuf> {
     Some(exe.parent()?.join(AGENT_BIN_NAME))
 }
 

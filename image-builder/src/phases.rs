@@ -22,13 +22,13 @@ const SOURCE_THEN_EXEC: &str = r#"set -e; s=$1; shift; for f in "$@"; do . "$f";
 
 /// What every script's environment is made of.
 pub(crate) struct ScriptEnv<'a> {
-    pub opts: &'a BuildOptions,
-    pub elements: &'a [Element],
+    pub(crate) opts: &'a BuildOptions,
+    pub(crate) elements: &'a [Element],
     /// Space-separated, for `AKANDA_PACKAGES`.
-    pub packages: String,
-    pub agent_bin: PathBuf,
-    pub epoch: Option<u64>,
-    pub log_path: PathBuf,
+    pub(crate) packages: String,
+    pub(crate) agent_bin: PathBuf,
+    pub(crate) epoch: Option<u64>,
+    pub(crate) log_path: PathBuf,
 }
 
 impl ScriptEnv<'_> {

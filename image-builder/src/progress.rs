@@ -5,17 +5,17 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     current: Option<(String, Instant)>,
     started: Instant,
-    pub timings: Vec<(String, Duration)>,
+    pub(crate) timings: Vec<(String, Duration)>,
     quiet: bool,
 }
 
 impl Progress {
     /// A spinner on stderr when it is a terminal; plain "==> phase" lines otherwise (CI logs).
-    pub fn new() -> Progress {
+    pub(crate) fn new() -> Progress {
         let quiet = !std::io::IsTerminal::is_terminal(&std::io::stderr());
         Progress {
             bar: None,
@@ -27,7 +27,7 @@ impl Progress {
     }
 
     /// Starts a phase (ending the previous one).
-    pub fn phase(&mut self, name: &str) {
+    pub(crate) fn phase(&mut self, name: &str) {
         self.finish_phase();
         self.current = Some((name.to_string(), Instant::now()));
         if self.quiet {
@@ -46,21 +46,21 @@ impl Progress {
     }
 
     /// Shows the latest output line of the running step.
-    pub fn message(&self, line: &str) {
+    pub(crate) fn message(&self, line: &str) {
         if let Some(bar) = &self.bar {
             bar.set_message(line.trim().chars().take(120).collect::<String>());
         }
     }
 
     /// Prints a line above the spinner.
-    pub fn println(&self, line: &str) {
+    pub(crate) fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
     }
 
-    pub fn finish_phase(&mut self) {
+    pub(crate) fn finish_phase(&mut self) {
         if let Some((name, start)) = self.current.take() {
             let took = start.elapsed();
             if let Some(bar) = self.bar.take() {
@@ -72,7 +72,7 @@ impl Progress {
     }
 
     /// Ends the last phase and prints the table of timings.
-    pub fn summary(&mut self) -> String {
+    pub(crate) fn summary(&mut self) -> String {
         self.finish_phase();
         let mut out = String::from("phase timings:\n");
         for (name, took) in &self.timings {

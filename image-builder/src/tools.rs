@@ -9,9 +9,9 @@ use std::process::{Command, ExitStatus, Stdio};
 
 /// A host program and the Debian package that ships it.
 #[derive(Debug, Clone, Copy)]
-pub struct Tool {
-    pub program: &'static str,
-    pub package: &'static str,
+pub(crate) struct Tool {
+    pub(crate) program: &'static str,
+    pub(crate) package: &'static str,
 }
 
 const fn tool(program: &'static str, package: &'static str) -> Tool {
@@ -19,7 +19,7 @@ const fn tool(program: &'static str, package: &'static str) -> Tool {
 }
 
 /// What `build` needs on the host.
-pub const BUILD_TOOLS: &[Tool] = &[
+pub(crate) const BUILD_TOOLS: &[Tool] = &[
     tool("debootstrap", "debootstrap"),
     tool("chroot", "coreutils"),
     tool("sfdisk", "fdisk"),
@@ -33,7 +33,7 @@ pub const BUILD_TOOLS: &[Tool] = &[
 ];
 
 /// GRUB's platform files, which are not programs.
-pub const BUILD_FILES: &[(&str, &str)] = &[
+pub(crate) const BUILD_FILES: &[(&str, &str)] = &[
     ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
     ("/usr/lib/grub/i386-pc/biosdisk.mod", "grub-pc-bin"),
     (
@@ -43,7 +43,7 @@ pub const BUILD_FILES: &[(&str, &str)] = &[
 ];
 
 /// What `verify` needs on the host.
-pub const VERIFY_TOOLS: &[Tool] = &[
+pub(crate) const VERIFY_TOOLS: &[Tool] = &[
     tool("qemu-system-x86_64", "qemu-system-x86"),
     tool("qemu-img", "qemu-utils"),
     tool("ip", "iproute2"),
@@ -53,8 +53,8 @@ pub const VERIFY_TOOLS: &[Tool] = &[
     tool("mmd", "mtools"),
 ];
 
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub(crate) const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub(crate) const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -81,7 +81,7 @@ pub enum ToolError {
 
 /// Looks a program up in PATH, plus the sbin directories (root's tools live there and a
 /// non-login shell may not have them in PATH).
-pub fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
@@ -90,7 +90,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Checks every tool and file; the error lists all missing ones with one apt-get line.
-pub fn check(tools: &[Tool], files: &[(&str, &str)]) -> Result<(), ToolError> {
+pub(crate) fn check(tools: &[Tool], files: &[(&str, &str)]) -> Result<(), ToolError> {
     let mut programs = Vec::new();
     let mut packages: Vec<&str> = Vec::new();
     for t in tools {
@@ -120,7 +120,7 @@ pub fn check(tools: &[Tool], files: &[(&str, &str)]) -> Result<(), ToolError> {
 }
 
 /// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     lines[start..].join("\n")
@@ -140,28 +140,28 @@ const FAILURE_TAIL_LINES: usize = 30;
 
 /// Runs a command with stdin closed; on failure the error carries the last 30 lines of its
 /// stdout and stderr. Returns stdout.
-pub fn run(cmd: &mut Command) -> Result<String, ToolError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String, ToolError> {
     let done = execute(cmd, None, None)?;
     done.stdout_if_success(cmd)
 }
 
 /// [`run`], with `input` written to the command's stdin (sfdisk reads its script there).
-pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, ToolError> {
+pub(crate) fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, ToolError> {
     let done = execute(cmd, Some(input), None)?;
     done.stdout_if_success(cmd)
 }
 
 /// A streamed command's end: its status and the last lines it printed.
 #[derive(Debug)]
-pub struct Streamed {
-    pub status: ExitStatus,
-    pub tail: String,
+pub(crate) struct Streamed {
+    pub(crate) status: ExitStatus,
+    pub(crate) tail: String,
 }
 
 /// Runs a command with stdin closed and stdout and stderr merged into one stream, handing each
 /// line to `on_line` as it arrives (build log, progress line). A failing status is not an
 /// error here: the caller knows what the command was for, and says so.
-pub fn stream(
+pub(crate) fn stream(
     cmd: &mut Command,
     tail_lines: usize,
     mut on_line: impl FnMut(&str),
@@ -269,7 +269,7 @@ fn execute(
 }
 
 /// `Command::new(program).args(args)`, for brevity.
-pub fn cmd<I, S>(program: &str, args: I) -> Command
+pub(crate) fn cmd<I, S>(program: &str, args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -281,7 +281,7 @@ where
 
 /// Makes a long-running child (QEMU, dnsmasq) die with this process, even when this process
 /// is killed and its destructors never run: nothing is left running after a killed verify.
-pub fn die_with_parent(c: &mut Command) -> &mut Command {
+pub(crate) fn die_with_parent(c: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec, and only calls prctl(2),
     // which is async-signal-safe and touches no memory of the parent.

@@ -24,7 +24,7 @@ use crate::tools;
 /// machine. Measured boot-to-ready under TCG (`akanda-image verify`): SATA 14.8 to 17.7 s,
 /// IDE 20.8 to 22.1 s, virtio-scsi 24 to 32 s (the kernel's synchronous scan of virtio-scsi's
 /// 256 targets costs about 9 s). The image reads all of them.
-pub const DEVICE_PROPERTIES: [(&str, &str); 3] = [
+pub(crate) const DEVICE_PROPERTIES: [(&str, &str); 3] = [
     ("hw_disk_bus", "virtio"),
     ("hw_vif_model", "virtio"),
     ("hw_cdrom_bus", "sata"),
@@ -33,22 +33,22 @@ pub const DEVICE_PROPERTIES: [(&str, &str); 3] = [
 #[derive(Debug, Clone, clap::Args)]
 pub struct UploadOptions {
     /// The image file (qcow2 or raw).
-    pub image: PathBuf,
+    pub(crate) image: PathBuf,
     /// Image name in Glance.
     #[arg(long, default_value = "akanda-router")]
-    pub name: String,
+    pub(crate) name: String,
     /// Cloud name in clouds.yaml (default: $OS_CLOUD; without either, OS_* variables).
     #[arg(long)]
-    pub os_cloud: Option<String>,
+    pub(crate) os_cloud: Option<String>,
     /// Glance visibility.
     #[arg(long, default_value = "private")]
-    pub visibility: String,
+    pub(crate) visibility: String,
     /// Set hw_firmware_type=uefi (only for clouds that must boot the image with UEFI).
     #[arg(long)]
-    pub uefi_only: bool,
+    pub(crate) uefi_only: bool,
     /// Extra image property KEY=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_kv)]
-    pub properties: Vec<(String, String)>,
+    pub(crate) properties: Vec<(String, String)>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -39,7 +39,7 @@ use crate::configdrive::{self, ConfigDriveError};
 use crate::tools::{self, cmd, ToolError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Firmware {
+pub(crate) enum Firmware {
     /// SeaBIOS (QEMU's default).
     Bios,
     /// OVMF (UEFI), from Debian's `ovmf` package.
@@ -48,7 +48,7 @@ pub enum Firmware {
 
 /// QEMU machine types, as Nova's `hw_machine_type` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Machine {
+pub(crate) enum Machine {
     /// i440fx: IDE (PIIX) built in. Nova's default for x86 until 2023.
     Pc,
     /// ICH9: SATA (AHCI) built in, no IDE. Nova's default on current releases, and what
@@ -58,7 +58,7 @@ pub enum Machine {
 
 /// The bus of the CD-ROM holding an ISO 9660 config drive (Nova's `hw_cdrom_bus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CdromBus {
+pub(crate) enum CdromBus {
     Ide,
     Sata,
     /// A SCSI CD-ROM behind a virtio-scsi controller (`hw_cdrom_bus=scsi`,
@@ -68,7 +68,7 @@ pub enum CdromBus {
 
 /// How the config drive reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attachment {
+pub(crate) enum Attachment {
     /// No config drive (`--dhcp`).
     None,
     /// ISO 9660 on a CD-ROM (Nova's default `config_drive_format`).
@@ -94,34 +94,34 @@ impl fmt::Display for Attachment {
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyOptions {
     /// The image (qcow2 or raw). It is not modified: the VM writes to a throw-away overlay.
-    pub image: PathBuf,
+    pub(crate) image: PathBuf,
     #[arg(long, value_enum, default_value_t = Firmware::Bios)]
-    pub firmware: Firmware,
+    pub(crate) firmware: Firmware,
     #[arg(long, value_enum, default_value_t = Machine::Q35)]
-    pub machine: Machine,
+    pub(crate) machine: Machine,
     /// The config drive's filesystem: iso9660 goes on a CD-ROM (`--cdrom-bus`), vfat on a
     /// virtio-blk disk, as Nova attaches them.
     #[arg(long, value_enum, default_value_t = configdrive::DriveFormat::Iso9660)]
-    pub config_drive_format: configdrive::DriveFormat,
+    pub(crate) config_drive_format: configdrive::DriveFormat,
     /// The CD-ROM's bus for an ISO 9660 config drive. Default: Nova's for the machine type
     /// (SATA on q35, IDE on pc).
     #[arg(long, value_enum)]
-    pub cdrom_bus: Option<CdromBus>,
+    pub(crate) cdrom_bus: Option<CdromBus>,
     /// No config drive: check the DHCP fallback (dnsmasq in the management namespace).
     #[arg(long)]
-    pub dhcp: bool,
+    pub(crate) dhcp: bool,
     /// Seconds to wait for the agent to answer after QEMU starts.
     #[arg(long, default_value_t = 240)]
-    pub timeout: u64,
+    pub(crate) timeout: u64,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 256)]
-    pub memory: u32,
+    pub(crate) memory: u32,
     /// Guest vCPUs.
     #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
+    pub(crate) cpus: u32,
     /// Keep the work directory (serial log, overlay, config drive).
     #[arg(long)]
-    pub keep: bool,
+    pub(crate) keep: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,22 +161,22 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VerifyError {
 /// What a successful verify reports.
 #[derive(Debug)]
 pub struct VerifyReport {
-    pub firmware: Firmware,
-    pub machine: Machine,
-    pub attachment: Attachment,
+    pub(crate) firmware: Firmware,
+    pub(crate) machine: Machine,
+    pub(crate) attachment: Attachment,
     /// The device the agent says it read the config drive from (`/dev/sr0`), with its
     /// sysfs path, from the agent's own log line on the serial console.
-    pub config_drive_device: Option<String>,
-    pub boot_to_ready: Duration,
-    pub interfaces: Vec<(String, String)>,
-    pub apply_ms: u128,
+    pub(crate) config_drive_device: Option<String>,
+    pub(crate) boot_to_ready: Duration,
+    pub(crate) interfaces: Vec<(String, String)>,
+    pub(crate) apply_ms: u128,
     /// The address the tenant pinged after the PUT; `None` when config changes were (rightly)
     /// refused: no config drive, so no TLS material and no plain-HTTP opt-in.
-    pub pinged: Option<String>,
-    pub listen: String,
+    pub(crate) pinged: Option<String>,
+    pub(crate) listen: String,
     /// Mutual TLS: the agent proved the verify CA's certificate for its address, and refused
     /// plain HTTP and a client without a certificate.
-    pub mutual_tls: bool,
+    pub(crate) mutual_tls: bool,
 }
 
 impl fmt::Display for VerifyReport {
@@ -430,7 +430,7 @@ fn image_format(image: &Path) -> Result<String, VerifyError> {
 impl VerifyOptions {
     /// The config drive attachment these options ask for, refused where the machine has no
     /// such controller (q35 has no IDE).
-    pub fn attachment(&self) -> Result<Attachment, VerifyError> {
+    pub(crate) fn attachment(&self) -> Result<Attachment, VerifyError> {
         if self.dhcp {
             return Ok(Attachment::None);
         }

@@ -182,7 +182,7 @@ where
 }
 
 /// A list of at most `MAX` entries, as a type (for lists inside maps).
-pub struct Bounded<T, const MAX: usize>(pub Vec<T>);
+pub(crate) struct Bounded<T, const MAX: usize>(pub Vec<T>);
 
 impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -67,7 +67,7 @@ impl ConfigBuilder {
         }
     }
 
-    /// Without it, the agent takes [`DEFAULT_ASN`](crate::DEFAULT_ASN) for both.
+    /// Without it, the agent takes Astara's default (64512) for both.
     pub fn asn(mut self, asn: u32, neighbor_asn: u32) -> ConfigBuilder {
         self.doc.asn = Some(asn.into());
         self.doc.neighbor_asn = Some(neighbor_asn.into());
@@ -143,7 +143,7 @@ pub struct NetworkBuilder {
 
 impl NetworkBuilder {
     /// `network_id` is an id ([`Grammar::Id`](crate::Grammar::Id)). Both conf services are
-    /// static until set.
+    /// static.
     pub fn new(
         network_id: impl Into<String>,
         network_type: NetworkType,
@@ -174,16 +174,6 @@ impl NetworkBuilder {
     pub fn mtu(mut self, mtu: u16) -> NetworkBuilder {
         self.doc.mtu = Some(mtu.into());
         self.interface().mtu = Some(mtu.into());
-        self
-    }
-
-    pub fn v4_conf_service(mut self, service: V4ConfService) -> NetworkBuilder {
-        self.doc.v4_conf_service = Some(service.as_str().to_string());
-        self
-    }
-
-    pub fn v6_conf_service(mut self, service: V6ConfService) -> NetworkBuilder {
-        self.doc.v6_conf_service = Some(service.as_str().to_string());
         self
     }
 

@@ -9,10 +9,10 @@ use ipnet::IpNet;
 use crate::document::Document;
 
 /// Astara's default ASN (`DEFAULT_AS`).
-pub const DEFAULT_ASN: u32 = 64512;
+pub(crate) const DEFAULT_ASN: u32 = 64512;
 /// Astara's default orchestrator address and metadata port.
-pub const DEFAULT_ORCHESTRATOR_ADDRESS: &str = "fdca:3ba5:a17a:acda::1";
-pub const DEFAULT_METADATA_PORT: u16 = 9697;
+pub(crate) const DEFAULT_ORCHESTRATOR_ADDRESS: &str = "fdca:3ba5:a17a:acda::1";
+pub(crate) const DEFAULT_METADATA_PORT: u16 = 9697;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
@@ -62,7 +62,7 @@ pub enum NetworkType {
 }
 
 impl NetworkType {
-    pub const ALL: [(&'static str, NetworkType); 5] = [
+    pub(crate) const ALL: [(&'static str, NetworkType); 5] = [
         ("external", NetworkType::External),
         ("internal", NetworkType::Internal),
         ("isolated", NetworkType::Isolated),
@@ -95,12 +95,12 @@ pub enum V4ConfService {
 }
 
 impl V4ConfService {
-    pub const ALL: [(&'static str, V4ConfService); 2] = [
+    pub(crate) const ALL: [(&'static str, V4ConfService); 2] = [
         ("dhcp", V4ConfService::Dhcp),
         ("static", V4ConfService::Static),
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         name_in(&Self::ALL, self)
     }
 }
@@ -113,13 +113,13 @@ pub enum V6ConfService {
 }
 
 impl V6ConfService {
-    pub const ALL: [(&'static str, V6ConfService); 3] = [
+    pub(crate) const ALL: [(&'static str, V6ConfService); 3] = [
         ("dhcp", V6ConfService::Dhcp),
         ("ra", V6ConfService::Ra),
         ("static", V6ConfService::Static),
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         name_in(&Self::ALL, self)
     }
 }
@@ -223,6 +223,4 @@ pub struct FilterRule {
     pub destination: Option<Endpoint>,
     pub source_port: Option<u16>,
     pub destination_port: Option<u16>,
-    pub redirect: Option<IpAddr>,
-    pub redirect_port: Option<u16>,
 }

@@ -16,9 +16,9 @@ pub const MAIN_ROUTE_TABLE: u32 = 254;
 pub struct NicName(u16);
 
 impl NicName {
-    pub const MAX_INDEX: u16 = 9999;
+    pub(crate) const MAX_INDEX: u16 = 9999;
 
-    pub fn new(index: u16) -> Option<NicName> {
+    pub(crate) fn new(index: u16) -> Option<NicName> {
         (index <= Self::MAX_INDEX).then_some(NicName(index))
     }
 

@@ -35,7 +35,8 @@ pub enum Grammar {
 }
 
 impl Grammar {
-    pub const ALL: [Grammar; 7] = [
+    #[cfg(test)]
+    const ALL: [Grammar; 7] = [
         Grammar::Hostname,
         Grammar::DnsName,
         Grammar::Id,
@@ -59,7 +60,7 @@ impl Grammar {
     }
 
     /// What a refusal says the value is not, e.g. `an id: 1 to 255 letters, ...`.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Grammar::Hostname => {
                 "a valid host name (letters, digits and '-' in dot-separated labels, at most 64 characters)"
@@ -87,7 +88,7 @@ impl Grammar {
 }
 
 /// RFC 1123 host name of at most 64 characters: [`Grammar::Hostname`].
-pub fn is_hostname(s: &str) -> bool {
+pub(crate) fn is_hostname(s: &str) -> bool {
     s.len() <= 64
         && s.split('.').all(|label| {
             !label.is_empty()
@@ -115,7 +116,7 @@ pub fn is_allocation_hostname(s: &str) -> bool {
 }
 
 /// [`Grammar::DnsName`].
-pub fn is_dns_name(s: &str) -> bool {
+pub(crate) fn is_dns_name(s: &str) -> bool {
     let name = s.strip_suffix('.').unwrap_or(s);
     s.len() <= 253
         && name.split('.').all(|label| {
@@ -128,7 +129,7 @@ pub fn is_dns_name(s: &str) -> bool {
 }
 
 /// [`Grammar::Id`]: 1 to 255 of `A-Z a-z 0-9 - _ . :`.
-pub fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     (1..=255).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
@@ -142,7 +143,7 @@ pub fn is_header_safe(s: &str) -> bool {
 }
 
 /// [`Grammar::Name`].
-pub fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && !s.starts_with(['-', '.'])
         && s.bytes()
@@ -158,7 +159,7 @@ pub fn is_text(s: &str) -> bool {
 }
 
 /// [`Grammar::Quoted`].
-pub fn is_quoted(s: &str) -> bool {
+pub(crate) fn is_quoted(s: &str) -> bool {
     (1..=255).contains(&s.len())
         && s.bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')

@@ -11,7 +11,7 @@ pub mod builder;
 pub mod config;
 pub mod document;
 mod domain;
-pub mod grammar;
+pub(crate) mod grammar;
 mod problem;
 mod validate;
 
@@ -182,4 +182,4 @@ pub struct Shown {
 
 /// What a secret reads as when a document is shown. A config that holds it as a secret's
 /// value is refused: it is a GET sent back as a PUT, not a key.
-pub const REDACTED: &str = "***";
+pub(crate) const REDACTED: &str = "***";

@@ -1366,8 +1366,11 @@ impl Validator {
         let destination = endpoint(self, "destination");
         let source_port = port(self, "source_port");
         let destination_port = port(self, "destination_port");
-        let redirect_port = port(self, "redirect_port");
-        let redirect = text(self, "redirect").and_then(|r| self.ip(&r, &field(path, "redirect")));
+        // Parsed for their problems only: a rule with either is refused just below.
+        port(self, "redirect_port");
+        if let Some(r) = text(self, "redirect") {
+            self.ip(&r, &field(path, "redirect"));
+        }
 
         // pf's rdr-to had no Linux rendering in Astara either; refuse rather than ignore it.
         for k in ["redirect", "redirect_port"] {
@@ -1412,8 +1415,6 @@ impl Validator {
             destination,
             source_port,
             destination_port,
-            redirect,
-            redirect_port,
         })
     }
 }

@@ -52,7 +52,8 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     /// The first header with this name (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    #[cfg(test)]
+    fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))

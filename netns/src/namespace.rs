@@ -153,7 +153,7 @@ impl Netns {
     }
 
     /// `/run/netns/NAME`, the file [`Netns::enter`] opens.
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         Netns::path_of(&self.name)
     }
 

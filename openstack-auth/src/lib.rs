@@ -41,17 +41,17 @@ pub enum KeystoneError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub auth_url: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub user_domain: String,
-    pub project_name: Option<String>,
-    pub project_id: Option<String>,
-    pub project_domain: String,
-    pub app_cred_id: Option<String>,
-    pub app_cred_secret: Option<String>,
-    pub region: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) user_domain: String,
+    pub(crate) project_name: Option<String>,
+    pub(crate) project_id: Option<String>,
+    pub(crate) project_domain: String,
+    pub(crate) app_cred_id: Option<String>,
+    pub(crate) app_cred_secret: Option<String>,
+    pub(crate) region: Option<String>,
     /// The catalog interface: `public` unless said otherwise.
-    pub interface: String,
+    pub(crate) interface: String,
     /// A CA certificate file for TLS to the cloud (`cacert`, `OS_CACERT`).
     pub cacert: Option<String>,
     /// Do not verify the cloud's certificates (`verify: false`, `OS_INSECURE`).
@@ -117,7 +117,11 @@ fn clouds_yaml_paths() -> Vec<PathBuf> {
 }
 
 /// The named cloud from a clouds.yaml text read from `path`. Pure.
-pub fn from_clouds_yaml(text: &str, cloud: &str, path: &str) -> Result<Credentials, KeystoneError> {
+pub(crate) fn from_clouds_yaml(
+    text: &str,
+    cloud: &str,
+    path: &str,
+) -> Result<Credentials, KeystoneError> {
     let file: CloudsFile = serde_norway::from_str(text).map_err(|e| KeystoneError::CloudsYaml {
         path: path.into(),
         message: e.to_string(),
@@ -185,7 +189,7 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Option<Credentials> {
 
 /// The `POST /v3/auth/tokens` body: an application credential (which carries its own scope),
 /// or a password scoped to the project. Pure.
-pub fn auth_body(c: &Credentials) -> Result<Value, KeystoneError> {
+pub(crate) fn auth_body(c: &Credentials) -> Result<Value, KeystoneError> {
     if let (Some(id), Some(secret)) = (&c.app_cred_id, &c.app_cred_secret) {
         return Ok(
             json!({"auth": {"identity": {"methods": ["application_credential"],
@@ -221,7 +225,7 @@ fn domain(d: &str) -> Value {
 }
 
 /// `<auth_url>/v3/auth/tokens` (once: an auth URL may already end in `/v3`).
-pub fn tokens_url(auth_url: &str) -> String {
+pub(crate) fn tokens_url(auth_url: &str) -> String {
     let base = auth_url.trim_end_matches('/');
     if base.ends_with("/v3") {
         format!("{base}/auth/tokens")
@@ -231,7 +235,7 @@ pub fn tokens_url(auth_url: &str) -> String {
 }
 
 /// A service's endpoint from a token's catalog, without a trailing `/`. Pure.
-pub fn endpoint(
+pub(crate) fn endpoint(
     catalog: &Value,
     service_type: &str,
     interface: &str,
@@ -252,13 +256,13 @@ pub fn endpoint(
 #[derive(Debug, Clone)]
 pub struct Token {
     pub token: String,
-    pub catalog: Value,
+    pub(crate) catalog: Value,
 }
 
 impl Token {
     /// The token from Keystone's answer to `POST url`: its status, `X-Subject-Token` header
     /// and body (`Null` if it was not JSON). Pure.
-    pub fn from_answer(
+    pub(crate) fn from_answer(
         url: &str,
         status: u16,
         subject_token: Option<&str>,

@@ -69,8 +69,8 @@ pub fn router_dns_name(router_id: &str) -> String {
 /// A validity window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
+    pub(crate) not_before: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
 }
 
 impl Validity {
@@ -335,11 +335,11 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub subject: String,
-    pub issuer: String,
-    pub serial: String,
+    pub(crate) issuer: String,
+    pub(crate) serial: String,
     pub sans: Vec<String>,
-    pub is_ca: bool,
-    pub key_usage: Vec<String>,
+    pub(crate) is_ca: bool,
+    pub(crate) key_usage: Vec<String>,
     pub extended_key_usage: Vec<String>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,

@@ -45,7 +45,7 @@ impl AgentClient {
     }
 
     /// One request with a JSON body (none when empty): status and body.
-    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    pub(crate) fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let body = (!body.is_empty()).then_some(("application/json", body));
         let url = format!("{}{path}", self.base);
         let r = self

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 /// Prefix of every namespace this harness creates; [`cleanup_stale`] uses it.
-pub const NS_PREFIX: &str = "akt-";
+pub(crate) const NS_PREFIX: &str = "akt-";
 
 /// Per-process counter that makes ports unique.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -112,11 +112,6 @@ impl Netns {
         }
     }
 
-    /// The namespace itself, for [`akanda_netns`] (its HTTP client, say).
-    pub fn netns(&self) -> &akanda_netns::Netns {
-        &self.inner
-    }
-
     /// The namespace name, as used by `ip netns exec NAME` / `ip -n NAME`.
     pub fn name(&self) -> &str {
         self.inner.name()
@@ -124,7 +119,7 @@ impl Netns {
 
     /// A `Command` for `ip netns exec NAME args...`, for callers that need
     /// their own stdio or environment.
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         assert!(!args.is_empty(), "empty command");
         self.inner.command(args)
     }
@@ -194,7 +189,7 @@ impl Netns {
     /// Waits (bounded) until a child started with [`Netns::command`] has
     /// switched into this namespace, or has exited. Until then it is
     /// invisible to [`Netns::pids`], so Drop could miss it.
-    pub fn wait_entered(&self, child: &mut Child) {
+    pub(crate) fn wait_entered(&self, child: &mut Child) {
         self.inner.wait_entered(child);
     }
 
@@ -231,7 +226,7 @@ pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &s
 
 /// One `ping -c 1 -W 1` from `from` to `target` (IPv4 or IPv6 literal).
 /// Ok(()) on a reply, Err(ping's output) otherwise.
-pub fn ping_once(from: &Netns, target: &str) -> Result<(), String> {
+pub(crate) fn ping_once(from: &Netns, target: &str) -> Result<(), String> {
     let family = if target.contains(':') { "-6" } else { "-4" };
     let out = from.run(&["ping", family, "-n", "-c", "1", "-W", "1", target]);
     if out.status.success() {
@@ -248,7 +243,7 @@ pub fn ping_once(from: &Netns, target: &str) -> Result<(), String> {
 /// Pings until a reply arrives or about 5 s have passed (neighbour
 /// discovery and freshly configured routes may need a moment).
 /// Err carries the last attempt's output.
-pub fn ping_ok(from: &Netns, target: &str) -> Result<(), String> {
+pub(crate) fn ping_ok(from: &Netns, target: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let err = match ping_once(from, target) {
@@ -261,11 +256,6 @@ pub fn ping_ok(from: &Netns, target: &str) -> Result<(), String> {
         // Errors like "Network is unreachable" return at once: don't spin.
         sleep(Duration::from_millis(200));
     }
-}
-
-/// [`ping_ok`] as a bool.
-pub fn ping(from: &Netns, target: &str) -> bool {
-    ping_ok(from, target).is_ok()
 }
 
 /// Panics unless `from` can ping `target`, showing ping's output and the
@@ -290,7 +280,7 @@ pub fn assert_no_ping(from: &Netns, target: &str) {
 }
 
 /// Brief addresses and routes of a namespace, for failure messages.
-pub fn net_summary(ns: &Netns) -> String {
+pub(crate) fn net_summary(ns: &Netns) -> String {
     let out = ns.run(&[
         "sh",
         "-c",
@@ -632,29 +622,19 @@ impl Agent {
         }
     }
 
-    /// The address the agent listens on.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-
     /// `http://ADDR:PORT` (IPv6 in brackets).
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://{}", self.listen)
     }
 
     /// An HTTP client that sends its requests from `client`.
-    pub fn http(&self, client: &Netns) -> Http {
+    pub(crate) fn http(&self, client: &Netns) -> Http {
         Http::new(client, self.base_url())
     }
 
     /// The state directory the agent was started with.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-
-    /// Path of the agent's combined stdout/stderr log.
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
     }
 
     /// Everything the agent printed so far.
@@ -767,7 +747,7 @@ impl Drop for Agent {
 pub struct Response {
     pub status: u16,
     /// Header names lower-cased, in order (of the final response).
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -828,7 +808,7 @@ impl Http {
     }
 
     /// A client in `ns` for `base_url` with the given TLS and connection options.
-    pub fn with_options(
+    pub(crate) fn with_options(
         ns: &Netns,
         base_url: impl Into<String>,
         options: &akanda_netns::HttpOptions,
@@ -868,7 +848,7 @@ impl Http {
     }
 
     /// Base URL + `path` (a full `http://` URL is used as is).
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         join_url(&self.base, path)
     }
 
@@ -902,12 +882,6 @@ impl Http {
     #[track_caller]
     pub fn get(&self, path: &str) -> Response {
         self.must("GET", path, None)
-    }
-
-    /// DELETE; panics if no response.
-    #[track_caller]
-    pub fn delete(&self, path: &str) -> Response {
-        self.must("DELETE", path, None)
     }
 
     /// PUT a JSON document; panics if no response.
@@ -974,7 +948,7 @@ impl RouterLab {
         "fa:16:3e:00:00:04",
     ];
     /// Interface name on the host side of every link.
-    pub const HOST_IF: &'static str = "eth0";
+    pub(crate) const HOST_IF: &'static str = "eth0";
     /// The router's management address (the agent listens here).
     pub const MGMT_ADDR: &'static str = "fdca:3ba5:a17a:acda:f816:3eff:fee0:e1b0";
     /// The orchestrator's address in the mgmt namespace.
@@ -1108,7 +1082,7 @@ impl RouterLab {
     }
 
     /// `http://[MGMT_ADDR]:port`.
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://{}", self.listen_addr())
     }
 
@@ -1150,7 +1124,7 @@ impl RouterLab {
     }
 
     /// [`RouterLab::ifname_for`] through a given client (e.g. a mutual TLS one).
-    pub fn ifname_for_with(&self, http: &Http, mac: &str) -> String {
+    pub(crate) fn ifname_for_with(&self, http: &Http, mac: &str) -> String {
         let resp = http.get("/v1/system/interfaces");
         assert_eq!(resp.status, 200, "{}", resp.body);
         resp.json()["interfaces"]

@@ -22,11 +22,11 @@ use crate::{in_netns, Netns};
 /// A CA, an agent's server certificate for `server_ip`, and an orchestrator's client
 /// certificate, written to a temp dir.
 pub struct Pki {
-    pub dir: TempDir,
+    pub(crate) dir: TempDir,
     pub ca: Ca,
     pub server_ip: IpAddr,
     pub server: Issued,
-    pub client: Issued,
+    pub(crate) client: Issued,
 }
 
 impl Pki {
@@ -102,7 +102,7 @@ pub fn client_config(ca_pem: &str, client: Option<&Issued>) -> Arc<ClientConfig>
     Arc::new(akanda_pki::tls::client_config(ca_pem, client).unwrap())
 }
 
-pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+pub(crate) type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects from `ns` and completes the client's side of the handshake. With TLS 1.3 the
 /// server's verdict on the client certificate arrives after this: read to see it.

@@ -7,7 +7,7 @@ use super::*;
 // Finding and reading the config drive
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsType {
+pub(crate) enum FsType {
     Iso9660,
     Vfat,
 }
@@ -23,7 +23,7 @@ impl FsType {
 
 /// Bytes of a device needed by [`detect_label`]: the ISO 9660 primary volume descriptor ends
 /// at 34 KiB.
-pub const PROBE_BYTES: usize = 0x8800;
+pub(crate) const PROBE_BYTES: usize = 0x8800;
 
 fn trimmed(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
@@ -32,7 +32,7 @@ fn trimmed(bytes: &[u8]) -> String {
 }
 
 /// The filesystem type and label of a device from its first [`PROBE_BYTES`]. Pure.
-pub fn detect_label(head: &[u8]) -> Option<(FsType, String)> {
+pub(crate) fn detect_label(head: &[u8]) -> Option<(FsType, String)> {
     // ISO 9660: primary volume descriptor at sector 16 (of 2048 bytes): type 1, "CD001",
     // volume identifier at byte 40, 32 characters padded with spaces.
     if head.len() >= 0x8000 + 72 && head[0x8000] == 1 && &head[0x8001..0x8006] == b"CD001" {
@@ -159,7 +159,7 @@ pub(super) fn read_device(dev: &Path, fs: FsType) -> Result<Docs, BootConfigErro
 /// storage drivers with modprobe, which returns after the module's asynchronous probing
 /// (libata's port probe, sd and sr) is done, with SCSI scans made synchronous by
 /// `scsi_mod.scan=sync`. So this is the kernel's own end of probing, not a timed guess.
-pub fn storage_pending(sys: &Path, modules: &Path) -> Vec<String> {
+pub(crate) fn storage_pending(sys: &Path, modules: &Path) -> Vec<String> {
     let mut pending = Vec::new();
     let aliases = driver_aliases(modules);
     let claimed = |dev: &Path| {

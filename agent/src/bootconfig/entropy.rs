@@ -18,11 +18,11 @@ use super::RandomSeed;
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
 /// Bits credited: what initialises the CRNG (256). More would claim nothing more.
-pub const CREDIT_BITS: u32 = 256;
+pub(crate) const CREDIT_BITS: u32 = 256;
 
 /// Mixes the seed into the kernel's pool and credits it with up to [`CREDIT_BITS`] bits.
 /// Needs CAP_SYS_ADMIN. Returns the bits credited.
-pub fn credit(seed: &RandomSeed) -> std::io::Result<u32> {
+pub(crate) fn credit(seed: &RandomSeed) -> std::io::Result<u32> {
     let bytes = seed.bytes();
     let bits = CREDIT_BITS.min(
         u32::try_from(bytes.len())

@@ -39,14 +39,14 @@ use tokio::net::TcpListener;
 use crate::netlink::{format_mac, parse_mac, Netlink, NetlinkError, Route, TABLE_MAIN};
 use crate::nics;
 
-pub const CONFIG_DRIVE_LABEL: &str = "config-2";
-pub const DEFAULT_API_PORT: u16 = 5000;
+pub(crate) const CONFIG_DRIVE_LABEL: &str = "config-2";
+pub(crate) const DEFAULT_API_PORT: u16 = 5000;
 /// Routes from the config drive are marked `proto static` (RTPROT_STATIC): the agent's own
 /// reconciler only ever touches `proto 44` routes, so a pushed config never removes them.
-pub const RTPROT_STATIC: u8 = 4;
+pub(crate) const RTPROT_STATIC: u8 = 4;
 /// The DHCP client run when there is no config drive (busybox, Debian package `udhcpc`).
-pub const UDHCPC: &str = "/usr/sbin/udhcpc";
-pub const UDHCPC_SCRIPT: &str = "/etc/udhcpc/default.script";
+pub(crate) const UDHCPC: &str = "/usr/sbin/udhcpc";
+pub(crate) const UDHCPC_SCRIPT: &str = "/etc/udhcpc/default.script";
 /// Where the config drive is mounted while it is read.
 const MOUNT_POINT: &str = "/run/akanda-agent/config-drive";
 
@@ -81,7 +81,7 @@ mod entropy;
 mod network;
 mod nova;
 
-pub use drive::{detect_label, storage_pending, FsType, PROBE_BYTES};
+pub(crate) use drive::storage_pending;
 use drive::{device_path, find_config_drives, read_device, read_dir_docs};
 pub use network::{configure, BootNetwork};
 pub use nova::*;

@@ -10,11 +10,10 @@ use super::*;
 #[derive(Debug)]
 pub struct BootNetwork {
     pub ifname: String,
-    /// The API port (`meta.akanda_api_port`, else 5000).
-    pub port: u16,
     pub listeners: Vec<TcpListener>,
     pub listen: Vec<String>,
-    pub dhcp_client: Option<tokio::process::Child>,
+    /// Held, never read: dropping it kills the client.
+    _dhcp_client: Option<tokio::process::Child>,
 }
 
 async fn find_nic(
@@ -150,9 +149,8 @@ pub async fn configure(
     }
     Ok(BootNetwork {
         ifname,
-        port: m.port,
         listeners,
         listen,
-        dhcp_client,
+        _dhcp_client: dhcp_client,
     })
 }

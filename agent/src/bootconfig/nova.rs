@@ -56,16 +56,16 @@ struct MetaData {
 
 /// Nova's per-server `random_seed`: bytes for the kernel's random pool. Never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RandomSeed(Vec<u8>);
+pub(crate) struct RandomSeed(Vec<u8>);
 
 impl RandomSeed {
     /// More than Nova's 512 bytes is refused: the seed only has to initialise the CRNG.
-    pub const MAX_BYTES: usize = 4096;
+    pub(crate) const MAX_BYTES: usize = 4096;
 
     /// The base64 text of `meta_data.json`, or `None` when it is not base64 or is empty or
     /// larger than [`Self::MAX_BYTES`] (a seed is an optimisation, never a reason to fail a
     /// boot).
-    pub fn from_base64(text: &str) -> Option<RandomSeed> {
+    pub(crate) fn from_base64(text: &str) -> Option<RandomSeed> {
         use base64::Engine as _;
         if text.len() > Self::MAX_BYTES.div_ceil(3) * 4 {
             return None;
@@ -76,7 +76,7 @@ impl RandomSeed {
         (!bytes.is_empty()).then_some(RandomSeed(bytes))
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -94,16 +94,16 @@ impl std::fmt::Debug for RandomSeed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Management {
     /// Lower-case MAC of the management NIC; `None` means the first NIC (`ge0`).
-    pub mac: Option<String>,
+    pub(crate) mac: Option<String>,
     pub mtu: Option<u32>,
     /// Static addresses with their prefix length.
     pub addresses: Vec<IpNet>,
     /// Static routes: destination and gateway.
     pub routes: Vec<(IpNet, IpAddr)>,
     /// Run DHCPv4 on the NIC.
-    pub dhcp4: bool,
+    pub(crate) dhcp4: bool,
     /// Accept router advertisements (SLAAC) on the NIC although the box forwards.
-    pub slaac: bool,
+    pub(crate) slaac: bool,
     pub port: u16,
     /// `meta.akanda_insecure_http` is `true`: the operator allows plain HTTP when there is no
     /// TLS material.
@@ -111,12 +111,12 @@ pub struct Management {
     /// rug-lite's boot document from `user_data`, if there is one.
     pub user_data: Option<UserData>,
     /// `meta_data.json`'s `random_seed`, when it is valid.
-    pub random_seed: Option<RandomSeed>,
+    pub(crate) random_seed: Option<RandomSeed>,
 }
 
 impl Management {
     /// No config drive: DHCP and SLAAC on the first NIC, default port.
-    pub fn fallback() -> Management {
+    pub(crate) fn fallback() -> Management {
         Management {
             mac: None,
             mtu: None,
@@ -133,7 +133,7 @@ impl Management {
 
     /// Where to listen: each static address, or (no static address) every address of the
     /// NIC, which [`configure`] implements as `[::]` bound to the device.
-    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+    pub(crate) fn listen_addresses(&self) -> Vec<SocketAddr> {
         self.addresses
             .iter()
             .map(|net| SocketAddr::new(net.addr(), self.port))
@@ -188,7 +188,7 @@ fn meta_string(meta: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<
 }
 
 /// Turns the two documents into the management configuration. Pure.
-pub fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootConfigError> {
+pub(crate) fn parse(network_data: &[u8], meta_data: &[u8]) -> Result<Management, BootConfigError> {
     let nd: NetworkData =
         serde_json::from_slice(network_data).map_err(|e| invalid(ND, e.to_string()))?;
     let md: MetaData = serde_json::from_slice(meta_data).map_err(|e| invalid(MD, e.to_string()))?;
@@ -362,19 +362,19 @@ impl std::fmt::Debug for BootTls {
 /// "tls": {"ca_cert": PEM, "server_cert": PEM, "server_key": PEM} | null}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserData {
-    pub router_id: Option<String>,
-    pub management_address: Option<IpAddr>,
+    pub(crate) router_id: Option<String>,
+    pub(crate) management_address: Option<IpAddr>,
     /// `None`: `tls` is null or absent (a plain-HTTP lab).
     pub tls: Option<BootTls>,
 }
 
 /// The only `akanda.version` this agent reads.
-pub const USER_DATA_VERSION: u64 = 1;
+pub(crate) const USER_DATA_VERSION: u64 = 1;
 
 /// Parses `user_data`. Pure. `Ok(None)` when it is empty or not ours (not JSON, or JSON
 /// without an `akanda` key: the image has no cloud-init, so other user_data is ignored). An
 /// `akanda` document with a wrong field is an error naming the field; it never quotes the key.
-pub fn parse_user_data(bytes: &[u8]) -> Result<Option<UserData>, BootConfigError> {
+pub(crate) fn parse_user_data(bytes: &[u8]) -> Result<Option<UserData>, BootConfigError> {
     use serde_json::Value;
     let text = String::from_utf8_lossy(bytes);
     let trimmed = text.trim_start();

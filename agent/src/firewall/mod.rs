@@ -10,10 +10,9 @@ pub mod netfilter;
 pub mod ruleset;
 pub mod text;
 
-pub use netfilter::NetfilterError;
 pub use ruleset::{build, FirewallOptions, Ruleset};
 
 /// The read-back's former path, kept for `api.rs`: see [`netfilter::list_table`].
-pub mod readback {
-    pub use super::netfilter::list_table;
+pub(crate) mod readback {
+    pub(crate) use super::netfilter::list_table;
 }

@@ -20,18 +20,18 @@ use ipnet::IpNet;
 
 pub const TABLE: &str = "akanda";
 /// Maps floating → fixed (inbound DNAT) and fixed → floating (outbound SNAT).
-pub const FIP_DNAT_MAP: &str = "fip_dnat";
-pub const FIP_SNAT_MAP: &str = "fip_snat";
+pub(crate) const FIP_DNAT_MAP: &str = "fip_dnat";
+pub(crate) const FIP_SNAT_MAP: &str = "fip_snat";
 /// The metadata address tenants ask, redirected to the agent's proxy for that network (on
 /// the port [`crate::services::metadata::nic_port`] gives).
-pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
-pub const SSH_PORT: u16 = 22;
-pub const BGP_PORT: u16 = 179;
+pub(crate) const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
+pub(crate) const SSH_PORT: u16 = 22;
+pub(crate) const BGP_PORT: u16 = 179;
 /// The comment of every rule that keeps the management network and the API apart from the
 /// other NICs (`input`, `forward`).
-pub const ISOLATION: &str = "management isolation";
+pub(crate) const ISOLATION: &str = "management isolation";
 /// The comment of the anti-spoofing rule (`forward`).
-pub const SPOOFED: &str = "spoofed source";
+pub(crate) const SPOOFED: &str = "spoofed source";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -40,7 +40,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub fn of(ip: IpAddr) -> Family {
+    pub(crate) fn of(ip: IpAddr) -> Family {
         if ip.is_ipv4() {
             Family::V4
         } else {
@@ -51,10 +51,10 @@ impl Family {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
-    pub name: String,
-    pub key: Family,
+    pub(crate) name: String,
+    pub(crate) key: Family,
     /// `Some`: a map whose values are addresses of this family.
-    pub data: Option<Family>,
+    pub(crate) data: Option<Family>,
     pub elements: Vec<(IpAddr, Option<IpAddr>)>,
 }
 
@@ -67,17 +67,17 @@ pub enum Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainKind {
+pub(crate) enum ChainKind {
     Filter,
     Nat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseChain {
-    pub kind: ChainKind,
+    pub(crate) kind: ChainKind,
     pub hook: Hook,
     pub priority: i32,
-    pub policy_drop: bool,
+    pub(crate) policy_drop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub enum L4 {
 }
 
 impl L4 {
-    pub fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             L4::Tcp => 6,
             L4::Udp => 17,
@@ -195,12 +195,12 @@ pub struct Ruleset {
 /// The elements one set gains and loses between two rulesets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetDelta {
-    pub name: String,
-    pub key: Family,
-    pub data: Option<Family>,
+    pub(crate) name: String,
+    pub(crate) key: Family,
+    pub(crate) data: Option<Family>,
     /// Removed before `added` go in: a map key whose value changed is in both.
-    pub removed: Vec<(IpAddr, Option<IpAddr>)>,
-    pub added: Vec<(IpAddr, Option<IpAddr>)>,
+    pub(crate) removed: Vec<(IpAddr, Option<IpAddr>)>,
+    pub(crate) added: Vec<(IpAddr, Option<IpAddr>)>,
 }
 
 /// The element changes that turn `old` into `new` when nothing else differs (same chains and
@@ -424,7 +424,7 @@ pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
 /// accepted everything until the first push. Once the management NIC is known (from the boot
 /// configuration, or the NIC of `--listen`), the API and the DHCP clients are opened on that NIC
 /// only: before the first push, a tenant NIC must not reach the API either.
-pub fn bootstrap(opts: FirewallOptions, management_nic: Option<&str>) -> Ruleset {
+pub(crate) fn bootstrap(opts: FirewallOptions, management_nic: Option<&str>) -> Ruleset {
     let on_management = |mut matches: Vec<Match>| {
         if let Some(nic) = management_nic {
             matches.insert(0, Match::Iif(nic.to_string()));

@@ -93,7 +93,7 @@ fn l4_name(l4: L4) -> &'static str {
     }
 }
 
-pub fn render_rule(rule: &Rule) -> String {
+pub(crate) fn render_rule(rule: &Rule) -> String {
     let mut parts: Vec<String> = Vec::new();
     for m in &rule.matches {
         parts.push(match m {

@@ -35,13 +35,13 @@ use super::{write_file, ServicesError};
 
 /// A BGP neighbour: the external gateway, and our address facing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Neighbor {
-    pub local: Ipv6Addr,
-    pub address: Ipv6Addr,
+pub(crate) struct Neighbor {
+    pub(crate) local: Ipv6Addr,
+    pub(crate) address: Ipv6Addr,
 }
 
 /// The external IPv6 gateways the router peers with.
-pub fn neighbors(config: &RouterConfig) -> Vec<Neighbor> {
+pub(crate) fn neighbors(config: &RouterConfig) -> Vec<Neighbor> {
     let Some(ext) = config.external_network() else {
         return Vec::new();
     };
@@ -65,7 +65,7 @@ pub fn neighbors(config: &RouterConfig) -> Vec<Neighbor> {
 }
 
 /// The prefixes announced upstream, with the NICs they live on.
-pub fn announced(config: &RouterConfig) -> Vec<(String, Ipv6Net)> {
+pub(crate) fn announced(config: &RouterConfig) -> Vec<(String, Ipv6Net)> {
     let ula: Ipv6Net = "fc00::/7".parse().expect("valid");
     let link_local: Ipv6Net = "fe80::/10".parse().expect("valid");
     let mut out = Vec::new();
@@ -86,7 +86,7 @@ pub fn announced(config: &RouterConfig) -> Vec<(String, Ipv6Net)> {
 
 /// First external IPv4 address, else a stable non-zero id hashed from the first neighbour's
 /// local address (never random, so a push never resets BGP by changing it).
-pub fn router_id(config: &RouterConfig) -> Ipv4Addr {
+pub(crate) fn router_id(config: &RouterConfig) -> Ipv4Addr {
     if let Some(ext) = config.external_network() {
         if let Some(v4) = ext.addresses.iter().find_map(|a| match a.addr() {
             IpAddr::V4(v4) => Some(v4),
@@ -164,35 +164,35 @@ pub fn render(config: &RouterConfig) -> Option<String> {
 
 /// bird's files: `RUN_DIR/bird/{bird.conf, bird.ctl}`.
 #[derive(Debug, Clone)]
-pub struct BirdPaths {
-    pub dir: PathBuf,
+pub(crate) struct BirdPaths {
+    pub(crate) dir: PathBuf,
 }
 
 impl BirdPaths {
-    pub fn conf(&self) -> PathBuf {
+    pub(crate) fn conf(&self) -> PathBuf {
         self.dir.join("bird.conf")
     }
-    pub fn next(&self) -> PathBuf {
+    pub(crate) fn next(&self) -> PathBuf {
         self.dir.join("bird.conf.next")
     }
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("bird.ctl")
     }
-    pub fn pid(&self) -> PathBuf {
+    pub(crate) fn pid(&self) -> PathBuf {
         self.dir.join("bird.pid")
     }
 }
 
 /// One line of a bird control-socket reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyLine {
-    pub code: u16,
-    pub text: String,
+pub(crate) struct ReplyLine {
+    pub(crate) code: u16,
+    pub(crate) text: String,
 }
 
 /// Parses one reply line: `DDDD-text` (more follows), `DDDD text` (last line) or ` text`
 /// (continuation of the previous code). Returns the line and whether it ends the reply.
-pub fn parse_reply_line(line: &str, previous: u16) -> (ReplyLine, bool) {
+pub(crate) fn parse_reply_line(line: &str, previous: u16) -> (ReplyLine, bool) {
     let bytes = line.as_bytes();
     if bytes.len() >= 5 && bytes[..4].iter().all(u8::is_ascii_digit) {
         let code = line[..4].parse().unwrap_or(9999);
@@ -225,7 +225,7 @@ pub fn parse_reply_line(line: &str, previous: u16) -> (ReplyLine, bool) {
 
 /// Sends one command on bird's control socket and returns the reply lines. A final code of
 /// 8000 or more is bird's error.
-pub async fn control(socket: &Path, command: &str) -> Result<Vec<ReplyLine>, ServicesError> {
+pub(crate) async fn control(socket: &Path, command: &str) -> Result<Vec<ReplyLine>, ServicesError> {
     let io = |source| ServicesError::Control {
         path: socket.to_path_buf(),
         source,
@@ -275,7 +275,7 @@ struct Instance {
 }
 
 /// The supervised bird.
-pub struct Bird {
+pub(crate) struct Bird {
     binary: PathBuf,
     paths: BirdPaths,
     instance: Option<Instance>,
@@ -284,7 +284,7 @@ pub struct Bird {
 }
 
 impl Bird {
-    pub fn new(binary: PathBuf, run_dir: &Path, check_timeout: Duration) -> Bird {
+    pub(crate) fn new(binary: PathBuf, run_dir: &Path, check_timeout: Duration) -> Bird {
         Bird {
             binary,
             paths: BirdPaths {
@@ -295,11 +295,7 @@ impl Bird {
         }
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.paths.socket()
-    }
-
-    pub fn spec(&self) -> DaemonSpec {
+    pub(crate) fn spec(&self) -> DaemonSpec {
         DaemonSpec {
             program: self.binary.clone(),
             args: vec![
@@ -324,7 +320,7 @@ impl Bird {
     /// Brings bird to `config`: started, reconfigured through its control socket, or stopped
     /// with its files removed when the config has no IPv6 external gateway. `verify`: an
     /// earlier apply did not complete, so the file on disk is compared too.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &mut self,
         config: &RouterConfig,
         verify: bool,
@@ -395,18 +391,18 @@ impl Bird {
         }
     }
 
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         match &self.instance {
             Some(i) => i.supervisor.state().to_json(),
             None => Value::Null,
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.instance.as_ref()?.supervisor.state().pid
     }
 
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         if let Some(instance) = self.instance.take() {
             instance.supervisor.stop().await;
         }

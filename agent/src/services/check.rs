@@ -11,11 +11,11 @@ use super::ServicesError;
 
 /// The default time a config check may take. `dnsmasq --test` and `bird -p` take
 /// milliseconds; a check that takes seconds is stuck.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `command` (stdin null, output captured); `Ok` when it exits 0, `Rejected` with its
 /// stderr otherwise, `CheckTimedOut` when it has not exited within `timeout`.
-pub async fn run(
+pub(crate) async fn run(
     daemon: &str,
     mut command: tokio::process::Command,
     timeout: Duration,

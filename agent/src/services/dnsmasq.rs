@@ -29,14 +29,14 @@ use super::supervisor::{DaemonSpec, Supervisor};
 use super::{write_file, ServicesError};
 
 /// Lease time handed to clients (Astara's and Neutron's default).
-pub const LEASE_TIME: &str = "86400s";
+pub(crate) const LEASE_TIME: &str = "86400s";
 /// Per-instance lease cap: far above what one network holds (Astara capped the whole router
 /// at 256).
-pub const LEASE_MAX: u32 = 65536;
+pub(crate) const LEASE_MAX: u32 = 65536;
 
 /// How a v6 subnet is served. See [`v6_mode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum V6Mode {
+pub(crate) enum V6Mode {
     /// RA with the prefix autonomous (SLAAC); no DHCPv6.
     RaOnly,
     /// RA with the prefix autonomous and the O flag; DHCPv6 answers information requests (DNS).
@@ -61,7 +61,7 @@ pub enum V6Mode {
 /// `enable_dhcp && ipv6_ra_mode != slaac`, so `static` keeps Astara's behaviour (SLAAC for
 /// Neutron's slaac subnets, stateful DHCPv6 for the others) with its bug fixed (the M flag is
 /// now set, so clients do ask for DHCPv6).
-pub fn v6_mode(service: V6ConfService, dhcp_enabled: bool) -> V6Mode {
+pub(crate) fn v6_mode(service: V6ConfService, dhcp_enabled: bool) -> V6Mode {
     match (service, dhcp_enabled) {
         (V6ConfService::Ra, true) => V6Mode::SlaacStateless,
         (V6ConfService::Ra, false) => V6Mode::RaOnly,
@@ -74,7 +74,7 @@ pub fn v6_mode(service: V6ConfService, dhcp_enabled: bool) -> V6Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsmasqPaths {
     pub dir: PathBuf,
-    pub lease_file: PathBuf,
+    pub(crate) lease_file: PathBuf,
 }
 
 impl DnsmasqPaths {
@@ -96,7 +96,7 @@ impl DnsmasqPaths {
     pub fn servers(&self) -> PathBuf {
         self.dir.join("servers")
     }
-    pub fn pid(&self) -> PathBuf {
+    pub(crate) fn pid(&self) -> PathBuf {
         self.dir.join("dnsmasq.pid")
     }
 }
@@ -267,7 +267,7 @@ pub fn render(network: &Network, paths: &DnsmasqPaths) -> DnsmasqFiles {
 /// `dest,nexthop,...` for option 121: the subnet's v4 host routes and, as RFC 3442 requires
 /// (a client that gets option 121 ignores option 3), the default route via the gateway.
 /// Empty when there are no host routes (option 3 alone is enough then).
-pub fn classless_routes(subnet: &Subnet) -> String {
+pub(crate) fn classless_routes(subnet: &Subnet) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut has_default = false;
     for route in &subnet.host_routes {
@@ -288,7 +288,11 @@ pub fn classless_routes(subnet: &Subnet) -> String {
 /// One `dhcp-hostsfile` line per allocation that has an address to hand out: its MAC, its
 /// lowest DHCP-enabled IPv4 in a served v4 subnet, its lowest DHCP-enabled IPv6 in a stateful
 /// v6 subnet, and its host name. MACs not listed get nothing (the ranges are `static`).
-pub fn render_hosts(network: &Network, v4_served: &[&Subnet], v6_stateful: &[&Subnet]) -> String {
+pub(crate) fn render_hosts(
+    network: &Network,
+    v4_served: &[&Subnet],
+    v6_stateful: &[&Subnet],
+) -> String {
     let mut out = String::new();
     let mut seen_macs = BTreeSet::new();
     for alloc in &network.allocations {
@@ -340,7 +344,7 @@ pub fn render_hosts(network: &Network, v4_served: &[&Subnet], v6_stateful: &[&Su
 /// letters, digits, `-` and `_`), which would cost the whole line: Astara names the allocation
 /// of `::5` `--5.local`. Validation lets through nothing else, trailing and doubled hyphens
 /// included (`2001-db8-4b--` for the gateway `2001:db8:4b::`), so this is a last guard.
-pub fn dhcp_hostname(hostname: &str) -> Option<&str> {
+pub(crate) fn dhcp_hostname(hostname: &str) -> Option<&str> {
     let label = hostname.split('.').next().unwrap_or("");
     let mut bytes = label.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
@@ -362,7 +366,7 @@ struct Prepared {
 }
 
 /// All dnsmasq instances, keyed by NIC name.
-pub struct DnsmasqSet {
+pub(crate) struct DnsmasqSet {
     binary: PathBuf,
     run_dir: PathBuf,
     state_dir: PathBuf,
@@ -375,7 +379,7 @@ pub struct DnsmasqSet {
 }
 
 impl DnsmasqSet {
-    pub fn new(
+    pub(crate) fn new(
         binary: PathBuf,
         run_dir: PathBuf,
         state_dir: PathBuf,
@@ -392,7 +396,7 @@ impl DnsmasqSet {
     }
 
     /// The transaction is over: lease files it created stay.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         self.created_leases.clear();
     }
 
@@ -414,7 +418,11 @@ impl DnsmasqSet {
     /// instances were given. Every network's files are then compared with the disk too (and
     /// rewritten, with a SIGHUP or a restart, where they differ), and directories of networks
     /// not served are removed.
-    pub async fn apply(&mut self, config: &RouterConfig, verify: bool) -> Vec<ServicesError> {
+    pub(crate) async fn apply(
+        &mut self,
+        config: &RouterConfig,
+        verify: bool,
+    ) -> Vec<ServicesError> {
         let mut errors = Vec::new();
         let wanted: BTreeMap<String, &Network> = served_networks(config)
             .map(|n| (n.ifname.clone(), n))
@@ -582,7 +590,7 @@ impl DnsmasqSet {
         }
     }
 
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (ifname, instance) in &self.instances {
             out.insert(ifname.clone(), instance.supervisor.state().to_json());
@@ -590,11 +598,11 @@ impl DnsmasqSet {
         Value::Object(out)
     }
 
-    pub fn pid(&self, ifname: &str) -> Option<u32> {
+    pub(crate) fn pid(&self, ifname: &str) -> Option<u32> {
         self.instances.get(ifname)?.supervisor.state().pid
     }
 
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         for (_, instance) in std::mem::take(&mut self.instances) {
             instance.supervisor.stop().await;
         }
@@ -602,7 +610,7 @@ impl DnsmasqSet {
 
     /// Stops every instance and removes the lease files this transaction created (the
     /// caller removes the generated files).
-    pub async fn reset(&mut self) {
+    pub(crate) async fn reset(&mut self) {
         self.shutdown().await;
         for ifname in std::mem::take(&mut self.created_leases) {
             let paths = DnsmasqPaths::new(&self.run_dir, &self.state_dir, &ifname);

@@ -22,12 +22,12 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
-pub const ARP_REQUEST: u16 = 1;
-pub const ARP_REPLY: u16 = 2;
+pub(crate) const ARP_REQUEST: u16 = 1;
+pub(crate) const ARP_REPLY: u16 = 2;
 
 /// An Ethernet broadcast ARP announcement of `ip` at `mac`. `op` is [`ARP_REQUEST`] (target
 /// MAC zero) or [`ARP_REPLY`] (target MAC = `mac`).
-pub fn arp_frame(mac: [u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 42] {
+pub(crate) fn arp_frame(mac: [u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 42] {
     let mut f = [0u8; 42];
     f[0..6].copy_from_slice(&BROADCAST);
     f[6..12].copy_from_slice(&mac);
@@ -47,7 +47,7 @@ pub fn arp_frame(mac: [u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 42] {
 }
 
 /// The ICMPv6 checksum (RFC 4443 §2.3) over the pseudo-header and `icmp`.
-pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+pub(crate) fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for chunk in bytes.chunks(2) {
@@ -72,7 +72,7 @@ pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
 
 /// An Ethernet frame carrying an unsolicited neighbour advertisement of `ip` at `mac` to
 /// all-nodes, from `ip`, hop limit 255, flags Router (if `router`) and Override.
-pub fn na_frame(mac: [u8; 6], ip: Ipv6Addr, router: bool) -> Vec<u8> {
+pub(crate) fn na_frame(mac: [u8; 6], ip: Ipv6Addr, router: bool) -> Vec<u8> {
     // ICMPv6: type 136, code 0, checksum, flags+reserved, target, option 2 (TLLA, 8 bytes).
     let mut icmp = Vec::with_capacity(32);
     icmp.extend_from_slice(&[136, 0, 0, 0]);
@@ -99,7 +99,7 @@ pub fn na_frame(mac: [u8; 6], ip: Ipv6Addr, router: bool) -> Vec<u8> {
 }
 
 /// The frames that announce `addrs` from `mac`.
-pub fn frames(mac: [u8; 6], addrs: &[IpAddr]) -> Vec<(Vec<u8>, [u8; 6])> {
+pub(crate) fn frames(mac: [u8; 6], addrs: &[IpAddr]) -> Vec<(Vec<u8>, [u8; 6])> {
     let mut out = Vec::new();
     for addr in addrs {
         match addr {
@@ -152,7 +152,7 @@ fn ifindex_and_mac(fd: &OwnedFd, ifname: &str) -> io::Result<(i32, [u8; 6])> {
 
 /// Sends the announcements for `addrs` out of `ifname`, in the calling thread's network
 /// namespace. Needs CAP_NET_RAW.
-pub fn send(ifname: &str, addrs: &[IpAddr]) -> io::Result<()> {
+pub(crate) fn send(ifname: &str, addrs: &[IpAddr]) -> io::Result<()> {
     // SAFETY: plain socket(2); the result is checked before use. Protocol 0: send only.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {

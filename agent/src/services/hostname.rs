@@ -37,7 +37,7 @@ pub fn management_address(config: &RouterConfig) -> Option<IpAddr> {
 
 /// Sets the kernel host name if it differs; writes the files that are given. Returns whether
 /// the kernel name changed.
-pub fn apply(
+pub(crate) fn apply(
     config: &RouterConfig,
     set_kernel: bool,
     hostname_file: Option<&Path>,

@@ -51,7 +51,7 @@ type UpstreamBody = Limited<Incoming>;
 const MAX_CONNECTIONS: usize = 256;
 /// Connections one client address may hold on a listener: more are closed at once, so one
 /// instance cannot take the listener from the others on its network.
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+pub(crate) const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The timeouts of a metadata connection: first request's headers, idle keep-alive. Request
 /// bodies (a password POST is the largest) are capped at [`MAX_REQUEST_BODY`] and must arrive
@@ -64,7 +64,7 @@ const LIMITS: crate::server::ConnectionLimits = crate::server::ConnectionLimits 
     max_http2_streams: 1,
 };
 /// Largest request body forwarded: Nova's metadata takes at most a password (256 bytes).
-pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_BODY: usize = 64 * 1024;
 /// Largest request head read.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -92,10 +92,10 @@ const HOP_BY_HOP: [&str; 8] = [
 /// What one listener needs to answer: rebuilt on every apply, swapped in without rebinding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkMetadata {
-    pub network_id: String,
+    pub(crate) network_id: String,
     pub tenant_id: String,
     /// The orchestrator's metadata endpoint.
-    pub upstream: SocketAddr,
+    pub(crate) upstream: SocketAddr,
     /// Instance address → `device_id`.
     pub instances: HashMap<IpAddr, String>,
 }
@@ -105,18 +105,18 @@ pub const METADATA_BASE_PORT: u16 = 9600;
 
 /// The metadata port of NIC `geN`, or `None` for a name that is not `geN`. The one definition
 /// of it: the proxy listens there and the firewall redirects `169.254.169.254:80` there.
-pub fn nic_port(ifname: &str) -> Option<u16> {
+pub(crate) fn nic_port(ifname: &str) -> Option<u16> {
     listen_port(METADATA_BASE_PORT, ifname)
 }
 
 /// The listener port of NIC `geN`: `base + N`. `None` for a name that is not `geN`.
-pub fn listen_port(base: u16, ifname: &str) -> Option<u16> {
+pub(crate) fn listen_port(base: u16, ifname: &str) -> Option<u16> {
     let nic: akanda_model::NicName = ifname.parse().ok()?;
     base.checked_add(nic.index())
 }
 
 /// The upstream base URI: `http://1.2.3.4:9697` or `http://[fdca::1]:9697`.
-pub fn upstream_base(upstream: SocketAddr) -> String {
+pub(crate) fn upstream_base(upstream: SocketAddr) -> String {
     // SocketAddr's Display brackets IPv6 and leaves IPv4 bare.
     format!("http://{upstream}")
 }
@@ -216,14 +216,14 @@ impl Drop for Listener {
 }
 
 /// All metadata listeners.
-pub struct MetadataProxy {
+pub(crate) struct MetadataProxy {
     timeout: Duration,
     client: Client<HttpConnector, UpstreamBody>,
     listeners: BTreeMap<String, Listener>,
 }
 
 impl MetadataProxy {
-    pub fn new(timeout: Duration) -> MetadataProxy {
+    pub(crate) fn new(timeout: Duration) -> MetadataProxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -239,7 +239,7 @@ impl MetadataProxy {
 
     /// Binds listeners for new tenant networks, drops those of removed ones, and swaps in the
     /// new instance maps and upstream for the others (no rebinding).
-    pub fn apply(&mut self, config: &RouterConfig) -> Vec<ServicesError> {
+    pub(crate) fn apply(&mut self, config: &RouterConfig) -> Vec<ServicesError> {
         let mut errors = Vec::new();
         let wanted = desired(config, METADATA_BASE_PORT);
         self.listeners
@@ -285,7 +285,7 @@ impl MetadataProxy {
         errors
     }
 
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (ifname, l) in &self.listeners {
             let shared = l.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -306,7 +306,7 @@ impl MetadataProxy {
         Value::Object(out)
     }
 
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.listeners.clear();
     }
 }

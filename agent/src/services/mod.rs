@@ -10,12 +10,12 @@
 //! `hostname::render_*`, `metadata::desired`, `garp::*_frame`); the rest is a thin I/O layer.
 
 pub mod bird;
-pub mod check;
+pub(crate) mod check;
 pub mod dnsmasq;
-pub mod garp;
+pub(crate) mod garp;
 pub mod hostname;
 pub mod metadata;
-pub mod supervisor;
+pub(crate) mod supervisor;
 #[cfg(test)]
 mod tests;
 
@@ -99,7 +99,7 @@ impl Default for ServicesOptions {
 
 impl ServicesOptions {
     /// Inside the Service Instance: also `sethostname(2)`, `/etc/hostname` and `/etc/hosts`.
-    pub fn service_instance() -> Self {
+    pub(crate) fn service_instance() -> Self {
         ServicesOptions {
             set_hostname: true,
             hostname_file: Some(PathBuf::from("/etc/hostname")),
@@ -174,7 +174,7 @@ impl Services {
     /// Back to no service at all (the rollback of a router's first config): every daemon
     /// stopped, every listener closed, the generated files and the lease files this
     /// transaction created removed. The host name is left as it is.
-    pub async fn reset(&mut self) -> Result<(), ServicesError> {
+    pub(crate) async fn reset(&mut self) -> Result<(), ServicesError> {
         self.metadata.shutdown();
         self.dnsmasq.reset().await;
         self.bird.shutdown().await;
@@ -203,7 +203,7 @@ impl Services {
 
     /// The transaction that called [`Services::apply`] (and perhaps its rollback) is over:
     /// lease files created by it are now kept like any other.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         self.dnsmasq.settle();
     }
 
@@ -268,11 +268,6 @@ impl Services {
     /// The pid of bird, if it runs.
     pub fn bird_pid(&self) -> Option<u32> {
         self.bird.pid()
-    }
-
-    /// bird's control socket (for `birdc -s`).
-    pub fn bird_socket(&self) -> PathBuf {
-        self.bird.socket()
     }
 
     /// Stops every daemon (SIGTERM, then SIGKILL after 5 s) and closes the listeners.

@@ -31,28 +31,28 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The command line of a daemon. It must stay in the foreground.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonSpec {
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
+pub(crate) struct DaemonSpec {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
 }
 
 /// What `status()` reports for a daemon.
 #[derive(Debug, Clone, Default)]
-pub struct DaemonState {
-    pub running: bool,
-    pub pid: Option<u32>,
+pub(crate) struct DaemonState {
+    pub(crate) running: bool,
+    pub(crate) pid: Option<u32>,
     /// Starts that followed an unexpected exit.
-    pub restarts: u64,
+    pub(crate) restarts: u64,
     /// Every start, including the first and deliberate restarts.
-    pub starts: u64,
-    pub last_start: Option<SystemTime>,
-    pub last_reload: Option<SystemTime>,
-    pub last_exit: Option<String>,
-    pub last_error: Option<String>,
+    pub(crate) starts: u64,
+    pub(crate) last_start: Option<SystemTime>,
+    pub(crate) last_reload: Option<SystemTime>,
+    pub(crate) last_exit: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 impl DaemonState {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "running": self.running,
             "pid": self.pid,
@@ -71,7 +71,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
+pub(crate) enum SupervisorError {
     #[error("{0} is not running")]
     NotRunning(String),
     #[error("cannot signal {name}: {source}")]
@@ -91,7 +91,7 @@ enum Cmd {
 
 /// One supervised daemon. Dropping it kills the child (tokio `kill_on_drop`); call
 /// [`Supervisor::stop`] for a clean stop.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     name: String,
     state: Arc<Mutex<DaemonState>>,
     tx: mpsc::UnboundedSender<Cmd>,
@@ -100,7 +100,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the daemon and its supervising task on the current tokio runtime.
-    pub fn start(name: impl Into<String>, spec: DaemonSpec) -> Supervisor {
+    pub(crate) fn start(name: impl Into<String>, spec: DaemonSpec) -> Supervisor {
         let name = name.into();
         let state = Arc::new(Mutex::new(DaemonState::default()));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -115,16 +115,12 @@ impl Supervisor {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn state(&self) -> DaemonState {
+    pub(crate) fn state(&self) -> DaemonState {
         lock(&self.state).clone()
     }
 
     /// Sends `signal` to the running daemon; records a reload for SIGHUP.
-    pub async fn signal(&self, signal: Signal) -> Result<(), SupervisorError> {
+    pub(crate) async fn signal(&self, signal: Signal) -> Result<(), SupervisorError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Cmd::Signal(signal, ack))
@@ -134,13 +130,13 @@ impl Supervisor {
     }
 
     /// Marks a reload done by other means (bird's control socket).
-    pub fn record_reload(&self) {
+    pub(crate) fn record_reload(&self) {
         lock(&self.state).last_reload = Some(SystemTime::now());
     }
 
     /// Stops the daemon and starts it again with `spec` (a deliberate restart: not counted in
     /// `restarts`).
-    pub async fn restart(&self, spec: DaemonSpec) {
+    pub(crate) async fn restart(&self, spec: DaemonSpec) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Cmd::Restart(spec, ack)).is_ok() {
             let _ = done.await;
@@ -148,7 +144,7 @@ impl Supervisor {
     }
 
     /// Stops the daemon cleanly: SIGTERM, up to 5 s, then SIGKILL.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Cmd::Stop(ack)).is_ok() {
             let _ = done.await;
@@ -384,7 +380,7 @@ async fn run(
 /// pinned with a pidfd before it is signalled, and its command line read again through
 /// that pin, so the signal reaches the process that was recognised or none. SIGTERM, then
 /// SIGKILL after 2 s. Zombies and the agent itself are skipped. Returns how many it stopped.
-pub async fn kill_stale(ours: impl Fn(i32, &[String]) -> bool) -> usize {
+pub(crate) async fn kill_stale(ours: impl Fn(i32, &[String]) -> bool) -> usize {
     let me = std::process::id() as i32;
     let mut pinned = Vec::new();
     for pid in proc_pids() {
@@ -427,7 +423,7 @@ pub async fn kill_stale(ours: impl Fn(i32, &[String]) -> bool) -> usize {
 }
 
 /// `argv` of `pid` (empty when it is gone or a kernel thread).
-pub fn cmdline(pid: i32) -> Vec<String> {
+pub(crate) fn cmdline(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)
@@ -455,7 +451,7 @@ fn process_matches(pid: i32, ours: &impl Fn(i32, &[String]) -> bool) -> bool {
 }
 
 /// Whether `pid` is in the caller's network namespace.
-pub fn in_our_network_namespace(pid: i32) -> bool {
+pub(crate) fn in_our_network_namespace(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let ns = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
     matches!((ns(format!("/proc/{pid}/ns/net")), ns("/proc/thread-self/ns/net".into())), (Ok(a), Ok(b)) if a == b)
@@ -524,7 +520,7 @@ impl Pidfd {
 /// Whether `argv` is a daemon of an agent whose generated files live under `run_dir`:
 /// `argv[0]` is one of `programs` (by file name), and an argument is a file under `run_dir`
 /// (`--conf-file=FILE` or `FILE`).
-pub fn is_daemon_of(argv: &[String], programs: &[&str], run_dir: &std::path::Path) -> bool {
+pub(crate) fn is_daemon_of(argv: &[String], programs: &[&str], run_dir: &std::path::Path) -> bool {
     let file_name = |p: &str| {
         std::path::Path::new(p)
             .file_name()

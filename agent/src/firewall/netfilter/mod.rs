@@ -80,7 +80,7 @@ pub enum NetfilterError {
 
 impl NetfilterError {
     /// The positive errno when the kernel refused the request.
-    pub fn errno(&self) -> Option<i32> {
+    pub(crate) fn errno(&self) -> Option<i32> {
         match self {
             NetfilterError::Refused { errno, .. } => Some(*errno),
             _ => None,
