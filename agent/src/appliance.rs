@@ -570,12 +570,7 @@ impl Appliance {
                 .collect(),
             ..DesiredState::default()
         };
-        let mut now = KernelState::read(&self.nl)
-            .await
-            .map_err(|e| e.to_string())?;
-        now.floating_ips = floating_ip_routes(&self.nl)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now = self.read_kernel_and_floating_ips().await?;
         // NICs gone since (unplugged) need nothing.
         let present = |name: &String| now.link(name).is_some();
         let desired = DesiredState {
@@ -593,6 +588,18 @@ impl Appliance {
         tracing::info!(nics = ?self.leftovers.keys().collect::<Vec<_>>(), "what a stopped first apply left was cleared");
         self.leftovers.clear();
         self.state.remove_intent().map_err(|e| e.to_string())
+    }
+
+    /// The kernel as it is, with the floating IPs' routes dumped too (not taken from what
+    /// the agent remembers writing): for undoing what a stopped or failed apply left.
+    async fn read_kernel_and_floating_ips(&self) -> Result<KernelState, String> {
+        let mut now = KernelState::read(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        now.floating_ips = floating_ip_routes(&self.nl)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(now)
     }
 
     async fn restore_saved(&mut self) -> Result<bool, String> {
@@ -1266,12 +1273,7 @@ impl Appliance {
                 link.nodad = false;
             }
         }
-        let mut now = KernelState::read(&self.nl)
-            .await
-            .map_err(|e| e.to_string())?;
-        now.floating_ips = floating_ip_routes(&self.nl)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now = self.read_kernel_and_floating_ips().await?;
         self.write_state(&previous, &now).await?;
         self.floating_ips = Some(previous.floating_ips);
         Ok(())

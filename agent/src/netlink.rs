@@ -340,6 +340,25 @@ impl Netlink {
         Ok(())
     }
 
+    /// The IPv4 policy rule `PRIORITY: from all lookup TABLE`, if there is one.
+    async fn find_rule(
+        &self,
+        table: u32,
+        priority: u32,
+    ) -> Result<Option<RuleMessage>, NetlinkError> {
+        let rules = dump(
+            "dump IPv4 rules",
+            self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
+        )
+        .await?;
+        Ok(rules.into_iter().find(|r| {
+            rule_table(r) == table
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
+        }))
+    }
+
     /// Adds the IPv4 rule `from all lookup TABLE pref PRIORITY` unless it is there.
     /// Returns whether it was added.
     pub(crate) async fn ensure_rule(
@@ -347,18 +366,7 @@ impl Netlink {
         table: u32,
         priority: u32,
     ) -> Result<bool, NetlinkError> {
-        let rules = dump(
-            "dump IPv4 rules",
-            self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
-        )
-        .await?;
-        let present = rules.iter().any(|r| {
-            rule_table(r) == table
-                && r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
-        });
-        if present {
+        if self.find_rule(table, priority).await?.is_some() {
             return Ok(false);
         }
         let request = self
@@ -381,17 +389,7 @@ impl Netlink {
         table: u32,
         priority: u32,
     ) -> Result<bool, NetlinkError> {
-        let rules = dump(
-            "dump IPv4 rules",
-            self.handle.rule().get(rtnetlink::IpVersion::V4).execute(),
-        )
-        .await?;
-        let Some(rule) = rules.into_iter().find(|r| {
-            rule_table(r) == table
-                && r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
-        }) else {
+        let Some(rule) = self.find_rule(table, priority).await? else {
             return Ok(false);
         };
         self.write(

@@ -161,14 +161,7 @@ impl Services {
             errors.push(e);
         }
         errors.extend(self.metadata.apply(config));
-        match errors.len() {
-            0 => {
-                self.unsettled = false;
-                Ok(())
-            }
-            1 => Err(errors.remove(0)),
-            _ => Err(ServicesError::Several(errors)),
-        }
+        self.settled_unless(errors)
     }
 
     /// Back to no service at all (the rollback of a router's first config): every daemon
@@ -191,6 +184,12 @@ impl Services {
             }
         }
         self.hostname = None;
+        self.settled_unless(errors)
+    }
+
+    /// The outcome of a step over every service: `Ok` (and nothing left unsettled) when no
+    /// service failed, else the one error, or all of them.
+    fn settled_unless(&mut self, mut errors: Vec<ServicesError>) -> Result<(), ServicesError> {
         match errors.len() {
             0 => {
                 self.unsettled = false;
