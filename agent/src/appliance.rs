@@ -1157,7 +1157,7 @@ impl Appliance {
     /// added, so upstream neighbours learn them at once. Best effort: a lost announcement
     /// only delays traffic until the next ARP exchange.
     fn announce_new_external_addresses(
-        &self,
+        &mut self,
         config: &RouterConfig,
         desired: &DesiredState,
         before: &KernelState,
@@ -1184,7 +1184,7 @@ impl Appliance {
         if new.is_empty() {
             return;
         }
-        if let Err(e) = Services::announce(&ext.ifname, &new) {
+        if let Err(e) = self.services.announce(&ext.ifname, &new) {
             tracing::warn!(error = %e, "announcing new external addresses failed");
         }
     }

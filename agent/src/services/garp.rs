@@ -150,40 +150,57 @@ fn ifindex_and_mac(fd: &OwnedFd, ifname: &str) -> io::Result<(i32, [u8; 6])> {
     Ok((index, mac))
 }
 
-/// Sends the announcements for `addrs` out of `ifname`, in the calling thread's network
-/// namespace. Needs CAP_NET_RAW.
-pub(crate) fn send(ifname: &str, addrs: &[IpAddr]) -> io::Result<()> {
-    // SAFETY: plain socket(2); the result is checked before use. Protocol 0: send only.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh, valid descriptor that we own from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (ifindex, mac) = ifindex_and_mac(&fd, ifname)?;
-    for (frame, dst) in frames(mac, addrs) {
-        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ethertype.to_be();
-        sll.sll_ifindex = ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&dst);
-        // SAFETY: buffer and address are valid for the given lengths.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
+/// An `AF_PACKET` socket that sends announcements, kept for the agent's life. Closing a
+/// packet socket waits for an RCU grace period (`synchronize_net` in `packet_release`): 10 to
+/// 15 ms, which a socket opened per announcement added to every push that adds a floating IP.
+/// Protocol 0: it sends only, and receives nothing.
+pub(crate) struct Announcer {
+    fd: OwnedFd,
+}
+
+impl Announcer {
+    /// A socket in the calling thread's network namespace. Needs CAP_NET_RAW.
+    pub(crate) fn open() -> io::Result<Announcer> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: raw is a fresh, valid descriptor that we own from here on.
+        Ok(Announcer {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
     }
-    Ok(())
+
+    /// Sends the announcements for `addrs` out of `ifname` (looked up now: a NIC may have
+    /// been renamed or replaced since the last call).
+    pub(crate) fn send(&self, ifname: &str, addrs: &[IpAddr]) -> io::Result<()> {
+        let fd = &self.fd;
+        let (ifindex, mac) = ifindex_and_mac(fd, ifname)?;
+        for (frame, dst) in frames(mac, addrs) {
+            let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+            // SAFETY: sockaddr_ll is plain old data.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = ethertype.to_be();
+            sll.sll_ifindex = ifindex;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&dst);
+            // SAFETY: buffer and address are valid for the given lengths.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
 }

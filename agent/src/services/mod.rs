@@ -116,6 +116,8 @@ pub struct Services {
     bird: bird::Bird,
     metadata: metadata::MetadataProxy,
     hostname: Option<String>,
+    /// Sends gratuitous ARP; opened at the first announcement.
+    announcer: Option<garp::Announcer>,
     /// An apply began and did not complete (an error, or a panic part-way): what the
     /// daemons were last given is then not trusted, and the next apply (the rollback's)
     /// compares every file on disk with what it wants.
@@ -134,6 +136,7 @@ impl Services {
             bird: bird::Bird::new(opts.bird.clone(), &opts.run_dir, opts.check_timeout),
             metadata: metadata::MetadataProxy::new(opts.metadata_timeout),
             hostname: None,
+            announcer: None,
             unsettled: false,
             opts,
         }
@@ -236,15 +239,23 @@ impl Services {
     }
 
     /// Gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6) for `addrs` out of
-    /// `ifname`, from a raw packet socket in the calling thread's network namespace.
-    pub fn announce(ifname: &str, addrs: &[IpAddr]) -> Result<(), ServicesError> {
+    /// `ifname`, from a raw packet socket opened at the first announcement in the calling
+    /// thread's network namespace and kept (see [`garp::Announcer`]).
+    pub fn announce(&mut self, ifname: &str, addrs: &[IpAddr]) -> Result<(), ServicesError> {
         if addrs.is_empty() {
             return Ok(());
         }
-        garp::send(ifname, addrs).map_err(|source| ServicesError::Announce {
+        let failed = |source| ServicesError::Announce {
             ifname: ifname.to_owned(),
             source,
-        })
+        };
+        let announcer = match &self.announcer {
+            Some(a) => a,
+            None => self
+                .announcer
+                .insert(garp::Announcer::open().map_err(failed)?),
+        };
+        announcer.send(ifname, addrs).map_err(failed)
     }
 
     /// `{"dnsmasq": {"geN": daemon}, "bird": daemon|null, "metadata": {"geN": listener},
