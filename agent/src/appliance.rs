@@ -219,8 +219,8 @@ pub(crate) struct ApplyRecord {
     pub(crate) netlink_writes: u64,
     /// nf_tables batches this apply sent (0 when the ruleset did not change).
     pub(crate) netfilter_batches: u64,
-    /// Conntrack entries deleted because their floating IP went away or moved.
-    pub(crate) conntrack_deleted: usize,
+    /// Floating IPs whose sessions were ended because they went away or moved.
+    pub(crate) conntrack_flushed: usize,
     /// Milliseconds spent in each phase: where an apply's time went.
     pub(crate) phases_ms: std::collections::BTreeMap<&'static str, f64>,
 }
@@ -286,7 +286,7 @@ pub struct Appliance {
     firewall: FirewallOptions,
     netfilter_batches: u64,
     /// What the current apply did beyond netlink, for its status record.
-    last_conntrack_deleted: usize,
+    last_conntrack_flushed: usize,
     phases: std::collections::BTreeMap<&'static str, f64>,
     /// dnsmasq, bird, the metadata proxy, GARP and the host name.
     services: Services,
@@ -423,7 +423,7 @@ impl Appliance {
             leftovers: Default::default(),
             firewall: FirewallOptions { api_port: 5000 },
             netfilter_batches: 0,
-            last_conntrack_deleted: 0,
+            last_conntrack_flushed: 0,
             phases: Default::default(),
             services: Services::new(services),
             shared: Arc::new(Mutex::new(Shared::default())),
@@ -664,7 +664,7 @@ impl Appliance {
         let started = Instant::now();
         let writes_before = self.nl.writes();
         let batches_before = self.netfilter_batches;
-        self.last_conntrack_deleted = 0;
+        self.last_conntrack_flushed = 0;
         self.phases.clear();
         self.running = Phase::Preflight;
         // A panic inside a phase is caught there and unwound; one outside the phases (while
@@ -695,7 +695,7 @@ impl Appliance {
             config_hash: hash.clone(),
             netlink_writes: writes,
             netfilter_batches: self.netfilter_batches - batches_before,
-            conntrack_deleted: self.last_conntrack_deleted,
+            conntrack_flushed: self.last_conntrack_flushed,
             phases_ms: std::mem::take(&mut self.phases),
         };
         match &result {
@@ -871,10 +871,10 @@ impl Appliance {
                 tracing::warn!(error = %e, "cannot rewrite {}", self.state.intent_path().display());
             }
         }
-        if self.last_conntrack_deleted > 0 {
+        if self.last_conntrack_flushed > 0 {
             rollback.notes.push(format!(
-                "{} connection-tracking sessions of floating IPs this config removed or moved were ended; ended sessions are not restored (their clients reconnect)",
-                self.last_conntrack_deleted
+                "the connection-tracking sessions of {} floating IPs this config removed or moved were ended; ended sessions are not restored (their clients reconnect)",
+                self.last_conntrack_flushed
             ));
         }
         Err(ApplyError::Failed {
@@ -949,12 +949,14 @@ impl Appliance {
         // Sessions through a floating IP that is gone or now points elsewhere must end
         // (OSSN-0020): the NAT rule is gone but conntrack would keep the session alive. Ended
         // sessions are not undone: their NAT is being rolled back with the ruleset anyway.
-        // Finding them walks the whole conntrack hash (every bucket, shared by all network
-        // namespaces): it runs on a blocking thread while the services are brought to the
-        // config, and the apply waits for it before answering.
+        // The ruleset marked each session with its floating IP, so a few floating IPs are a
+        // flush by mark each; many at once, one walk of the whole conntrack hash (see
+        // `netfilter::conntrack`). It runs on a blocking thread while the services are
+        // brought to the config, and the apply waits for it before answering.
         let moved = moved_floating_ips(self.current.as_ref(), config);
+        let moved_count = moved.len();
         let sessions = (!moved.is_empty()).then(|| {
-            tokio::task::spawn_blocking(move || firewall::netfilter::delete_sessions_of(&moved))
+            tokio::task::spawn_blocking(move || firewall::netfilter::end_sessions_of(&moved))
         });
 
         // Several daemons: may half-happen.
@@ -964,11 +966,12 @@ impl Appliance {
         lap(&mut self.phases, Phase::Services);
         self.running = Phase::Conntrack;
         if let Some(sessions) = sessions {
-            self.last_conntrack_deleted = sessions
+            sessions
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(|e| (Phase::Conntrack, e))?;
+            self.last_conntrack_flushed = moved_count;
             lap(&mut self.phases, Phase::Conntrack);
         }
         failpoint::hit("conntrack").map_err(|e| (Phase::Conntrack, e))?;

@@ -29,12 +29,13 @@ while True:
     threading.Thread(target=serve, args=(c, a), daemon=True).start()
 "#;
 
-/// TCP client: one connection; sends a line every 100 ms for `secs` seconds and prints how
-/// many echoes came back, and whether the session was cut (an echo missing for 1 s) before
-/// the time was up.
+/// TCP client: one connection (from source address `argv[4]` when given); sends a line every
+/// 100 ms for `secs` seconds and prints how many echoes came back, and whether the session
+/// was cut (an echo missing for 1 s) before the time was up.
 const CLIENT: &str = r#"
 import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+src = (sys.argv[4], 0) if len(sys.argv) > 4 else None
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3, source_address=src)
 c.settimeout(1); f = c.makefile("rwb", buffering=0)
 ok = 0; end = time.time() + float(sys.argv[3])
 while time.time() < end:
@@ -202,8 +203,9 @@ fn unchanged_floating_ip_loses_nothing_and_removed_one_is_cut() {
         .spawn(&["python3", "-c", CLIENT, "172.16.77.51", "8080", "4"]);
     std::thread::sleep(Duration::from_millis(1000));
     let status = put_ok(&lab, &cfg);
-    assert!(
-        status["last_apply"]["conntrack_deleted"].as_u64().unwrap() >= 1,
+    assert_eq!(
+        status["last_apply"]["conntrack_flushed"].as_u64(),
+        Some(1),
         "{status}"
     );
     let out = client.wait_with_output().unwrap();
@@ -218,6 +220,72 @@ fn unchanged_floating_ip_loses_nothing_and_removed_one_is_cut() {
     );
     // ... while the unchanged floating IP still works.
     tcp_echo(lab.ext(), FIP, 8080).unwrap();
+}
+
+/// A long-lived session of [`CLIENT`] from `from` (source `src` if given) to `addr:port`.
+fn session(from: &Netns, addr: &str, port: u16, src: Option<&str>) -> Child {
+    let port = port.to_string();
+    let mut args = vec!["python3", "-c", CLIENT, addr, &port, "4"];
+    args.extend(src);
+    from.spawn(&args)
+}
+
+/// What a [`session`] printed: cut or not, and whether it ever worked.
+fn cut(session: Child) -> bool {
+    let out = session.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("echoes 0 "),
+        "the session never worked: {text}"
+    );
+    text.contains("cut True")
+}
+
+#[test]
+fn a_removed_floating_ip_ends_its_sessions_in_out_and_hairpin_and_no_others() {
+    let Some((lab, _agent, dir)) = lab_with_agent("fipcut") else {
+        return;
+    };
+    let cfg = config(&lab);
+    lab.t1().ip("addr add 192.168.0.3/24 dev eth0");
+    let second = json!({"floating_ip": "172.16.77.51", "fixed_ip": "192.168.0.3"});
+    // 40 more floating IPs without sessions: removed with the second one, they make the
+    // removal too large for flushes by mark, and the agent walks the table instead.
+    let others: Vec<Value> = (0..40)
+        .map(|i| json!({"floating_ip": format!("172.16.77.{}", 100 + i), "fixed_ip": format!("192.168.0.{}", 100 + i)}))
+        .collect();
+    let _t1 = Server::start(lab.t1(), 8080, dir.path());
+    let _ext = Server::start(lab.ext(), 8090, dir.path());
+    for (round, removed_with) in [("by mark", vec![]), ("by a walk", others)] {
+        let mut with_second = cfg.clone();
+        let fips = with_second["floating_ips"].as_array_mut().unwrap();
+        fips.push(second.clone());
+        fips.extend(removed_with.iter().cloned());
+        put_ok(&lab, &with_second);
+        let gone_in = session(lab.ext(), "172.16.77.51", 8080, None);
+        let gone_out = session(lab.t1(), RouterLab::EXT_GW_V4, 8090, Some("192.168.0.3"));
+        let gone_hairpin = session(lab.t2(), "172.16.77.51", 8080, None);
+        let kept_in = session(lab.ext(), FIP, 8080, None);
+        let kept_out = session(lab.t1(), RouterLab::EXT_GW_V4, 8090, Some(RouterLab::T1_V4));
+        std::thread::sleep(Duration::from_millis(1000));
+        let status = put_ok(&lab, &cfg);
+        assert_eq!(
+            status["last_apply"]["conntrack_flushed"].as_u64(),
+            Some(1 + removed_with.len() as u64),
+            "{round}: {status}"
+        );
+        assert!(cut(gone_in), "{round}: the inbound session survived");
+        assert!(cut(gone_out), "{round}: the outbound session survived");
+        assert!(cut(gone_hairpin), "{round}: the hairpin session survived");
+        assert!(
+            !cut(kept_in),
+            "{round}: another floating IP's session was cut"
+        );
+        assert!(
+            !cut(kept_out),
+            "{round}: another floating IP's session was cut"
+        );
+    }
 }
 
 /// `Child::wait_with_output` plus lossy text of both streams.

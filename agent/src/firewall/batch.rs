@@ -340,10 +340,21 @@ fn build_set<'a>(
     let name = cstring(&def.name)?;
     // The key type parameter only chooses KEY_TYPE/KEY_LEN; IPv6 keys are fixed up below.
     let set: NftSet<'a, Ipv4Addr> = NftSet::new_named(&name, id, table, ProtoFamily::Inet);
-    let data = def.data.map(family_consts);
+    let data = def.data.map(|d| match d {
+        MapValue::Addr(f) => family_consts(f),
+        // nftables data type mark = 19, 4 bytes.
+        MapValue::Mark => (19, 4),
+    });
     ffi::set_types(&set, family_consts(def.key), data);
+    if def.data == Some(MapValue::Mark) {
+        ffi::set_host_endian_values(&set);
+    }
     for (key, value) in elements {
-        let value = value.map(ip_bytes);
+        let value = value.map(|v| match (def.data, v) {
+            // A mark is a host-order integer in the register `ct mark set` reads.
+            (Some(MapValue::Mark), IpAddr::V4(v4)) => session_mark(v4).to_ne_bytes().to_vec(),
+            _ => ip_bytes(v),
+        });
         ffi::add_element(&set, &ip_bytes(*key), value.as_deref())
             .map_err(|e| NetfilterError::Build(e.to_string()))?;
     }
@@ -382,6 +393,17 @@ struct MapLookup {
 impl Expression for MapLookup {
     fn to_expr(&self, _rule: &NftRule) -> NonNull<sys::nftnl_expr> {
         ffi::map_lookup(&self.set, self.set_id)
+    }
+}
+
+/// `ct original|reply ip daddr` into register 1 (nftnl's `Conntrack` has no tuple keys).
+struct CtIpv4Daddr {
+    reply: bool,
+}
+
+impl Expression for CtIpv4Daddr {
+    fn to_expr(&self, _rule: &NftRule) -> NonNull<sys::nftnl_expr> {
+        ffi::ct_ipv4_daddr(self.reply)
     }
 }
 
@@ -482,6 +504,7 @@ fn build_rule<'a>(
                 let mut bits = States::empty();
                 for s in states {
                     bits |= match s {
+                        CtState::New => States::NEW,
                         CtState::Invalid => States::INVALID,
                         CtState::Established => States::ESTABLISHED,
                         CtState::Related => States::RELATED,
@@ -491,9 +514,14 @@ fn build_rule<'a>(
                 rule.add_expr(&Bitwise::new(bits.bits(), 0u32));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
             }
-            Match::CtDnat => {
+            Match::CtDnat | Match::CtSnat => {
+                let bit = if *m == Match::CtDnat {
+                    ConntrackStatus::DST_NAT
+                } else {
+                    ConntrackStatus::SRC_NAT
+                };
                 rule.add_expr(&Conntrack::Status);
-                rule.add_expr(&Bitwise::new(ConntrackStatus::DST_NAT.bits(), 0u32));
+                rule.add_expr(&Bitwise::new(bit.bits(), 0u32));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
             }
             Match::FibSaddrIifMissing => {
@@ -554,6 +582,12 @@ fn build_rule<'a>(
             rule.add_expr(&nat(NatType::SNat, None));
         }
         Verdict::Masquerade => rule.add_expr(&Masquerade),
+        Verdict::MarkSession { reply, map } => {
+            let (set, set_id) = set_id(map)?;
+            rule.add_expr(&CtIpv4Daddr { reply: *reply });
+            rule.add_expr(&MapLookup { set, set_id });
+            rule.add_expr(&Conntrack::Mark { set: true });
+        }
     }
     if let Some(c) = &def.comment {
         rule.set_comment(cstring(c)?)

@@ -22,6 +22,13 @@ pub const TABLE: &str = "akanda";
 /// Maps floating → fixed (inbound DNAT) and fixed → floating (outbound SNAT).
 pub(crate) const FIP_DNAT_MAP: &str = "fip_dnat";
 pub(crate) const FIP_SNAT_MAP: &str = "fip_snat";
+/// Maps a floating IP to the connection mark its sessions carry: the address's own 32-bit
+/// number ([`session_mark`]), so that removing a floating IP ends its sessions with one
+/// kernel-side flush by mark instead of a walk of the whole conntrack table.
+pub(crate) const FIP_MARK_MAP: &str = "fip_mark";
+/// The chain that marks floating-IP sessions: a filter chain on postrouting just after
+/// source NAT (priority srcnat + 1), where both translations of a new session are known.
+pub(crate) const SESSION_MARKS_CHAIN: &str = "fip_sessions";
 /// The metadata address tenants ask, redirected to the agent's proxy for that network (on
 /// the port [`crate::services::metadata::nic_port`] gives).
 pub(crate) const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
@@ -49,12 +56,27 @@ impl Family {
     }
 }
 
+/// The connection mark of the sessions of floating IP `ip`: its 32-bit number
+/// (172.16.77.50 is 0xac104d32).
+pub(crate) fn session_mark(ip: std::net::Ipv4Addr) -> u32 {
+    u32::from(ip)
+}
+
+/// What a map's values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapValue {
+    /// Addresses of this family.
+    Addr(Family),
+    /// Connection marks: each value (an IPv4 address) stands for its [`session_mark`].
+    Mark,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub(crate) name: String,
     pub(crate) key: Family,
-    /// `Some`: a map whose values are addresses of this family.
-    pub(crate) data: Option<Family>,
+    /// `Some`: a map with these values.
+    pub(crate) data: Option<MapValue>,
     pub elements: Vec<(IpAddr, Option<IpAddr>)>,
 }
 
@@ -108,6 +130,7 @@ impl L4 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtState {
+    New,
     Invalid,
     Established,
     Related,
@@ -130,6 +153,8 @@ pub enum Match {
     CtState(Vec<CtState>),
     /// The connection was destination-NATed (a floating IP).
     CtDnat,
+    /// The connection was source-NATed.
+    CtSnat,
     /// `fib saddr . iif oif missing`: the router has no route back to the packet's source out
     /// of the NIC the packet came in on (a strict reverse-path check against the live FIB, as
     /// `rp_filter=1` does, for both families). In the forward hook only.
@@ -150,6 +175,13 @@ pub enum Verdict {
     /// `snat ip to ip saddr map @SET`.
     SnatMap(String),
     Masquerade,
+    /// `ct mark set ct DIRECTION ip daddr map @SET`, and go on: the session's mark from the
+    /// destination of its original tuple (`reply: false`: where a DNAT session was sent) or
+    /// of its reply tuple (`reply: true`: the address a SNAT session left from).
+    MarkSession {
+        reply: bool,
+        map: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +229,7 @@ pub struct Ruleset {
 pub struct SetDelta {
     pub(crate) name: String,
     pub(crate) key: Family,
-    pub(crate) data: Option<Family>,
+    pub(crate) data: Option<MapValue>,
     /// Removed before `added` go in: a map key whose value changed is in both.
     pub(crate) removed: Vec<(IpAddr, Option<IpAddr>)>,
     pub(crate) added: Vec<(IpAddr, Option<IpAddr>)>,
@@ -412,6 +444,19 @@ pub fn build(config: &RouterConfig, opts: FirewallOptions) -> Ruleset {
             rules: tenant_rules,
         });
     }
+    // Always there, empty without floating IPs: the first floating IP added or the last one
+    // removed then rewrites rules in place, where a base chain coming or going would replace
+    // the table (and wait for an RCU grace period, see `batch::update`).
+    chains.push(Chain {
+        name: SESSION_MARKS_CHAIN.into(),
+        base: Some(BaseChain {
+            kind: ChainKind::Filter,
+            hook: Hook::Postrouting,
+            priority: 101,
+            policy_drop: false,
+        }),
+        rules: nat::session_marks(&router),
+    });
     Ruleset {
         sets: nat::floating_ip_maps(&router),
         chains,
@@ -509,20 +554,31 @@ mod tests {
         let names: Vec<_> = rs.chains.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["prerouting", "postrouting", "input", "forward", "labels"]
+            [
+                "prerouting",
+                "postrouting",
+                "input",
+                "forward",
+                "labels",
+                SESSION_MARKS_CHAIN
+            ]
         );
         let prio: Vec<_> = rs
             .chains
             .iter()
             .map(|c| c.base.map(|b| b.priority))
             .collect();
-        assert_eq!(prio, [Some(-100), Some(100), Some(0), Some(0), None]);
+        assert_eq!(
+            prio,
+            [Some(-100), Some(100), Some(0), Some(0), None, Some(101)],
+            "the session marks come after source NAT"
+        );
         let drop: Vec<_> = rs
             .chains
             .iter()
             .filter_map(|c| c.base.map(|b| b.policy_drop))
             .collect();
-        assert_eq!(drop, [false, false, true, true]);
+        assert_eq!(drop, [false, false, true, true, false]);
     }
 
     fn with_floating_ips(pairs: &[(&str, &str)]) -> Ruleset {

@@ -19,8 +19,11 @@ pub fn render(rs: &Ruleset) -> String {
         };
         let _ = writeln!(out, "\tmap {} {{", set.name);
         match set.data {
-            Some(d) => {
+            Some(MapValue::Addr(d)) => {
                 let _ = writeln!(out, "\t\ttype {} : {}", ty(set.key), ty(d));
+            }
+            Some(MapValue::Mark) => {
+                let _ = writeln!(out, "\t\ttype {} : mark", ty(set.key));
             }
             None => {
                 let _ = writeln!(out, "\t\ttype {}", ty(set.key));
@@ -30,9 +33,12 @@ pub fn render(rs: &Ruleset) -> String {
             let elems: Vec<String> = set
                 .elements
                 .iter()
-                .map(|(k, v)| match v {
-                    Some(v) => format!("{k} : {v}"),
-                    None => k.to_string(),
+                .map(|(k, v)| match (v, set.data) {
+                    (Some(std::net::IpAddr::V4(v)), Some(MapValue::Mark)) => {
+                        format!("{k} : {:#010x}", session_mark(*v))
+                    }
+                    (Some(v), _) => format!("{k} : {v}"),
+                    (None, _) => k.to_string(),
                 })
                 .collect();
             let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(", "));
@@ -112,6 +118,7 @@ pub(crate) fn render_rule(rule: &Rule) -> String {
                 let names: Vec<&str> = states
                     .iter()
                     .map(|s| match s {
+                        CtState::New => "new",
                         CtState::Invalid => "invalid",
                         CtState::Established => "established",
                         CtState::Related => "related",
@@ -120,6 +127,7 @@ pub(crate) fn render_rule(rule: &Rule) -> String {
                 format!("ct state {}", names.join(","))
             }
             Match::CtDnat => "ct status dnat".into(),
+            Match::CtSnat => "ct status snat".into(),
             Match::FibSaddrIifMissing => "fib saddr . iif oif missing".into(),
         });
     }
@@ -136,6 +144,10 @@ pub(crate) fn render_rule(rule: &Rule) -> String {
         Verdict::DnatMap(m) => parts.push(format!("dnat ip to ip daddr map @{m}")),
         Verdict::SnatMap(m) => parts.push(format!("snat ip to ip saddr map @{m}")),
         Verdict::Masquerade => parts.push("masquerade".into()),
+        Verdict::MarkSession { reply, map } => parts.push(format!(
+            "ct mark set ct {} ip daddr map @{map}",
+            if *reply { "reply" } else { "original" }
+        )),
     }
     if let Some(c) = &rule.comment {
         parts.push(format!("comment \"{}\"", c.replace('"', "'")));

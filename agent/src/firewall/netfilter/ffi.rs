@@ -44,6 +44,29 @@ pub(crate) fn set_types<K>(set: &Set<'_, K>, key: TypeLen, data: Option<TypeLen>
     }
 }
 
+/// Gives `set` nft's user data saying its keys are big-endian and its values host-endian
+/// (`NFTNL_UDATA_SET_KEYBYTEORDER` and `_DATABYTEORDER`, nft's `BYTEORDER_BIG_ENDIAN` and
+/// `BYTEORDER_HOST_ENDIAN`), as nft itself records for a map to marks. The kernel ignores it;
+/// without it `nft list` would print the marks byte-swapped.
+pub(crate) fn set_host_endian_values<K>(set: &Set<'_, K>) {
+    let mut udata = Vec::with_capacity(12);
+    for (kind, byteorder) in [(0u8, 2u32), (1u8, 1u32)] {
+        udata.extend_from_slice(&[kind, 4]);
+        udata.extend_from_slice(&byteorder.to_ne_bytes());
+    }
+    let raw = set.as_ptr().as_ptr();
+    // SAFETY: `raw` is the live nftnl_set owned by `set` (see `set_types`); libnftnl copies
+    // `udata.len()` bytes out of the live vector.
+    unsafe {
+        sys::nftnl_set_set_data(
+            raw,
+            sys::NFTNL_SET_USERDATA as u16,
+            udata.as_ptr() as *const c_void,
+            udata.len() as u32,
+        );
+    }
+}
+
 /// Adds element `key` (with map value `data`) to `set`.
 pub(crate) fn add_element<K>(
     set: &Set<'_, K>,
@@ -100,6 +123,26 @@ pub(crate) fn map_lookup(set: &CStr, set_id: u32) -> NonNull<sys::nftnl_expr> {
         );
         sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
         sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, set_id);
+        expr
+    }
+}
+
+/// `NFT_CT_DST_IP` of `enum nft_ct_keys` (not in the libc crate).
+const NFT_CT_DST_IP: u32 = 20;
+
+/// A `ct` expression: the IPv4 destination of the session's original tuple (`reply: false`)
+/// or reply tuple, into register 1. A session of another family makes the rule stop there.
+/// The caller (nftnl's `Expression::to_expr`) hands it to the rule, which owns and frees it.
+pub(crate) fn ct_ipv4_daddr(reply: bool) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
+    // integer attributes. Ownership goes to the caller.
+    unsafe {
+        let expr = NonNull::new(sys::nftnl_expr_alloc(c"ct".as_ptr()))
+            .expect("libnftnl could not allocate an expression");
+        let e = expr.as_ptr();
+        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, libc::NFT_REG_1 as u32);
+        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, NFT_CT_DST_IP);
+        sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, u8::from(reply));
         expr
     }
 }

@@ -28,7 +28,7 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use tracing::debug;
 
-pub use conntrack::delete_sessions_of;
+pub use conntrack::{delete_sessions_of, end_sessions_marked, end_sessions_of};
 
 /// What was asked of the kernel, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub enum Operation {
     ConntrackDump,
     /// Deleting one conntrack entry.
     ConntrackDelete,
+    /// Deleting the conntrack entries of one mark.
+    ConntrackFlush,
 }
 
 impl fmt::Display for Operation {
@@ -50,6 +52,7 @@ impl fmt::Display for Operation {
             Operation::TableProbe => "the nf_tables table probe",
             Operation::ConntrackDump => "the conntrack dump",
             Operation::ConntrackDelete => "a conntrack delete",
+            Operation::ConntrackFlush => "a conntrack flush by mark",
         })
     }
 }

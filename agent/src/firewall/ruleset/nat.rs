@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 
 use super::{
-    first_v4, host, Family, Match, Router, Rule, Set, Verdict, FIP_DNAT_MAP, FIP_SNAT_MAP, L4,
-    METADATA_ADDR,
+    first_v4, host, CtState, Family, MapValue, Match, Router, Rule, Set, Verdict, FIP_DNAT_MAP,
+    FIP_MARK_MAP, FIP_SNAT_MAP, L4, METADATA_ADDR,
 };
 use crate::services::metadata;
 
-/// Floating → fixed (inbound DNAT) and fixed → floating (outbound SNAT); none without
-/// floating IPs.
+/// Floating → fixed (inbound DNAT), fixed → floating (outbound SNAT) and floating → its
+/// sessions' mark; none without floating IPs.
 pub(super) fn floating_ip_maps(router: &Router) -> Vec<Set> {
     if router.floating_ips.is_empty() {
         return Vec::new();
@@ -18,7 +18,7 @@ pub(super) fn floating_ip_maps(router: &Router) -> Vec<Set> {
     let map = |name: &str, pair: &dyn Fn(IpAddr, IpAddr) -> (IpAddr, IpAddr)| Set {
         name: name.into(),
         key: Family::V4,
-        data: Some(Family::V4),
+        data: Some(MapValue::Addr(Family::V4)),
         elements: router
             .floating_ips
             .iter()
@@ -28,9 +28,43 @@ pub(super) fn floating_ip_maps(router: &Router) -> Vec<Set> {
             })
             .collect(),
     };
+    let mut marks = map(FIP_MARK_MAP, &|floating, _| (floating, floating));
+    marks.data = Some(MapValue::Mark);
     vec![
         map(FIP_DNAT_MAP, &|floating, fixed| (floating, fixed)),
         map(FIP_SNAT_MAP, &|floating, fixed| (fixed, floating)),
+        marks,
+    ]
+}
+
+/// Marks each new floating-IP session with its floating IP's mark, once both translations
+/// are known: inbound (DNAT, hairpin included) by where it was sent, outbound (SNAT) by the
+/// address it left from. A session of no floating IP misses the map and stays unmarked.
+/// Removing a floating IP then ends exactly its sessions with one flush by mark
+/// (`netfilter::conntrack`). None without floating IPs.
+pub(super) fn session_marks(router: &Router) -> Vec<Rule> {
+    if router.floating_ips.is_empty() {
+        return Vec::new();
+    }
+    let new = Match::CtState(vec![CtState::New]);
+    let v4 = Match::Proto(Family::V4);
+    vec![
+        Rule::new(
+            vec![new.clone(), v4.clone(), Match::CtDnat],
+            Verdict::MarkSession {
+                reply: false,
+                map: FIP_MARK_MAP.into(),
+            },
+        )
+        .comment("floating IP sessions in"),
+        Rule::new(
+            vec![new, v4, Match::CtSnat],
+            Verdict::MarkSession {
+                reply: true,
+                map: FIP_MARK_MAP.into(),
+            },
+        )
+        .comment("floating IP sessions out"),
     ]
 }
 
@@ -157,7 +191,7 @@ mod tests {
         let config = test_config::parse(&doc);
         let router = Router::of(&config);
         let maps = floating_ip_maps(&router);
-        assert_eq!(maps.len(), 2);
+        assert_eq!(maps.len(), 3);
         assert_eq!(maps[0].name, FIP_DNAT_MAP);
         assert_eq!(
             maps[0].elements,
@@ -172,6 +206,17 @@ mod tests {
             maps[1].elements[0],
             (ip("192.168.0.2"), Some(ip("172.16.77.50")))
         );
+        assert_eq!(maps[2].name, FIP_MARK_MAP);
+        assert_eq!(maps[2].data, Some(MapValue::Mark));
+        assert_eq!(
+            maps[2].elements[1],
+            (ip("172.16.77.51"), Some(ip("172.16.77.51")))
+        );
+        // Two marking rules, whatever the number of IPs.
+        let marks = session_marks(&router);
+        assert_eq!(marks.len(), 2);
+        assert!(marks[0].matches.contains(&Match::CtDnat));
+        assert!(marks[1].matches.contains(&Match::CtSnat));
         // One DNAT-map rule per inbound NIC (external first), whatever the number of IPs.
         let dnat: Vec<_> = prerouting(&router)
             .into_iter()
@@ -217,6 +262,7 @@ mod tests {
         let config = test_config::parse(&doc);
         let router = Router::of(&config);
         assert!(floating_ip_maps(&router).is_empty());
+        assert!(session_marks(&router).is_empty());
         assert_eq!(prerouting(&router).len(), 1, "metadata only");
         let post = postrouting(&router);
         assert_eq!(post.len(), 1);
