@@ -204,6 +204,15 @@ fn ok_json<T: Serialize>(value: &T) -> Response {
     warp::reply::json(value).into_response()
 }
 
+/// `{"configuration": <the redacted document>}`, around the canonical JSON already made.
+fn configuration_body(json: &[u8]) -> Response {
+    let mut body = Vec::with_capacity(json.len() + 20);
+    body.extend_from_slice(b"{\"configuration\":");
+    body.extend_from_slice(json);
+    body.push(b'}');
+    warp::reply::with_header(body, "content-type", "application/json").into_response()
+}
+
 fn text(body: String) -> Response {
     warp::reply::with_header(body, "content-type", "text/plain; charset=utf-8").into_response()
 }
@@ -237,9 +246,8 @@ pub fn routes(
             if let Some(refused) = s.refused() {
                 return refused;
             }
-            let shared = crate::appliance::lock(&s.shared);
-            let doc = shared.current.as_ref().map(|d| d.redacted());
-            ok_json(&json!({ "configuration": doc.map(|d| json!(d)).unwrap_or(json!({})) }))
+            let shown = crate::appliance::lock(&s.shared).shown_config.clone();
+            configuration_body(shown.as_deref().unwrap_or(b"{}"))
         });
     let put_config = warp::path!("v1" / "system" / "config")
         .and(warp::put())
@@ -539,12 +547,7 @@ where
     match task.await {
         Ok(Ok(json)) => {
             tracing::info!(peer = %who, config_hash = %hash, "config changed");
-            // `{"configuration": <the redacted document>}`, around the bytes already made.
-            let mut body = Vec::with_capacity(json.len() + 20);
-            body.extend_from_slice(b"{\"configuration\":");
-            body.extend_from_slice(&json);
-            body.push(b'}');
-            warp::reply::with_header(body, "content-type", "application/json").into_response()
+            configuration_body(&json)
         }
         Ok(Err(e)) => {
             tracing::warn!(peer = %who, config_hash = %hash, "config change failed");

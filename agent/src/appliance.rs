@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
-use akanda_model::{Document, Problem, RouterConfig};
+use akanda_model::{Problem, RouterConfig};
 use futures::FutureExt;
 use serde::Serialize;
 
@@ -236,7 +236,9 @@ pub(crate) struct Counters {
 pub struct Shared {
     pub(crate) last_apply: Option<ApplyRecord>,
     pub(crate) counters: Counters,
-    pub(crate) current: Option<Document>,
+    /// The config in force as `GET /v1/system/config` shows it: its canonical JSON, secrets
+    /// redacted (`Document::shown`), shared with the PUT's answer rather than copied.
+    pub(crate) shown_config: Option<Arc<[u8]>>,
     pub(crate) current_hash: Option<String>,
     pub(crate) netlink_writes_total: u64,
     pub(crate) netfilter_batches_total: u64,
@@ -661,6 +663,7 @@ impl Appliance {
         shown: akanda_model::Shown,
     ) -> Result<(), ApplyError> {
         let hash = shown.hash;
+        let shown_json = shown.json;
         let started = Instant::now();
         let writes_before = self.nl.writes();
         let batches_before = self.netfilter_batches;
@@ -717,12 +720,16 @@ impl Appliance {
             Ok(()) => {
                 shared.counters.applies_ok += 1;
                 shared.current_hash = Some(hash);
-                shared.current = Some(config.document.clone());
+                shared.shown_config = Some(shown_json);
                 if let Some(was) = shared.degraded.take() {
                     tracing::info!(since = %was.since, "no longer degraded: a config applied completely");
                 }
                 *lock(&self.external_nic) = config.external_network().map(|n| n.ifname.clone());
-                self.current = Some(config);
+                // Freeing 10,000 floating IPs' worth of the previous config is off the path
+                // to the answer.
+                if let Some(previous) = self.current.replace(config) {
+                    tokio::task::spawn_blocking(move || drop(previous));
+                }
             }
             Err(ApplyError::Failed {
                 phase,
