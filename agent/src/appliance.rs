@@ -672,9 +672,11 @@ impl Appliance {
         self.running = Phase::Preflight;
         // A panic inside a phase is caught there and unwound; one outside the phases (while
         // preflight names NICs or reads the kernel) changed nothing the journal undoes.
-        let result = match AssertUnwindSafe(self.transaction(&config, shown.saved))
-            .catch_unwind()
-            .await
+        let result = match AssertUnwindSafe(
+            self.transaction(&config, shown.saved.map(|json| (json, hash.clone()))),
+        )
+        .catch_unwind()
+        .await
         {
             Ok(result) => result,
             Err(payload) => {
@@ -762,11 +764,11 @@ impl Appliance {
         result
     }
 
-    /// `saved`: the config's canonical JSON, when already serialised.
+    /// `saved`: the config's canonical JSON and its SHA-256, when already made.
     async fn transaction(
         &mut self,
         config: &RouterConfig,
-        saved: Option<std::sync::Arc<[u8]>>,
+        saved: Option<(Arc<[u8]>, String)>,
     ) -> Result<(), ApplyError> {
         let nics = self.nics().await?;
         let missing: Vec<Problem> = config
@@ -896,7 +898,7 @@ impl Appliance {
     async fn run_phases(
         &mut self,
         config: &RouterConfig,
-        saved: Option<std::sync::Arc<[u8]>>,
+        saved: Option<(Arc<[u8]>, String)>,
         desired: &DesiredState,
         before: &KernelState,
         journal: &mut Vec<(Phase, Undo)>,
@@ -923,9 +925,12 @@ impl Appliance {
         if !unchanged {
             journal.push((Phase::Persist, Undo::Persist));
             let state = self.state.clone();
-            let json = saved.unwrap_or_else(|| config.document.to_canonical_json().into());
+            let (json, sha256) = match saved {
+                Some((json, sha256)) => (json, Some(sha256)),
+                None => (config.document.to_canonical_json().into(), None),
+            };
             self.persisting = Some(tokio::task::spawn_blocking(move || {
-                state.stage_config(&json)
+                state.stage_config(&json, sha256)
             }));
         }
 

@@ -18,12 +18,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// The config slot in force and its generation, as this process last committed it: a
+    /// push then reads neither slot back (at 10,000 floating IPs, 1.3 MB read and 545 KB
+    /// hashed). `None` until the first commit, and after a failed one: the slots are read.
+    /// The agent is the state directory's only writer.
+    slot_in_force: Arc<Mutex<Option<(u8, u64)>>>,
 }
 
 impl StateDir {
@@ -44,12 +50,23 @@ impl StateDir {
                 tracing::info!(file = %name, "removed a temp file a crash left");
             }
         }
-        Ok(StateDir { root })
+        Ok(StateDir::existing(root))
     }
 
     /// A state directory as it is, changing nothing (to read it).
     pub fn existing(root: impl Into<PathBuf>) -> StateDir {
-        StateDir { root: root.into() }
+        StateDir {
+            root: root.into(),
+            slot_in_force: Arc::default(),
+        }
+    }
+
+    fn known_slot(&self) -> Option<(u8, u64)> {
+        *self.slot_in_force.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_known_slot(&self, slot: Option<(u8, u64)>) {
+        *self.slot_in_force.lock().unwrap_or_else(|e| e.into_inner()) = slot;
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -113,7 +130,7 @@ impl StateDir {
 
     /// Saves a config: staged, then committed.
     pub(crate) fn save_config(&self, bytes: &[u8]) -> io::Result<()> {
-        self.stage_config(bytes)?.commit()
+        self.stage_config(bytes, None)?.commit()
     }
 
     /// Writes a config into the slot that is not in force, without committing it: an apply
@@ -122,9 +139,19 @@ impl StateDir {
     /// force. The JSON is written in place after the header and padded with spaces to the
     /// slot's size (so the commit's `fdatasync` flushes data only, no metadata, unless the slot
     /// grows); its write-back to disk is started at once, so the commit finds it done.
-    pub(crate) fn stage_config(&self, bytes: &[u8]) -> io::Result<StagedConfig> {
-        let slots = [self.read_slot(0)?, self.read_slot(1)?];
-        let current = in_force(&slots);
+    /// `sha256`: the JSON's SHA-256 in hex, when the caller already has it.
+    pub(crate) fn stage_config(
+        &self,
+        bytes: &[u8],
+        sha256: Option<String>,
+    ) -> io::Result<StagedConfig> {
+        let current = match self.known_slot() {
+            Some(known) => Some(known),
+            None => {
+                let slots = [self.read_slot(0)?, self.read_slot(1)?];
+                in_force(&slots).map(|(slot, header)| (slot, header.generation))
+            }
+        };
         let slot = match current {
             Some((0, _)) => 1,
             _ => 0,
@@ -172,10 +199,11 @@ impl StateDir {
         }
         Ok(StagedConfig {
             file,
+            slot,
             header: SlotHeader {
-                generation: current.map_or(1, |(_, h)| h.generation + 1),
+                generation: current.map_or(1, |(_, generation)| generation + 1),
                 config: Some(HEADER_BYTES..HEADER_BYTES + bytes.len()),
-                sha256: hex::encode(Sha256::digest(bytes)),
+                sha256: sha256.unwrap_or_else(|| hex::encode(Sha256::digest(bytes))),
             },
             state: self.clone(),
         })
@@ -185,6 +213,7 @@ impl StateDir {
     /// failed after its config was committed): a header without a config, of a newer
     /// generation, in the slot not in force.
     pub(crate) fn remove_config(&self) -> io::Result<()> {
+        self.set_known_slot(None);
         let slots = [self.read_slot(0)?, self.read_slot(1)?];
         let Some((slot, current)) = in_force(&slots) else {
             return self.remove_legacy_config();
@@ -306,16 +335,21 @@ impl SlotHeader {
 #[must_use = "a staged config is in force only once committed"]
 pub(crate) struct StagedConfig {
     file: File,
+    slot: u8,
     header: SlotHeader,
     state: StateDir,
 }
 
 impl StagedConfig {
     /// Writes the slot's header and flushes the slot (its JSON, if the write-back has not
-    /// finished, and the header): from then on the slot is in force.
+    /// finished, and the header): from then on the slot is in force. A failure leaves it
+    /// unknown which slot is: the next stage reads them.
     pub(crate) fn commit(self) -> io::Result<()> {
+        self.state.set_known_slot(None);
         self.file.write_all_at(&self.header.encode(), 0)?;
         self.file.sync_data()?;
+        self.state
+            .set_known_slot(Some((self.slot, self.header.generation)));
         self.state.remove_legacy_config()
     }
 }
@@ -473,12 +507,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         state.save_config(b"old").unwrap();
-        let staged = state.stage_config(b"new").unwrap();
+        let staged = state.stage_config(b"new", None).unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"old"[..]));
         drop(staged);
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"old"[..]));
         // Staged again after a failed apply: the same free slot, never the one in force.
-        let staged = state.stage_config(b"newer").unwrap();
+        let staged = state.stage_config(b"newer", None).unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"old"[..]));
         staged.commit().unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"newer"[..]));
@@ -497,10 +531,12 @@ mod tests {
         state.save_config(b"first").unwrap();
         state.save_config(b"second").unwrap();
         let second = fs::read(state.slot_path(1)).unwrap();
-        // A torn header (its generation is the newer): the other slot stands.
+        // A torn header (its generation is the newer): the other slot stands. A write is torn
+        // only by a power cut: the agent that finds it is a new process (`open` anew).
         let mut torn = second.clone();
         torn[16] ^= 0x55;
         fs::write(state.slot_path(1), &torn).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         assert_eq!(state.load_config().unwrap().as_deref(), Some(&b"first"[..]));
         // The header on disk but not all of the config (the disk wrote them in another
         // order, and the power went): the other slot stands.
