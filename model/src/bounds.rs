@@ -142,6 +142,95 @@ impl<'de> Visitor<'de> for ScanVisitor {
     }
 }
 
+/// Nesting that [`scan_certainly_passes`] lets through: half serde_json's recursion limit,
+/// which refuses a 128th nested array or object in the [`Scan`] but not in an ignored value.
+const CERTAIN_MAX_DEPTH: usize = 64;
+
+/// Digits in a row that [`scan_certainly_passes`] lets through: a number without an exponent
+/// is then below 10^64, far from `f64::MAX`, so the [`Scan`] cannot find it out of range.
+const CERTAIN_MAX_DIGITS: usize = 64;
+
+/// Whether the [`Scan`] certainly accepts `bytes`, given that serde_json's typed pass found
+/// them one well-formed JSON value (with `Deserializer::end`). False means "not certain", not
+/// "refused". One pass over the bytes, no allocation.
+///
+/// The typed pass reads what it ignores (unknown keys, [`Ignored`]) with serde_json's
+/// `IgnoredAny`, which is laxer than the [`Scan`]'s `deserialize_any` in four ways, each
+/// refused here:
+/// - strings are not checked as UTF-8 → the whole body must be UTF-8 (so is then the text of
+///   every string between its escapes, which start and end at ASCII bytes);
+/// - `\u` escapes may be lone surrogates → no surrogate escape (`\uD800` to `\uDFFF`) at all;
+/// - numbers are not converted, so never out of range → no exponent, at most
+///   [`CERTAIN_MAX_DIGITS`] digits in a row;
+/// - nesting is unlimited → at most [`CERTAIN_MAX_DEPTH`].
+///
+/// And the [`Scan`]'s own limit: no string or key over [`MAX_STRING_BYTES`] between its quotes
+/// (an escape decodes to fewer bytes than it takes).
+pub(crate) fn scan_certainly_passes(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_err() {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut digits = 0usize;
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'"' => match string_end(bytes, i + 1) {
+                Some(end) if end - (i + 1) <= MAX_STRING_BYTES => {
+                    i = end + 1;
+                    digits = 0;
+                    continue;
+                }
+                _ => return false,
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > CERTAIN_MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > CERTAIN_MAX_DIGITS {
+                    return false;
+                }
+                i += 1;
+                continue;
+            }
+            // Outside strings, an `e` after a digit starts an exponent (else it is in `true`
+            // or `false`).
+            b'e' | b'E' if digits > 0 => return false,
+            _ => {}
+        }
+        digits = 0;
+        i += 1;
+    }
+    true
+}
+
+/// The index of the quote that ends the string whose content starts at `start`; `None` when
+/// the string is unterminated or holds a surrogate escape.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    loop {
+        i += bytes
+            .get(i..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
+        if bytes[i] == b'"' {
+            return Some(i);
+        }
+        // `\` and the byte it escapes; `\uD8..` to `\uDF..` is half of a surrogate pair.
+        if let Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']) =
+            bytes.get(i + 1..i + 4)
+        {
+            return None;
+        }
+        i += 2;
+    }
+}
+
 /// Deserialises a list of at most `MAX` entries.
 pub(crate) fn seq<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
 where
