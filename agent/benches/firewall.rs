@@ -2,8 +2,10 @@
 //!     cargo bench -p akanda-agent --bench firewall
 //!
 //! For 10, 100, 1,000 and 10,000 floating IPs: building the ruleset (pure), sending it as one
-//! batch, and the no-op check an identical config costs (ruleset comparison + one GETTABLE,
-//! no netfilter write); and `GET /v1/firewall/rules`' read-back at 1,000.
+//! batch, the no-op check an identical config costs (ruleset comparison + one GETTABLE, no
+//! netfilter write), and one floating IP added then removed (element batches: `+1` is
+//! measured 50 ms after the whole apply, whose freed objects the next batch would otherwise
+//! wait an RCU grace period for); and `GET /v1/firewall/rules`' read-back at 1,000.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,16 @@ const RUNS: usize = 15;
 
 fn config(fips: u32) -> akanda_model::RouterConfig {
     let doc = akanda_tests::config_with_floating_ips(fips);
+    akanda_model::parse(doc.to_string().as_bytes()).expect("valid bench config")
+}
+
+/// [`config`] with one floating IP more.
+fn config_plus_one(fips: u32) -> akanda_model::RouterConfig {
+    let mut doc = akanda_tests::config_with_floating_ips(fips);
+    doc["floating_ips"]
+        .as_array_mut()
+        .expect("a list")
+        .push(akanda_tests::floating_ip(fips));
     akanda_model::parse(doc.to_string().as_bytes()).expect("valid bench config")
 }
 
@@ -30,16 +42,18 @@ fn main() {
     let opts = FirewallOptions { api_port: 5000 };
     println!("\nnf_tables, milliseconds (median of {RUNS})");
     println!(
-        "{:>8} {:>12} {:>14} {:>16}",
-        "FIPs", "build (pure)", "batch apply", "no-op check"
+        "{:>8} {:>12} {:>14} {:>16} {:>14} {:>14}",
+        "FIPs", "build (pure)", "batch apply", "no-op check", "+1 elements", "-1 elements"
     );
     let mut readback_ms = 0.0;
     for n in [10u32, 100, 1_000, 10_000] {
         let cfg = config(n);
-        let (build_ms, apply_ms, noop_ms) = in_netns(&ns, || {
+        let plus = build(&config_plus_one(n), opts);
+        let (build_ms, apply_ms, noop_ms, plus_ms, minus_ms) = in_netns(&ns, || {
             let mut builds = Vec::new();
             let mut applies = Vec::new();
             let mut noops = Vec::new();
+            let (mut pluses, mut minuses) = (Vec::new(), Vec::new());
             for _ in 0..RUNS {
                 let t = Instant::now();
                 let rs = build(&cfg, opts);
@@ -53,10 +67,29 @@ fn main() {
                 assert!(again == rs);
                 assert!(netfilter::inet_table_exists(ruleset::TABLE).unwrap());
                 noops.push(t.elapsed());
+                // One floating IP added, then removed: element batches only. After a pause: the
+                // batch after one that freed kernel objects (the table replaced, elements
+                // deleted) waits for the RCU grace period that frees them, 7 to 15 ms here.
+                std::thread::sleep(Duration::from_millis(50));
+                let t = Instant::now();
+                let kind = batch::update(Some(&rs), &plus).expect("+1 applies");
+                pluses.push(t.elapsed());
+                assert_eq!(kind, batch::Update::Elements);
+                let t = Instant::now();
+                batch::update(Some(&plus), &rs).expect("-1 applies");
+                minuses.push(t.elapsed());
             }
-            (median(builds), median(applies), median(noops))
+            (
+                median(builds),
+                median(applies),
+                median(noops),
+                median(pluses),
+                median(minuses),
+            )
         });
-        println!("{n:>8} {build_ms:>12.2} {apply_ms:>14.2} {noop_ms:>16.2}");
+        println!(
+            "{n:>8} {build_ms:>12.2} {apply_ms:>14.2} {noop_ms:>16.2} {plus_ms:>14.2} {minus_ms:>14.2}"
+        );
         if n == 1_000 {
             readback_ms = in_netns(&ns, || {
                 let runs: Vec<Duration> = (0..RUNS)

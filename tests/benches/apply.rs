@@ -340,10 +340,16 @@ fn floor(n: u32, ruleset: &str, first_rounds: usize, change_rounds: usize) -> Fl
     };
     let all_routes: String = (0..n).map(|i| route("add", &fip_pair(i).0)).collect();
     let (fip, fixed) = fip_pair(n);
+    // The session mark of a floating IP is its address's number (agent/src/firewall/ruleset.rs).
+    let mark = u32::from(
+        fip.parse::<std::net::Ipv4Addr>()
+            .expect("an IPv4 floating IP"),
+    );
     let elements = |verb: &str| {
         format!(
             "{verb} element inet akanda fip_dnat {{ {fip} : {fixed} }}\n\
-             {verb} element inet akanda fip_snat {{ {fixed} : {fip} }}\n"
+             {verb} element inet akanda fip_snat {{ {fixed} : {fip} }}\n\
+             {verb} element inet akanda fip_mark {{ {fip} : {mark:#010x} }}\n"
         )
     };
     let files = [
