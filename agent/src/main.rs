@@ -277,6 +277,8 @@ async fn serve(
     let state = StateDir::open(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))?;
     akanda_agent::failpoint::announce();
+    // The agent lives in one network namespace: one nfnetlink socket for all its batches.
+    akanda_agent::firewall::netfilter::keep_one_socket();
     // Names the NICs and stops the daemons an earlier agent left when it was killed; turns
     // nothing on.
     let mut appliance = Appliance::open(state, daemons)

@@ -21,7 +21,7 @@ use netlink_packet_netfilter::{
 };
 use tracing::{debug, warn};
 
-use super::{exchange, NetfilterError, NfnlSocket, Operation, Outcome};
+use super::{exchange, with_socket, NetfilterError, NfnlSocket, Operation, Outcome};
 
 /// `CTA_ZONE`: an entry is identified by its original tuple within its zone.
 const CTA_ZONE: u16 = 18;
@@ -75,13 +75,15 @@ pub fn end_sessions_marked(marks: &[u32]) -> Result<(), NetfilterError> {
         return Ok(());
     }
     let op = Operation::ConntrackFlush;
-    let mut socket = NfnlSocket::open().map_err(NetfilterError::socket(op))?;
-    for &mark in marks.iter().filter(|&&m| m != 0) {
-        match exchange(&mut socket, op, NLM_F_ACK, flush_marked(mark), |_| {})? {
-            Outcome::Complete => {}
-            Outcome::Refused(errno) => return Err(NetfilterError::Refused { op, errno }),
+    with_socket(op, |socket| {
+        for &mark in marks.iter().filter(|&&m| m != 0) {
+            match exchange(socket, op, NLM_F_ACK, flush_marked(mark), |_| {})? {
+                Outcome::Complete => {}
+                Outcome::Refused(errno) => return Err(NetfilterError::Refused { op, errno }),
+            }
         }
-    }
+        Ok(())
+    })?;
     debug!(marks = marks.len(), "floating-IP sessions flushed by mark");
     Ok(())
 }
@@ -153,11 +155,19 @@ pub fn delete_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<usize, Netfilter
     if addrs.is_empty() {
         return Ok(0);
     }
+    with_socket(Operation::ConntrackDump, |socket| {
+        delete_sessions_on(socket, addrs)
+    })
+}
+
+fn delete_sessions_on(
+    socket: &mut NfnlSocket,
+    addrs: &BTreeSet<Ipv4Addr>,
+) -> Result<usize, NetfilterError> {
     let op = Operation::ConntrackDump;
-    let mut socket = NfnlSocket::open().map_err(NetfilterError::socket(op))?;
     let mut doomed: Vec<Vec<ConntrackAttribute>> = Vec::new();
     let dump = ipv4(ConntrackMessage::Get(vec![]));
-    let outcome = exchange(&mut socket, op, NLM_F_DUMP, dump, |message| {
+    let outcome = exchange(socket, op, NLM_F_DUMP, dump, |message| {
         if let Some(key) = entry(message).and_then(|attrs| doomed_key(&attrs, addrs)) {
             doomed.push(key);
         }
@@ -171,7 +181,7 @@ pub fn delete_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<usize, Netfilter
     let op = Operation::ConntrackDelete;
     for key in &doomed {
         let delete = ipv4(ConntrackMessage::Delete(key.clone()));
-        match exchange(&mut socket, op, NLM_F_ACK, delete, |_| {})? {
+        match exchange(socket, op, NLM_F_ACK, delete, |_| {})? {
             Outcome::Complete => {}
             // The entry ended on its own meanwhile.
             Outcome::Refused(errno) if errno == libc::ENOENT => {}

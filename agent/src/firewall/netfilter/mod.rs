@@ -135,7 +135,9 @@ pub(crate) struct NfnlSocket {
 impl Drop for NfnlSocket {
     /// Closing an nfnetlink socket makes nf_tables wait for its pending destroy work
     /// (`nft_rcv_nl_event`), which, after a batch that deleted set elements, waits for an RCU
-    /// grace period: 10 to 15 ms the apply need not spend. One closer thread takes them.
+    /// grace period: 10 to 15 ms the apply need not spend. One closer thread takes them. (It
+    /// waits with nf_tables' commit mutex held, so a batch sent meanwhile waits too: the agent
+    /// keeps one socket instead, [`keep_one_socket`].)
     fn drop(&mut self) {
         use std::sync::{mpsc, Mutex, OnceLock};
         static CLOSER: OnceLock<Mutex<mpsc::Sender<Socket>>> = OnceLock::new();
@@ -156,6 +158,44 @@ impl Drop for NfnlSocket {
         // Without the thread, the socket came back in the error and closes here.
         drop(sent);
     }
+}
+
+/// Whether [`with_socket`] keeps one socket for the process (see [`keep_one_socket`]).
+static KEEP_ONE_SOCKET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The socket kept, once opened; dropped after any error (unread answers may be left in it).
+static KEPT_SOCKET: std::sync::Mutex<Option<NfnlSocket>> = std::sync::Mutex::new(None);
+
+/// Makes every nfnetlink exchange of this process (batches, the table probe, conntrack) go
+/// through one socket, opened at first use in the calling thread's network namespace and kept.
+/// Closing an nfnetlink socket takes nf_tables' commit mutex and waits, with it held, for the
+/// destroy work of the last batch (`nft_rcv_nl_event`), which waits for an RCU grace period
+/// after a batch that freed objects: a batch sent meanwhile (the next push's) waited 7 to 15
+/// ms. For a process that lives in one network namespace: the agent calls it at start. Tests
+/// that work in many namespaces from one process leave it off: each exchange then opens and
+/// closes its own socket.
+pub fn keep_one_socket() {
+    KEEP_ONE_SOCKET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` with the kept socket (see [`keep_one_socket`]) or a socket of its own.
+pub(crate) fn with_socket<T>(
+    op: Operation,
+    f: impl FnOnce(&mut NfnlSocket) -> Result<T, NetfilterError>,
+) -> Result<T, NetfilterError> {
+    if !KEEP_ONE_SOCKET.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut socket = NfnlSocket::open().map_err(NetfilterError::socket(op))?;
+        return f(&mut socket);
+    }
+    let mut kept = KEPT_SOCKET.lock().unwrap_or_else(|e| e.into_inner());
+    let socket = match kept.as_mut() {
+        Some(socket) => socket,
+        None => kept.insert(NfnlSocket::open().map_err(NetfilterError::socket(op))?),
+    };
+    let result = f(socket);
+    if result.is_err() {
+        *kept = None;
+    }
+    result
 }
 
 impl NfnlSocket {
@@ -318,8 +358,14 @@ fn outcome(op: Operation, message: &[u8]) -> Result<Option<Outcome>, NetfilterEr
 /// Sends a finished nf_tables batch and reads one acknowledgement per message of it. The
 /// first error the kernel reports is the result: the kernel then applied none of it.
 pub(crate) fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<(), NetfilterError> {
+    with_socket(Operation::Ruleset, |socket| send_batch_on(socket, batch))
+}
+
+fn send_batch_on(
+    socket: &mut NfnlSocket,
+    batch: &nftnl::FinalizedBatch,
+) -> Result<(), NetfilterError> {
     let op = Operation::Ruleset;
-    let mut socket = NfnlSocket::open().map_err(NetfilterError::socket(op))?;
     let pages: Vec<&[u8]> = batch.iter().collect();
     let bytes: usize = pages.iter().map(|p| p.len()).sum();
     // The kernel queues one acknowledgement per message before we read any: size the
@@ -383,7 +429,6 @@ fn exchange(
 /// Whether nf_tables has table `name` in the inet family (one GETTABLE request, no dump).
 pub fn inet_table_exists(name: &str) -> Result<bool, NetfilterError> {
     let op = Operation::TableProbe;
-    let mut socket = NfnlSocket::open().map_err(NetfilterError::socket(op))?;
     let get = NetfilterMessage::new(
         NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
         NfTablesMessage::GetTable(TableMessage {
@@ -391,7 +436,7 @@ pub fn inet_table_exists(name: &str) -> Result<bool, NetfilterError> {
         }),
     );
     // The table itself comes back first, then the acknowledgement.
-    match exchange(&mut socket, op, NLM_F_ACK, get, |_| {})? {
+    match with_socket(op, |socket| exchange(socket, op, NLM_F_ACK, get, |_| {}))? {
         Outcome::Complete => Ok(true),
         Outcome::Refused(errno) if errno == libc::ENOENT => Ok(false),
         Outcome::Refused(errno) => Err(NetfilterError::Refused { op, errno }),
