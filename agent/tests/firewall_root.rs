@@ -182,7 +182,9 @@ fn conntrack_sessions_of_an_address_are_deleted() {
         "add chain ip t out '{ type filter hook output priority 0; }'",
     );
     nft(&a, "add rule ip t out ct state new counter");
-    a.sh("for d in 10.88.0.2 10.88.0.3; do echo x | nc -u -w0 $d 9999 || true; done");
+    // One datagram to each (sendto returns once conntrack has confirmed the entry, in the
+    // output path; `nc -w0` could quit before sending).
+    a.sh("python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b\"x\", (d, 9999)) for d in (\"10.88.0.2\", \"10.88.0.3\")]'");
     let entries =
         || a.sh("cat /proc/net/nf_conntrack 2>/dev/null || conntrack -L 2>/dev/null || true");
     let before = entries();

@@ -5,25 +5,9 @@
 //! alone mostly break the JSON, and so rarely reach the renderers with a config that differs
 //! from the seeds in a way that matters.
 
+// xorshift64*: the mutation is a function of libFuzzer's seed.
+use akanda_model::testing::Rng;
 use serde_json::{json, Map, Value};
-
-/// xorshift64*: the mutation is a function of libFuzzer's seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// Strings the config holds or should refuse: enums, names, addresses and prefixes at their
 /// edges, and text that would change a daemon's file or a header.

@@ -17,6 +17,8 @@ mod validate;
 
 #[cfg(test)]
 mod parse_tests;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::*;
 pub use document::Document;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::bounds::MAX_STRING_BYTES;
+use crate::testing::Rng;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,26 +23,9 @@ fn fixture_json(name: &str) -> Value {
     serde_json::from_slice(&fixture(name)).unwrap()
 }
 
-/// The basic conformance config grown to `n` floating IPs, as the request-path bench grows it
-/// (`akanda_tests::config_with_floating_ips`).
+/// The basic conformance config grown to `n` floating IPs, as the request-path bench grows it.
 fn with_floating_ips(n: u32) -> Value {
-    let mut doc = fixture_json("astara-router-basic.json");
-    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    doc["networks"][1]["subnets"] = json!([{"id": "ext", "cidr": "172.16.0.0/16",
-        "gateway_ip": "172.16.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["default_v4_gateway"] = json!("172.16.0.1");
-    doc["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    doc["networks"][2]["subnets"] = json!([{"id": "int", "cidr": "10.0.0.0/16",
-        "gateway_ip": "10.0.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["networks"][2]["allocations"] = json!([]);
-    let fips: Vec<Value> = (0..n)
-        .map(|i| {
-            let (hi, lo) = (1 + i / 250, 1 + i % 250);
-            json!({"floating_ip": format!("172.16.{hi}.{lo}"), "fixed_ip": format!("10.0.{hi}.{lo}")})
-        })
-        .collect();
-    doc["floating_ips"] = json!(fips);
-    doc
+    crate::testing::with_floating_ips(fixture_json("astara-router-basic.json"), n)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,26 +331,6 @@ fn every_truncation_answers_as_the_checked_parse() {
     let doc = serde_json::to_vec(&fixture_json("astara-router-full.json")).unwrap();
     for end in 0..doc.len() {
         same_as_checked(&doc[..end]);
-    }
-}
-
-/// xorshift64*: the same cases on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
     }
 }
 

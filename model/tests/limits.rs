@@ -44,20 +44,7 @@ fn many(n: usize, item: impl Fn(usize) -> Value) -> Value {
 
 /// The external /16 and internal /16 of the tests' floating IP configs.
 fn wide(floating_ips: usize) -> Value {
-    let mut doc = basic();
-    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    doc["networks"][1]["subnets"] = json!([{"id": "ext", "cidr": "172.16.0.0/16",
-        "gateway_ip": "172.16.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["default_v4_gateway"] = json!("172.16.0.1");
-    doc["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    doc["networks"][2]["subnets"] = json!([{"id": "int", "cidr": "10.0.0.0/16",
-        "gateway_ip": "10.0.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["networks"][2]["allocations"] = json!([]);
-    doc["floating_ips"] = many(floating_ips, |i| {
-        let (hi, lo) = (1 + i / 250, 1 + i % 250);
-        json!({"floating_ip": format!("172.16.{hi}.{lo}"), "fixed_ip": format!("10.0.{hi}.{lo}")})
-    });
-    doc
+    akanda_model::testing::with_floating_ips(basic(), floating_ips as u32)
 }
 
 #[test]

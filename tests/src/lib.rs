@@ -1203,21 +1203,10 @@ impl RouterLab {
     }
 }
 
-/// The basic conformance config grown to `n` floating IPs: the external subnet becomes
-/// 172.16.0.0/16 and the internal one 10.0.0.0/16, floating IP 172.16.A.B ↦ fixed IP
-/// 10.0.A.B. NIC names stay ge0 (management), ge1 (external), ge2 (internal).
+/// The basic conformance config grown to `n` floating IPs
+/// ([`akanda_model::testing::with_floating_ips`]): floating IP 172.16.A.B ↦ fixed IP 10.0.A.B.
 pub fn config_with_floating_ips(n: u32) -> Value {
-    let mut doc = conformance_json("astara-router-basic.json");
-    doc["networks"][1]["interface"]["addresses"] = json!(["172.16.0.2/16"]);
-    doc["networks"][1]["subnets"] = json!([{"id": "ext", "cidr": "172.16.0.0/16",
-        "gateway_ip": "172.16.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["default_v4_gateway"] = json!("172.16.0.1");
-    doc["networks"][2]["interface"]["addresses"] = json!(["10.0.0.1/16"]);
-    doc["networks"][2]["subnets"] = json!([{"id": "int", "cidr": "10.0.0.0/16",
-        "gateway_ip": "10.0.0.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]);
-    doc["networks"][2]["allocations"] = json!([]);
-    doc["floating_ips"] = json!((0..n).map(floating_ip).collect::<Vec<_>>());
-    doc
+    akanda_model::testing::with_floating_ips(conformance_json("astara-router-basic.json"), n)
 }
 
 /// The last good config saved in `state_dir` (`None` when none is saved), read from the
@@ -1293,10 +1282,7 @@ pub fn saved_config_modes(state_dir: &Path) -> Vec<(String, u32)> {
 }
 
 /// The i-th floating IP of [`config_with_floating_ips`] (i < 62,500).
-pub fn floating_ip(i: u32) -> Value {
-    let (hi, lo) = (1 + i / 250, 1 + i % 250);
-    json!({"floating_ip": format!("172.16.{hi}.{lo}"), "fixed_ip": format!("10.0.{hi}.{lo}")})
-}
+pub use akanda_model::testing::floating_ip;
 
 /// Runs `f` on a fresh thread that has entered the network namespace `ns` (setns affects only
 /// the calling thread; threads and sockets created inside `f` stay in that namespace).

@@ -20,26 +20,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use akanda_model::testing::Rng;
 use akanda_tests::{conformance_json, dump_state, in_netns, require_root, RouterLab};
 use serde_json::{json, Value};
-
-/// xorshift64*: reproducible from its seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// One HTTP/1.1 keep-alive connection from the mgmt namespace (the socket is made there).
 struct Client {

@@ -100,31 +100,45 @@ pub(crate) fn add_element<K>(
     Ok(())
 }
 
-/// A `lookup` expression: register 1 looked up in map `set` (batch-local id `set_id`), the
-/// mapped value written to register 1. The caller (nftnl's `Expression::to_expr`) hands it
-/// to the rule, which owns and frees it.
-pub(crate) fn map_lookup(set: &CStr, set_id: u32) -> NonNull<sys::nftnl_expr> {
+/// A fresh expression of kind `name` with the integer attributes `attrs` (libnftnl attribute,
+/// value). The caller (nftnl's `Expression::to_expr`) hands it to the rule, which owns and
+/// frees it.
+fn expression(name: &CStr, attrs: &[(u32, u32)]) -> NonNull<sys::nftnl_expr> {
     // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
-    // integer attributes and the set name, which libnftnl copies out of the live `set`.
-    // Ownership goes to the caller.
+    // integer attributes. Ownership goes to the caller.
     unsafe {
-        let expr = NonNull::new(sys::nftnl_expr_alloc(c"lookup".as_ptr()))
+        let expr = NonNull::new(sys::nftnl_expr_alloc(name.as_ptr()))
             .expect("libnftnl could not allocate an expression");
-        let e = expr.as_ptr();
-        sys::nftnl_expr_set_u32(
-            e,
-            sys::NFTNL_EXPR_LOOKUP_SREG as u16,
-            libc::NFT_REG_1 as u32,
-        );
-        sys::nftnl_expr_set_u32(
-            e,
-            sys::NFTNL_EXPR_LOOKUP_DREG as u16,
-            libc::NFT_REG_1 as u32,
-        );
-        sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
-        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, set_id);
+        for &(attr, value) in attrs {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
+        }
         expr
     }
+}
+
+const REG_1: u32 = libc::NFT_REG_1 as u32;
+
+/// A `lookup` expression: register 1 looked up in map `set` (batch-local id `set_id`), the
+/// mapped value written to register 1.
+pub(crate) fn map_lookup(set: &CStr, set_id: u32) -> NonNull<sys::nftnl_expr> {
+    let expr = expression(
+        c"lookup",
+        &[
+            (sys::NFTNL_EXPR_LOOKUP_SREG, REG_1),
+            (sys::NFTNL_EXPR_LOOKUP_DREG, REG_1),
+            (sys::NFTNL_EXPR_LOOKUP_SET_ID, set_id),
+        ],
+    );
+    // SAFETY: `expr` is the live expression just made, not yet handed on; libnftnl copies the
+    // set name out of the live `set`.
+    unsafe {
+        sys::nftnl_expr_set_str(
+            expr.as_ptr(),
+            sys::NFTNL_EXPR_LOOKUP_SET as u16,
+            set.as_ptr(),
+        );
+    }
+    expr
 }
 
 /// `NFT_CT_DST_IP` of `enum nft_ct_keys` (not in the libc crate).
@@ -132,19 +146,23 @@ const NFT_CT_DST_IP: u32 = 20;
 
 /// A `ct` expression: the IPv4 destination of the session's original tuple (`reply: false`)
 /// or reply tuple, into register 1. A session of another family makes the rule stop there.
-/// The caller (nftnl's `Expression::to_expr`) hands it to the rule, which owns and frees it.
 pub(crate) fn ct_ipv4_daddr(reply: bool) -> NonNull<sys::nftnl_expr> {
-    // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
-    // integer attributes. Ownership goes to the caller.
+    let expr = expression(
+        c"ct",
+        &[
+            (sys::NFTNL_EXPR_CT_DREG, REG_1),
+            (sys::NFTNL_EXPR_CT_KEY, NFT_CT_DST_IP),
+        ],
+    );
+    // SAFETY: `expr` is the live expression just made, not yet handed on; a plain integer.
     unsafe {
-        let expr = NonNull::new(sys::nftnl_expr_alloc(c"ct".as_ptr()))
-            .expect("libnftnl could not allocate an expression");
-        let e = expr.as_ptr();
-        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, libc::NFT_REG_1 as u32);
-        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, NFT_CT_DST_IP);
-        sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, u8::from(reply));
-        expr
+        sys::nftnl_expr_set_u8(
+            expr.as_ptr(),
+            sys::NFTNL_EXPR_CT_DIR as u16,
+            u8::from(reply),
+        );
     }
+    expr
 }
 
 /// `enum nft_fib_result` and `enum nft_fib_flags` of `linux/netfilter/nf_tables.h` (not in
@@ -155,24 +173,19 @@ const NFTA_FIB_F_IIF: u32 = 1 << 3;
 const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
 
 /// A `fib` expression: `fib saddr . iif oif present`, written to register 1 (zero when the
-/// route back to the source does not leave through the input NIC). The caller (nftnl's
-/// `Expression::to_expr`) hands it to the rule, which owns and frees it.
+/// route back to the source does not leave through the input NIC).
 pub(crate) fn fib_saddr_iif_oif_present() -> NonNull<sys::nftnl_expr> {
-    // SAFETY: the expression is freshly allocated (checked non-null) and only given plain
-    // integer attributes. Ownership goes to the caller.
-    unsafe {
-        let expr = NonNull::new(sys::nftnl_expr_alloc(c"fib".as_ptr()))
-            .expect("libnftnl could not allocate an expression");
-        let e = expr.as_ptr();
-        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, libc::NFT_REG_1 as u32);
-        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_RESULT as u16, NFT_FIB_RESULT_OIF);
-        sys::nftnl_expr_set_u32(
-            e,
-            sys::NFTNL_EXPR_FIB_FLAGS as u16,
-            NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
-        );
-        expr
-    }
+    expression(
+        c"fib",
+        &[
+            (sys::NFTNL_EXPR_FIB_DREG, REG_1),
+            (sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_OIF),
+            (
+                sys::NFTNL_EXPR_FIB_FLAGS,
+                NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
+            ),
+        ],
+    )
 }
 
 #[repr(C)]
