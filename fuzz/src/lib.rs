@@ -48,7 +48,14 @@ pub fn check_parse(data: &[u8]) -> Option<RouterConfig> {
     // serde_json's `IgnoredAny` lets a lone surrogate escape (`"\ud800"`) through: a value
     // tree does not, like the parser.
     let not_json = serde_json::from_slice::<serde_json::Value>(data).is_err();
-    match parse(data) {
+    let answer = parse(data);
+    // The one-pass fast path answers exactly as the two passes would.
+    match (&answer, &akanda_model::testing::parse_two_pass(data)) {
+        (Ok(fast), Ok(checked)) => assert!(fast == checked, "the two parses disagree"),
+        (Err(fast), Err(checked)) => assert_eq!(format!("{fast:?}"), format!("{checked:?}")),
+        (fast, checked) => panic!("the two parses disagree: {fast:?} / {checked:?}"),
+    }
+    match answer {
         Err(ConfigError::Syntax(msg)) => {
             assert!(not_json, "valid JSON refused as malformed: {msg}");
             assert!(!msg.is_empty());

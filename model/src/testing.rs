@@ -3,6 +3,15 @@
 
 use serde_json::{json, Value};
 
+use crate::{ConfigError, RouterConfig};
+
+/// [`crate::parse`] always through its two passes (the scan, then the typed pass), never the
+/// one-pass fast path: for differential tests and the fuzz target, which hold the two to the
+/// same answer for every body.
+pub fn parse_two_pass(bytes: &[u8]) -> Result<RouterConfig, ConfigError> {
+    crate::parse_checked(bytes)
+}
+
 /// xorshift64*: the same sequence from the same seed on every run, no dependency.
 pub struct Rng(pub u64);
 
