@@ -13,7 +13,10 @@ Neutron only, and checks what rug-lite and the appliance do:
      through the appliance (the host has no route back to the tenant network: the reply
      proves the SNAT);
   3. a floating IP to the tenant host (an event) -> pushed; the host reaches the tenant host
-     through the floating IP (the tenant host's ICMP InEchos counter proves the DNAT);
+     through the floating IP (the tenant host's ICMP InEchos counter proves the DNAT); then
+     the floating IP removed while a ping runs through it -> pushed, the agent's last apply
+     flushed one floating IP's sessions (by conntrack mark, on the image's kernel), and the
+     address no longer reaches the tenant host;
   4. the router deleted (events) -> server, then ports, deleted; `router list` empty.
 
 Prerequisites (as root; scripts/rig-test does all of it, in CI too):
@@ -203,8 +206,31 @@ try:
     ping = subprocess.run(['ping', '-c', '3', '-W', '2', fip.floating_ip_address], capture_output=True)
     check('host reaches tenant via floating IP', ping.returncode == 0 and in_echos('e2et1') - n0 >= 3)
 
-    # ---- 4. delete: server, then ports -------------------------------------------------------
+    # ---- 3b. the floating IP removed while a session runs through it: pushed, its session
+    # ended by a conntrack flush by mark on the image's own kernel (a refused flush would fail
+    # the apply, and the new config would never be `configured`) ------------------------------
+    before = rug('router', 'show', router.id, '--json')['config_hash']
+    pinger = subprocess.Popen(['ping', '-i', '0.2', '-c', '150', fip.floating_ip_address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
     c.network.delete_ip(fip)
+    removed = wait('fip removed', lambda: (lambda s: s if s and s['state'] == 'configured'
+                                           and s['config_hash'] != before else None)(
+        rug('router', 'show', router.id, '--json')), 60)
+    check('floating IP removal pushed', removed)
+    if removed:
+        last = agent_status(removed['management_address']).get('last_apply') or {}
+        log(f"last apply: {json.dumps({k: last.get(k) for k in ('result', 'config_hash', 'conntrack_flushed', 'phases_ms')})}")
+        if last.get('config_hash') == removed['config_hash']:
+            check('its sessions flushed', last.get('result') == 'ok' and last.get('conntrack_flushed') == 1,
+                  f"conntrack_flushed {last.get('conntrack_flushed')}")
+    pinger.terminate()
+    n0 = in_echos('e2et1')
+    ping = subprocess.run(['ping', '-c', '2', '-W', '1', fip.floating_ip_address], capture_output=True)
+    check('the removed floating IP no longer reaches the tenant', in_echos('e2et1') == n0,
+          f'exit {ping.returncode}')
+
+    # ---- 4. delete: server, then ports -------------------------------------------------------
     l2wire.tenant_host_del('e2et1')
     c.network.remove_interface_from_router(router, subnet_id=sn.id)
     c.network.delete_router(router)
