@@ -57,7 +57,7 @@ const FLUSHES_BEFORE_A_DUMP: usize = 32;
 
 /// Ends the sessions of the floating IPs `addrs` (removed or re-pointed), by mark or, for
 /// many at once, by one dump (see the module's documentation).
-pub fn end_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<(), NetfilterError> {
+pub(crate) fn end_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<(), NetfilterError> {
     if addrs.len() > FLUSHES_BEFORE_A_DUMP {
         return delete_sessions_of(addrs).map(|_| ());
     }
@@ -70,7 +70,7 @@ pub fn end_sessions_of(addrs: &BTreeSet<Ipv4Addr>) -> Result<(), NetfilterError>
 
 /// Ends every IPv4 session carrying one of `marks`: one kernel-side flush per mark, each
 /// acknowledged before the next. Mark 0 (every unmarked session) is never flushed.
-pub fn end_sessions_marked(marks: &[u32]) -> Result<(), NetfilterError> {
+fn end_sessions_marked(marks: &[u32]) -> Result<(), NetfilterError> {
     if marks.is_empty() {
         return Ok(());
     }

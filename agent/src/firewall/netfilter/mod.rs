@@ -28,7 +28,8 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use tracing::debug;
 
-pub use conntrack::{delete_sessions_of, end_sessions_marked, end_sessions_of};
+pub use conntrack::delete_sessions_of;
+pub(crate) use conntrack::end_sessions_of;
 
 /// What was asked of the kernel, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

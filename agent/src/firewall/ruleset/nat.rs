@@ -15,10 +15,10 @@ pub(super) fn floating_ip_maps(router: &Router) -> Vec<Set> {
     if router.floating_ips.is_empty() {
         return Vec::new();
     }
-    let map = |name: &str, pair: &dyn Fn(IpAddr, IpAddr) -> (IpAddr, IpAddr)| Set {
+    let map = |name: &str, data: MapValue, pair: &dyn Fn(IpAddr, IpAddr) -> (IpAddr, IpAddr)| Set {
         name: name.into(),
         key: Family::V4,
-        data: Some(MapValue::Addr(Family::V4)),
+        data: Some(data),
         elements: router
             .floating_ips
             .iter()
@@ -28,12 +28,13 @@ pub(super) fn floating_ip_maps(router: &Router) -> Vec<Set> {
             })
             .collect(),
     };
-    let mut marks = map(FIP_MARK_MAP, &|floating, _| (floating, floating));
-    marks.data = Some(MapValue::Mark);
+    let addr = MapValue::Addr(Family::V4);
     vec![
-        map(FIP_DNAT_MAP, &|floating, fixed| (floating, fixed)),
-        map(FIP_SNAT_MAP, &|floating, fixed| (fixed, floating)),
-        marks,
+        map(FIP_DNAT_MAP, addr, &|floating, fixed| (floating, fixed)),
+        map(FIP_SNAT_MAP, addr, &|floating, fixed| (fixed, floating)),
+        map(FIP_MARK_MAP, MapValue::Mark, &|floating, _| {
+            (floating, floating)
+        }),
     ]
 }
 
